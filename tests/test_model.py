@@ -1,0 +1,301 @@
+"""The six networks against the paper: structure, counts, LRN, the two classifier uses."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import vgg_jax
+from vgg_jax import architectures
+
+FULL_SIZE_PARAMS = {  # PAPER.md; A, B, D, E are also torchvision's vgg11/13/16/19
+    "A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848,
+    "C": 133_638_952, "D": 138_357_544, "E": 143_667_240,
+}
+GMACS_224 = {"A": 7.609, "B": 11.308, "D": 15.470, "E": 19.632}
+
+# Table 1 read column by column: the weight layers and LRN of each net, in order.
+TABLE1_COLUMNS = {
+    "A": "conv3-64 | conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
+    "A-LRN": "conv3-64, LRN | conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
+    "B": "2x conv3-64 | 2x conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
+    "C": "2x conv3-64 | 2x conv3-128 | 2x conv3-256, conv1-256 | 2x conv3-512, conv1-512"
+         " | 2x conv3-512, conv1-512",
+    "D": "2x conv3-64 | 2x conv3-128 | 3x conv3-256 | 3x conv3-512 | 3x conv3-512",
+    "E": "2x conv3-64 | 2x conv3-128 | 4x conv3-256 | 4x conv3-512 | 4x conv3-512",
+}
+DEPTHS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
+
+
+def small(name="D", **kw):
+  kw = dict(num_classes=10, width=1 / 16, image_size=32, init="he", rngs=nnx.Rngs(0)) | kw
+  return vgg_jax.create_model(name, **kw)
+
+
+def expand(column: str) -> list[tuple[str, ...]]:
+  stages = []
+  for stage in column.split(" | "):
+    layers = []
+    for item in stage.split(", "):
+      count, _, layer = item.rpartition("x ")
+      layers += [layer] * int(count or 1)
+    stages.append(tuple(layers))
+  return stages
+
+
+@pytest.mark.parametrize("name", list(FULL_SIZE_PARAMS))
+def test_table1_as_data(name):
+  assert list(vgg_jax.TABLE1[name]) == expand(TABLE1_COLUMNS[name])
+  assert architectures.weight_layers(name) == DEPTHS[name]
+
+
+@pytest.mark.parametrize("name", list(FULL_SIZE_PARAMS))
+def test_exact_parameter_count_at_224(name):
+  model = nnx.eval_shape(lambda: vgg_jax.create_model(name))
+  assert vgg_jax.count_params(model) == FULL_SIZE_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", list(GMACS_224))
+def test_multiply_adds_at_224(name):
+  model = nnx.eval_shape(lambda: vgg_jax.create_model(name))
+  assert vgg_jax.count_macs(model, 224) / 1e9 == pytest.approx(GMACS_224[name], rel=5e-3)
+
+
+def test_macs_shape_walk_agrees_with_xla_cost_analysis():
+  """XLA counts no multiply by SAME padding's zeros, so its count is a little lower
+  (3% for D at 224, from 3x3 borders); with padding counted, as torchvision's peers do,
+  the walk must be an upper bound close to it."""
+  model = nnx.eval_shape(lambda: vgg_jax.create_model("D"))
+  graphdef, state = nnx.split(model)
+
+  def forward(state, x):
+    net = nnx.merge(graphdef, state)
+    net.eval()
+    return net(x)
+
+  image = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+  xla_macs = jax.jit(forward).lower(state, image).cost_analysis()["flops"] / 2
+  assert 0.95 < xla_macs / vgg_jax.count_macs(model, 224) < 1.0
+
+
+def test_dense_macs_grow_with_the_score_map():
+  model = nnx.eval_shape(lambda: vgg_jax.create_model("D"))
+  at_224, at_256 = vgg_jax.count_macs(model, 224), vgg_jax.count_macs(model, 256)
+  head = 7 * 7 * 512 * 4096 + 4096 * 4096 + 4096 * 1000
+  conv_224 = at_224 - head
+  # 256 -> 8x8 final map, 2x2 score map; convs scale with the pixel count.
+  assert at_256 == round(conv_224 * (256 / 224) ** 2) + 4 * head
+
+
+def test_layer_order_follows_the_table():
+  model = small("A-LRN")
+  assert model.plan[:4] == ("conv1_1", "relu1_1", "lrn1", "pool1")
+  c = small("C")
+  assert c.conv3_3.kernel.shape[:2] == (1, 1) and c.conv3_3.padding == "VALID"
+  assert c.conv3_2.kernel.shape[:2] == (3, 3) and c.conv3_2.padding == "SAME"
+  convs = [n for n in c.plan if n.startswith("conv")]
+  assert convs == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2",
+                   "conv3_3", "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2",
+                   "conv5_3"]
+  assert [n for n in c.plan if n.startswith("pool")] == [f"pool{s}" for s in range(1, 6)]
+  assert c.plan[-7:] == ("fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8")
+
+
+def test_one_by_one_conv_keeps_the_spatial_size():
+  model = small("C")
+  model.eval()
+  shapes = model.features(jnp.ones((1, 64, 64, 3)), ("relu3_2", "relu3_3"))
+  assert shapes["relu3_2"].shape[1:3] == shapes["relu3_3"].shape[1:3] == (16, 16)
+
+
+def numpy_lrn(a, k, n, alpha, beta, alpha_over_n):
+  """Direct transcription of the formula: b_c = a_c / (k + alpha * sum a^2)^beta over
+  channels max(0, c - n//2) .. min(C-1, c + n//2)."""
+  out = np.empty_like(a)
+  channels = a.shape[-1]
+  scale = alpha / n if alpha_over_n else alpha
+  for c in range(channels):
+    lo, hi = max(0, c - n // 2), min(channels - 1, c + n // 2)
+    total = (a[..., lo:hi + 1] ** 2).sum(-1)
+    out[..., c] = a[..., c] / (k + scale * total) ** beta
+  return out
+
+
+@pytest.mark.parametrize("alpha_over_n", [False, True])
+def test_lrn_against_numpy(alpha_over_n):
+  rng = np.random.default_rng(0)
+  # Large activations so the alpha term matters (the two formulas then differ).
+  a = rng.normal(0, 30, (2, 3, 4, 11)).astype(np.float32)
+  cfg = vgg_jax.LRNConfig(alpha_over_n=alpha_over_n)
+  got = np.asarray(vgg_jax.local_response_norm(jnp.asarray(a), cfg))
+  np.testing.assert_allclose(got, numpy_lrn(a, 2.0, 5, 1e-4, 0.75, alpha_over_n), rtol=1e-5)
+  other = vgg_jax.LRNConfig(alpha_over_n=not alpha_over_n)
+  assert not np.allclose(got, vgg_jax.local_response_norm(jnp.asarray(a), other), rtol=1e-3)
+
+
+def test_lrn_default_is_alexnet_formula_after_first_relu():
+  model = small("A-LRN", lrn=vgg_jax.LRNConfig())
+  assert model.cfg.lrn == vgg_jax.LRNConfig(k=2.0, n=5, alpha=1e-4, beta=0.75,
+                                            alpha_over_n=False)
+  model.eval()
+  x = jax.random.normal(jax.random.key(1), (1, 32, 32, 3)) * 50
+  acts = model.features(x, ("relu1_1", "lrn1"))
+  expected = numpy_lrn(np.asarray(acts["relu1_1"]), 2.0, 5, 1e-4, 0.75, False)
+  np.testing.assert_allclose(np.asarray(acts["lrn1"]), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("image_size", [32, 96])
+def test_fc_mode_equals_conv_mode_at_training_size(image_size):
+  """At 96 the head kernel is 3x3, so the FC flatten order is really exercised."""
+  model = small("B", image_size=image_size)
+  model.eval()
+  x = jax.random.normal(jax.random.key(0), (3, image_size, image_size, 3))
+  fc, dense = model(x), model(x, dense=True)
+  scale = float(jnp.abs(fc).max())
+  assert scale > 1e-3
+  np.testing.assert_allclose(fc, dense, rtol=1e-5, atol=1e-6 * scale)  # summation order
+
+
+def test_dense_mode_averages_the_class_score_map():
+  """On a 160x128 input with training size 64 (K=2), the final map is 5x4, so the
+  score map is 4x3: each score is the FC head on one 2x2 window of pool5."""
+  model = small("A", image_size=64)
+  model.eval()
+  x = jax.random.normal(jax.random.key(2), (2, 160, 128, 3))
+  pool5 = model.features(x, ("pool5",))["pool5"]
+  assert pool5.shape[1:3] == (5, 4)
+
+  def head(window):  # the FC head applied to one KxK window
+    h = jax.nn.relu(window.reshape(len(window), -1)
+                    @ model.fc6.kernel[...].reshape(-1, model.cfg.hidden) + model.fc6.bias[...])
+    h = jax.nn.relu(model.fc7(h))
+    return model.fc8(h)
+
+  scores = [head(pool5[:, i:i + 2, j:j + 2]) for i in range(4) for j in range(3)]
+  np.testing.assert_allclose(model(x, dense=True), np.mean(scores, axis=0),
+                             rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_jit_forward_in_fp32_and_bf16(dtype):
+  model = small("D", dtype=dtype, width=1 / 8)
+  reference = small("D", width=1 / 8)
+  model.eval(), reference.eval()
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  x = jax.random.normal(jax.random.key(3), (4, 32, 32, 3))
+  logits = nnx.jit(lambda m, x: m(x))(model, x)
+  assert logits.dtype == jnp.float32 and logits.shape == (4, 10)
+  want = reference(x)
+  tolerance = 1e-5 if dtype == jnp.float32 else 5e-2
+  assert float(jnp.abs(logits - want).max() / jnp.abs(want).max()) < tolerance
+
+
+def test_batch_norm_in_train_and_eval_mode():
+  model = small("A", batch_norm=True)
+  x = jax.random.normal(jax.random.key(4), (8, 32, 32, 3)) * 3 + 1
+
+  @nnx.jit
+  def train_forward(model, x, key):
+    return model(x, rngs=nnx.Rngs(dropout=key))
+
+  before = model.bn1_1.mean[...].copy()
+  train_forward(model, x, jax.random.key(0))
+  assert not np.allclose(model.bn1_1.mean[...], before)  # running stats moved
+  conv = model.features(x, ("conv1_1",))["conv1_1"]
+  np.testing.assert_allclose(model.bn1_1.mean[...], 0.1 * conv.mean((0, 1, 2)), rtol=1e-4)
+  model.eval()
+  frozen = model.bn1_1.mean[...].copy()
+  first, second = model(x), model(x[:1])
+  np.testing.assert_allclose(first[:1], second, rtol=1e-4, atol=1e-5)  # no batch coupling
+  np.testing.assert_array_equal(model.bn1_1.mean[...], frozen)
+
+
+def test_dropout_needs_a_key_in_train_mode_and_uses_it():
+  model = small("A")
+  x = jnp.ones((2, 32, 32, 3))
+  with pytest.raises(ValueError, match="rngs"):
+    model(x)
+  a = model(x, rngs=nnx.Rngs(dropout=0))
+  b = model(x, rngs=nnx.Rngs(dropout=1))
+  assert not np.allclose(a, b)
+  model.eval()
+  np.testing.assert_array_equal(model(x), model(x))
+
+
+def test_same_seed_same_network_other_seed_other_network():
+  x = jax.random.normal(jax.random.key(5), (2, 32, 32, 3))
+  a, b, c = (small("C", rngs=nnx.Rngs(s)) for s in (7, 7, 8))
+  for m in (a, b, c):
+    m.eval()
+  np.testing.assert_array_equal(a(x), b(x))
+  assert not np.allclose(a(x), c(x))
+
+
+@pytest.mark.parametrize("init,std", [
+    ("paper", lambda fan_in, fan_out: 1e-2),
+    ("glorot", lambda fan_in, fan_out: np.sqrt(2 / (fan_in + fan_out))),
+    ("he", lambda fan_in, fan_out: np.sqrt(2 / fan_in)),
+])
+def test_initialisations(init, std):
+  model = vgg_jax.create_model("A", num_classes=10, width=0.5, image_size=32, init=init)
+  kernel = np.asarray(model.conv4_1.kernel[...])  # 3x3x128x256
+  fan_in, fan_out = 9 * kernel.shape[2], 9 * kernel.shape[3]
+  assert kernel.std() == pytest.approx(std(fan_in, fan_out), rel=0.05)
+  assert abs(kernel.mean()) < 0.05 * kernel.std()
+  assert not np.asarray(model.conv4_1.bias[...]).any()
+  assert not np.asarray(model.fc7.bias[...]).any()
+
+
+def test_paper_init_std_is_an_option():
+  model = vgg_jax.create_model("A", num_classes=10, width=0.5, image_size=32, init_std=0.1)
+  assert np.asarray(model.conv4_1.kernel[...]).std() == pytest.approx(0.1, rel=0.05)
+
+
+def test_width_and_fc_width():
+  model = small("E", width=0.25, fc_width=64)
+  assert model.conv1_1.kernel.shape == (3, 3, 3, 16)
+  assert model.conv5_4.kernel.shape == (3, 3, 128, 128)
+  assert model.fc6.kernel.shape == (1, 1, 128, 64)
+  assert model.fc8.kernel.shape == (64, 10)
+  assert small("E", width=0.25).fc7.kernel.shape == (1024, 1024)
+
+
+def test_aliases_resolve_to_table_names():
+  assert {"A", "A-LRN", "B", "C", "D", "E", "vgg16", "vgg19"} <= set(vgg_jax.CONFIG_NAMES)
+  assert small("vgg16").cfg.name == "D" and small("a-lrn").cfg.name == "A-LRN"
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(name="F"), "unknown VGG configuration 'F'.*A, A-LRN, B, C, D, E"),
+    (dict(name="D", width=-0.5), "width must be positive"),
+    (dict(name="D", image_size=16), "at least 32x32"),
+    (dict(name="D", init="orthogonal"), "unknown init"),
+])
+def test_bad_arguments_are_clear_errors(kwargs, message):
+  name = kwargs.pop("name")
+  with pytest.raises(ValueError, match=message):
+    vgg_jax.create_model(name, **kwargs)
+
+
+def test_bad_inputs_are_clear_errors():
+  model = small("D", image_size=64)
+  model.eval()
+  with pytest.raises(ValueError, match="at least 32x32"):
+    model(jnp.ones((1, 16, 16, 3)))
+  with pytest.raises(ValueError, match="2x2 final feature map.*dense=True"):
+    model(jnp.ones((1, 96, 96, 3)))
+  with pytest.raises(ValueError, match="at least the training size 64x64"):
+    model(jnp.ones((1, 32, 48, 3)), dense=True)
+  with pytest.raises(ValueError, match="3 channels"):
+    model(jnp.ones((1, 64, 64, 1)))
+  with pytest.raises(ValueError, match="unknown layers"):
+    model.features(jnp.ones((1, 64, 64, 3)), ("relu9_9",))
+
+
+def test_features_at_any_size_without_the_classifier():
+  model = small("D")
+  model.eval()
+  feats = nnx.jit(lambda m, x: m.features(x))(model, jnp.ones((2, 100, 70, 3)))
+  assert feats["relu1_2"].shape == (2, 100, 70, 4)
+  assert feats["relu5_3"].shape == (2, 6, 4, 32)
