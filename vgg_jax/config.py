@@ -1,0 +1,98 @@
+"""The config schema every experiment starts from, argument parsing, validation.
+
+Experiments (`experiments/*.py`) are big_vision-style: `get_config(arg)` takes a short
+string such as "model=D,S=256-512" or "quick", parses it with `parse_arg` and edits a
+copy of `base_config()`. The base config is locked, so an experiment or a
+`--config.x=y` override that names an unknown field fails at once.
+"""
+
+import ml_collections
+
+from vgg_jax import architectures, data
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with the paper's ImageNet recipe as defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = dict(
+      name="A", width=1.0, fc_width=0, batch_norm=False, dropout=0.5,
+      init="paper", init_std=1e-2,  # std, not variance: see VGGConfig
+      lrn_alpha_over_n=False,
+      dtype="float32", param_dtype="float32")
+
+  # Every field is documented in vgg_jax.data.default_config. S is always (lo, hi):
+  # ConfigDict fields keep their type, and (256, 256) is a fixed S.
+  c.data = dict(data.DEFAULTS, scale=(256, 256))
+
+  c.optim = dict(
+      batch_size=256, lr=1e-2, momentum=0.9,
+      weight_decay=5e-4, decay_biases=False,  # L2 on weights only, as Caffe's VGG solver
+      epochs=74, max_steps=0,                 # max_steps > 0 stops earlier (smoke runs)
+      # LR / 10 when validation accuracy stops improving (Section 3.1), at most 3 times.
+      # The paper gives no patience; 2 epochs is our choice.
+      plateau_factor=0.1, plateau_patience=2, plateau_max_drops=3, plateau_min_delta=1e-4)
+
+  c.mesh = (("data", -1), ("model", 1))
+  c.sharding = "replicated"  # a preset of vgg_jax.sharding.PRESETS ...
+  c.sharding_rules = ()      # ... or, when given, rules ((regex, spec), ...) instead
+
+  c.checkpoint = dict(every_steps=1000, keep=3, keep_best=True)
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1
+  c.lock()
+  return c
+
+
+def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
+  """"a=1,b=x,quick" -> {a: 1, b: "x", quick: True}, typed like `defaults`; a bare
+  name sets a boolean. Unknown keys are errors that list the known ones."""
+  parsed = ml_collections.ConfigDict(defaults)
+  for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+    key, has_value, value = token.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {', '.join(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      parsed[key] = value.lower() in ("1", "true", "yes") if has_value else True
+    else:
+      parsed[key] = type(default)(value)
+  return parsed
+
+
+def parse_scale(text: str) -> tuple[int, int]:
+  """S as the command line writes it: "256" (fixed) or "256-512" (jittered)."""
+  lo, _, hi = str(text).partition("-")
+  return int(lo), int(hi or lo)
+
+
+def scale_name(scale) -> str:
+  lo, hi = scale
+  return str(lo) if lo == hi else f"[{lo},{hi}]"
+
+
+def validate(config: ml_collections.ConfigDict, data_parallel: int) -> None:
+  """Checks what would otherwise fail late, or silently, before any compute."""
+  unknown = set(_paths(config)) - set(_paths(base_config()))
+  if unknown:
+    raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
+  architectures.canonical_name(config.model.name)
+  if config.optim.batch_size % data_parallel:
+    raise ValueError(f"batch_size {config.optim.batch_size} is not divisible by the "
+                     f"{data_parallel} devices of the mesh's data axis")
+  lo, hi = data.scale_range(config.data.scale)
+  if not config.data.crop <= lo <= hi:
+    raise ValueError(f"training scale S={scale_name(config.data.scale)} must be at least "
+                     f"the crop {config.data.crop}")
+  if config.data.eval_scale < config.data.crop:
+    raise ValueError(f"eval_scale Q={config.data.eval_scale} is below the crop "
+                     f"{config.data.crop}")
+
+
+def _paths(config, prefix=""):
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _paths(value, f"{prefix}{key}.")
+    else:
+      yield prefix + key

@@ -1,0 +1,80 @@
+"""Where metrics go: JSON lines and TensorBoard events in the workdir, and a progress bar.
+
+Only process 0 writes. JSON lines (`metrics.jsonl`, one object per record with `step`)
+are what the sweep report reads; TensorBoard (tensorboardX, no TensorFlow needed) is
+for looking at curves.
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+import tqdm
+
+
+class MetricWriter:
+
+  def __init__(self, workdir: str, *, enabled: bool | None = None):
+    self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if self.enabled:
+      from tensorboardX import SummaryWriter
+      os.makedirs(workdir, exist_ok=True)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict):
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key != "step" and isinstance(value, (int, float)):
+        self._tb.add_scalar(key, value, step)
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _plain(value):
+  value = value.item() if hasattr(value, "item") else value
+  return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+class Progress:
+  """A tqdm bar over steps showing loss and images/s; tqdm gives the ETA."""
+
+  def __init__(self, total: int, initial: int, batch_size: int):
+    self.batch_size = batch_size
+    self.bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                         mininterval=2.0, disable=jax.process_index() != 0)
+    self._last = (initial, time.perf_counter())
+
+  def update(self, step: int, metrics: dict):
+    """`step` is the number of finished steps."""
+    last_step, last_time = self._last
+    now = time.perf_counter()
+    rate = (step - last_step) * self.batch_size / max(now - last_time, 1e-9)
+    self._last = (step, now)
+    self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.0f}", refresh=False)
+    self.bar.update(step - self.bar.n)
+    return rate
+
+  def write(self, message: str):
+    if jax.process_index() == 0:
+      self.bar.write(message)
+
+  def close(self):
+    self.bar.close()

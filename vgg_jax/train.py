@@ -1,0 +1,318 @@
+"""The trainer: a config in, a trained and evaluated network out.
+
+One SPMD program on a `jax.make_mesh` mesh: the batch is split over the `data` axis,
+parameters are placed by the sharding rules (`vgg_jax.sharding`), the train state is
+created already sharded (jit with out_shardings) and donated to every step. The loop
+logs the previous step's metrics, so it never waits on the device.
+
+`train_and_evaluate(config, workdir)` reads as one linear story, section by section:
+setup, input, model and optimiser, restore, the loop, the end.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vgg_jax import checkpoint as ckpt_lib
+from vgg_jax import config as config_lib
+from vgg_jax import data as data_lib
+from vgg_jax import metrics as metrics_lib
+from vgg_jax import sharding as sharding_lib
+from vgg_jax.model import LRNConfig, VGG, VGGConfig
+
+
+class NonFiniteLoss(FloatingPointError):
+  """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------- model and optimiser
+
+
+def model_config(config: ml_collections.ConfigDict, num_classes: int,
+                 in_channels: int) -> VGGConfig:
+  m = config.model
+  return VGGConfig(
+      name=m.name, num_classes=num_classes, width=m.width, fc_width=m.fc_width or None,
+      batch_norm=m.batch_norm, dropout=m.dropout, image_size=config.data.crop,
+      in_channels=in_channels, init=m.init, init_std=m.init_std,
+      lrn=LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
+      dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype))
+
+
+def model_signature(cfg: VGGConfig) -> dict:
+  """What a checkpoint must agree on to be restored (not dtypes or dropout)."""
+  return dict(name=cfg.name, num_classes=cfg.num_classes, width=cfg.width,
+              hidden=cfg.hidden, batch_norm=cfg.batch_norm, image_size=cfg.image_size,
+              in_channels=cfg.in_channels)
+
+
+def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD with momentum and L2 weight decay added to the gradient (Section 3.1)."""
+  decay_mask = None if optim.decay_biases else (
+      lambda params: jax.tree_util.tree_map_with_path(
+          lambda path, _: sharding_lib.path_string(path).endswith("kernel"), params))
+  return optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
+                     optax.sgd(optim.lr, momentum=optim.momentum))
+
+
+def make_plateau(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """LR x factor when validation error stops improving, at most `max_drops` times; fed
+  once per evaluation with the validation top-1 error."""
+  return optax.contrib.reduce_on_plateau(
+      factor=optim.plateau_factor, patience=optim.plateau_patience,
+      rtol=0.0, atol=optim.plateau_min_delta,
+      min_scale=optim.plateau_factor ** optim.plateau_max_drops * (1 - 1e-6))
+
+
+def lr_drops(scale: float, factor: float) -> int:
+  return round(math.log(scale) / math.log(factor)) if scale < 1 else 0
+
+
+# --------------------------------------------------------------------- the train step
+
+
+def train_step(state: dict, batch: dict, *, graphdef, tx, seed: int,
+               base_lr: float) -> tuple[dict, dict]:
+  """One SGD step. Dropout's key is the run's key folded with the step, so a resumed
+  run draws the same masks as an uninterrupted one."""
+  key = jax.random.fold_in(jax.random.key(seed), state["step"])
+
+  def loss_fn(params):
+    model = nnx.merge(graphdef, params, state["batch_stats"])
+    model.train()
+    logits = model(batch["image"], rngs=nnx.Rngs(dropout=key))
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, (logits, nnx.state(model, nnx.BatchStat))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state["params"])
+  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+  updates = jax.tree.map(lambda u: u * state["plateau"].scale, updates)
+  new_state = dict(state, step=state["step"] + 1,
+                   params=optax.apply_updates(state["params"], updates),
+                   batch_stats=batch_stats, opt_state=opt_state)
+  metrics = dict(loss=loss, train_top1_err=1 - jnp.mean(logits.argmax(-1) == batch["label"]),
+                 grad_norm=optax.global_norm(grads), lr=base_lr * state["plateau"].scale)
+  return new_state, metrics
+
+
+def eval_step(state: dict, batch: dict, *, graphdef) -> dict:
+  """Sums over the real (mask=True) examples: top-1/top-5 hits, loss and count."""
+  model = nnx.merge(graphdef, state["params"], state["batch_stats"])
+  model.eval()
+  logits = model(batch["image"])
+  mask = batch["mask"].astype(jnp.float32)
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+  hit5 = (top5 == batch["label"][:, None]).any(-1)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  return dict(top1=jnp.sum((logits.argmax(-1) == batch["label"]) * mask),
+              top5=jnp.sum(hit5 * mask), loss=jnp.sum(loss * mask), count=jnp.sum(mask))
+
+
+def evaluate(program: "Program", state: dict, pipeline: data_lib.Pipeline) -> dict:
+  """Validation top-1/top-5 error over the whole split, each example counted once."""
+  totals = None
+  for batch in pipeline:
+    sums = program.eval(state, data_lib.to_global(batch, program.batch_sharding))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = int(totals["count"])
+  return dict(val_top1_err=1 - totals["top1"] / count, val_top5_err=1 - totals["top5"] / count,
+              val_top1_acc=totals["top1"] / count, val_loss=totals["loss"] / count,
+              val_count=count)
+
+
+# ---------------------------------------------------------------------- preemption
+
+
+class Preemption:
+  """SIGTERM (a preempted TPU VM, SLURM's time limit) asks the loop to save and stop.
+  With several processes the flag is agreed on at log steps, so all stop together."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def agreed(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+# ------------------------------------------------------------- the sharded program
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """A run's jitted functions and where its state lives; built from the config alone,
+  so training, resuming and evaluating a checkpoint all place arrays the same way."""
+  model: VGGConfig
+  mesh: jax.sharding.Mesh
+  abstract_state: Any      # ShapeDtypeStructs carrying the target shardings
+  batch_sharding: NamedSharding
+  init: Any                # () -> state, created already sharded
+  step: Any                # (state, batch) -> (state, metrics); state donated
+  eval: Any                # (state, batch) -> summed top-1/top-5 hits, loss, count
+  plateau: Any             # (plateau state, val error) -> plateau state
+
+
+def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                  num_classes: int, in_channels: int) -> Program:
+  cfg = model_config(config, num_classes, in_channels)
+  tx, plateau = make_optimizer(config.optim), make_plateau(config.optim)
+
+  def init_state():
+    model = VGG(cfg, rngs=nnx.Rngs(config.seed))
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    return dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                opt_state=tx.init(params), plateau=plateau.init(params))
+
+  graphdef = nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))),
+                       nnx.Param, nnx.BatchStat)[0]
+  abstract_state = jax.eval_shape(init_state)
+  state_sharding = sharding_lib.state_shardings(
+      abstract_state, config.sharding_rules or config.sharding, mesh)
+  batch_sharding = sharding_lib.batch_sharding(mesh)
+  replicated = NamedSharding(mesh, P())
+  step = jax.jit(
+      functools.partial(train_step, graphdef=graphdef, tx=tx, seed=config.seed,
+                        base_lr=config.optim.lr),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, replicated), donate_argnums=0)
+  evaluate_batch = jax.jit(functools.partial(eval_step, graphdef=graphdef),
+                           in_shardings=(state_sharding, batch_sharding),
+                           out_shardings=replicated)
+  plateau_update = jax.jit(
+      lambda p, err: plateau.update(updates={}, state=p, value=err)[1],
+      out_shardings=state_sharding["plateau"])
+  return Program(cfg, mesh, ckpt_lib.abstract_like(abstract_state, state_sharding),
+                 batch_sharding, jax.jit(init_state, out_shardings=state_sharding),
+                 step, evaluate_batch, plateau_update)
+
+
+def checkpoint_meta(config: ml_collections.ConfigDict, program: Program) -> dict:
+  return dict(model=model_signature(program.model),
+              config=json.loads(config.to_json_best_effort()))
+
+
+# ------------------------------------------------------------------------- the trainer
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> tuple[dict, dict]:
+  """Trains per `config`, resuming from `workdir` if it holds checkpoints; returns the
+  final state and validation metrics. Raises NonFiniteLoss on a NaN/inf loss."""
+  # --- Setup: validate before any compute, mesh, workdir. ---------------------------
+  mesh = sharding_lib.make_mesh(config.mesh)
+  config_lib.validate(config, mesh.shape["data"])
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  # --- Input. ------------------------------------------------------------------------
+  batch_size = config.optim.batch_size
+  train_data = data_lib.make_pipeline(config.data, train=True, global_batch_size=batch_size,
+                                      seed=config.seed)
+  eval_data = data_lib.make_pipeline(config.data, train=False, global_batch_size=batch_size)
+  steps_per_epoch = train_data.steps
+  total_steps = config.optim.max_steps or config.optim.epochs * steps_per_epoch
+
+  # --- Model and optimiser: the sharded program. -------------------------------------
+  program = build_program(config, mesh, train_data.num_classes, train_data.image_shape[-1])
+
+  # --- Restore, or initialise. -------------------------------------------------------
+  checkpoints = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                      keep_best=config.checkpoint.keep_best)
+  meta = checkpoint_meta(config, program)
+  restored = checkpoints.restore(program.abstract_state, meta)
+  state = program.init() if restored is None else restored[0]
+  start_step = int(state["step"])
+
+  # --- The loop. ---------------------------------------------------------------------
+  writer = metrics_lib.MetricWriter(workdir)
+  progress = metrics_lib.Progress(total_steps, start_step, batch_size)
+  preemption = Preemption()
+  if start_step:
+    progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
+  batches = iter(train_data.iter_from(start_step))
+  previous = None  # (step, metrics on device) of the step before
+
+  def log(step, metrics):
+    metrics = jax.device_get(metrics)
+    if not math.isfinite(metrics["loss"]):
+      raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; the last good "
+                          f"checkpoint is step {checkpoints.latest_step()} in "
+                          f"{checkpoints.directory}")
+    rate = progress.update(step, metrics)
+    if step % config.log_every_steps == 0 or step == total_steps:
+      writer.write(step, dict(metrics, img_per_s=rate, epoch=step / steps_per_epoch))
+
+  def save(step, metrics=None):
+    checkpoints.save(step, state, meta, metrics)
+
+  last_eval = {}
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = data_lib.to_global(next(batches), program.batch_sharding)
+      state, metrics = program.step(state, batch)
+      if previous is not None:
+        log(*previous)
+      previous = (step, metrics)
+
+      end_of_epoch = step % steps_per_epoch == 0
+      if end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0 \
+          or step == total_steps:
+        log(*previous)
+        previous = None
+        last_eval = evaluate(program, state, eval_data)
+        state["plateau"] = program.plateau(state["plateau"], last_eval["val_top1_err"])
+        scale = float(state["plateau"].scale)
+        last_eval.update(epoch=step / steps_per_epoch, lr=config.optim.lr * scale,
+                         lr_drops=lr_drops(scale, config.optim.plateau_factor))
+        writer.write(step, last_eval)
+        progress.write(f"step {step} epoch {step / steps_per_epoch:.2f}: val top-1 error "
+                       f"{last_eval['val_top1_err']:.4f}, top-5 {last_eval['val_top5_err']:.4f}"
+                       f" ({last_eval['val_count']} images), lr {last_eval['lr']:.2g}")
+        save(step, {ckpt_lib.BEST_METRIC: last_eval["val_top1_acc"]})
+      elif step % config.checkpoint.every_steps == 0:
+        log(*previous)  # never save a state whose loss was not finite
+        previous = None
+        save(step)
+
+      stop = (step % config.log_every_steps == 0 or jax.process_count() == 1) \
+          and preemption.agreed()
+      if stop:
+        if previous is not None:
+          log(*previous)
+        if checkpoints.latest_step() != step:
+          save(step)
+        progress.write(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
+        break
+  finally:
+    preemption.restore()
+    checkpoints.wait()
+    checkpoints.close()
+    progress.close()
+    writer.close()
+  return state, last_eval
