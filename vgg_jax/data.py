@@ -399,7 +399,7 @@ def numpy_pipeline(*, cfg, train, local_batch_size, seed, split, process_index,
 
 
 def on_cpu(*arrays):
-  cpu = jax.devices("cpu")[0]
+  cpu = jax.local_devices(backend="cpu")[0]
   return [jax.device_put(a, cpu) for a in arrays]
 
 

@@ -59,8 +59,9 @@ def resolve_rules(rules: str | Rules) -> Rules:
 
 
 def path_string(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
-                  for k in path)
+  """"params/fc6/kernel" for a jax key path; NNX Variables' own `value` level is dropped."""
+  parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+  return "/".join(parts[:-1] if parts[-1:] == ["value"] else parts)
 
 
 def spec_for(path: str, shape: tuple[int, ...], rules: Rules,

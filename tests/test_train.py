@@ -1,0 +1,288 @@
+"""The trainer on real Fashion-MNIST: sharding, processes, resume, checkpoints, errors.
+
+Runs use the NumPy input path (the same global batches for any device or process
+count) and a 1/16-width net, a few steps each, so the whole file takes a few minutes.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from vgg_jax import checkpoint as ckpt_lib
+from vgg_jax import data, metrics, sharding, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+needs_fashion_mnist = pytest.mark.skipif(
+    not os.path.exists(os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
+    reason="needs `apt-get install dataset-fashion-mnist` (setup.sh installs it)")
+pytestmark = needs_fashion_mnist
+
+
+def load_experiment(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments",
+                                                                   f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def tiny_config(steps=4, devices=1, model_axis=1, arg="quick,backend=numpy", **optim):
+  c = load_experiment("fashion_mnist").get_config(arg)
+  c.model.width = 1 / 16  # convs 4..32 wide, fc 256
+  c.optim.update(batch_size=32, max_steps=steps, **optim)
+  c.data.eval_split = "test[:200]"
+  c.mesh = (("data", devices // model_axis), ("model", model_axis))
+  c.log_every_steps = 1
+  return c
+
+
+def flat(state) -> dict[str, np.ndarray]:
+  return {sharding.path_string(path): np.asarray(x)
+          for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+
+
+def assert_same_state(a, b, rtol=1e-4):
+  """Equal to float tolerance, relative to each array's scale (another device count
+  sums in another order)."""
+  a, b = flat(a), flat(b)
+  assert a.keys() == b.keys()
+  for key in a:
+    assert np.abs(a[key] - b[key]).max() <= rtol * np.abs(b[key]).max() + 1e-7, key
+
+
+def finite_weights(state) -> bool:
+  """Parameters and momenta all finite (the plateau's `best_value` starts at inf)."""
+  return all(np.isfinite(x).all() for k, x in flat(state).items()
+             if k.startswith(("params", "opt_state")))
+
+
+def losses(workdir):
+  return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """Six steps on one device: what every other layout must reproduce."""
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  state, result = train.train_and_evaluate(tiny_config(steps=6), workdir)
+  return state, workdir, result
+
+
+@pytest.mark.parametrize("devices,model_axis,rules,sharded_path", [
+    (8, 1, "replicated", None),
+    (8, 1, "fsdp", "params/fc6/kernel"),
+    (4, 2, "tensor", "opt_state/1/0/trace/fc7/kernel"),
+])
+def test_sharded_equals_unsharded(tmp_path, reference, devices, model_axis, rules,
+                                  sharded_path):
+  config = tiny_config(steps=6, devices=devices, model_axis=model_axis)
+  config.sharding = rules
+  state, result = train.train_and_evaluate(config, str(tmp_path))
+  ref_state, ref_dir, ref_result = reference
+  np.testing.assert_allclose(losses(tmp_path), losses(ref_dir), rtol=1e-4)
+  assert_same_state(state, ref_state)
+  assert result["val_count"] == ref_result["val_count"] == 200
+  if sharded_path:
+    leaf = dict(zip(flat(state), jax.tree.leaves(state)))[sharded_path]
+    assert not leaf.sharding.is_fully_replicated  # the rule really placed it
+
+
+def test_weight_decay_applies_to_kernels_only():
+  tx = train.make_optimizer(tiny_config().optim)
+  params = {"fc6": {"kernel": np.ones((2, 2)), "bias": np.ones(2)}}
+  zero = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  lr, wd = 1e-2, 5e-4
+  np.testing.assert_allclose(updates["fc6"]["kernel"], -lr * wd * np.ones((2, 2)), rtol=1e-6)
+  np.testing.assert_array_equal(updates["fc6"]["bias"], 0)
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+TINY = ("--config.model.width=0.0625", "--config.optim.batch_size=32",
+        "--config.data.eval_split=test[:200]", "--config.log_every_steps=1")
+
+
+def launch(workdir, config_arg, *flags, devices=1, tiny=True):
+  """`launch.py train` in a subprocess with its own simulated CPU devices; `tiny` runs
+  what `tiny_config` runs in-process."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+             JAX_PLATFORMS="cpu")
+  command = [sys.executable, os.path.join(ROOT, "launch.py"), "train",
+             f"--config={ROOT}/experiments/fashion_mnist.py:{config_arg}",
+             f"--workdir={workdir}", *(TINY if tiny else ()), *flags]
+  return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process, timeout=300):
+  out, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, out[-3000:]
+  return out
+
+
+def restore(config, workdir, step=None):
+  mesh = sharding.make_mesh(config.mesh)
+  program = train.build_program(config, mesh, 10, 1)
+  checkpoints = ckpt_lib.Checkpointer(workdir)
+  try:
+    state, _ = checkpoints.restore(program.abstract_state,
+                                   train.checkpoint_meta(config, program), step)
+  finally:
+    checkpoints.close()
+  return state
+
+
+def test_two_processes_agree_with_one(tmp_path, reference):
+  """Two real processes on 127.0.0.1 (2 CPU devices each, gloo collectives) train on
+  the same global batches as the one-device reference."""
+  port = free_port()
+  workers = [launch(tmp_path, "quick,backend=numpy", "--config.optim.max_steps=6",
+                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                    f"--process_id={i}", "--config.mesh=(('data', 4), ('model', 1))",
+                    devices=2) for i in range(2)]
+  outputs = [finish(w) for w in workers]
+  assert "final: top-1 error" in outputs[0]
+  ref_state, ref_dir, _ = reference
+  np.testing.assert_allclose(losses(tmp_path), losses(ref_dir), rtol=1e-4)
+  assert_same_state(restore(tiny_config(steps=6), str(tmp_path)), ref_state)
+
+
+def wait_for_step(workdir, step, process, timeout=120):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if any(r.get("step", 0) >= step for r in metrics.read_metrics(workdir)):
+      return
+    assert process.poll() is None, process.communicate()[0][-3000:]
+    time.sleep(0.05)
+  raise TimeoutError(f"no step {step} in {workdir}")
+
+
+def test_sigterm_saves_and_resume_is_exact(tmp_path):
+  """Straight 30 steps == a run stopped by SIGTERM in a subprocess, then resumed."""
+  straight, _ = train.train_and_evaluate(tiny_config(steps=30), str(tmp_path / "straight"))
+  workdir = tmp_path / "interrupted"
+  process = launch(workdir, "quick,backend=numpy", "--config.optim.max_steps=30",
+                   "--config.mesh=(('data', 1), ('model', 1))")
+  wait_for_step(workdir, 3, process)
+  process.send_signal(signal.SIGTERM)
+  out = finish(process)
+  stopped_at = int(out.split("SIGTERM: saved step ")[1].split()[0])
+  assert 3 <= stopped_at < 30, out[-2000:]
+  resumed, _ = train.train_and_evaluate(tiny_config(steps=30), str(workdir))
+  assert_same_state(resumed, straight, rtol=0)  # bit for bit
+
+
+@pytest.mark.parametrize("devices", [4, 1])
+def test_restore_onto_another_device_count(tmp_path, devices):
+  """Saved on 8 devices with FSDP-sharded fc layers, restored on 4 or 1: the same
+  arrays, and two more steps agree with two more on 8 devices."""
+  config = tiny_config(steps=4, devices=8)
+  config.sharding = "fsdp"
+  saved, _ = train.train_and_evaluate(config, str(tmp_path / "a"))
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  config.optim.max_steps = 6
+  on_8, _ = train.train_and_evaluate(config, str(tmp_path / "a"))
+  other = tiny_config(steps=4, devices=devices)
+  assert_same_state(train.train_and_evaluate(other, str(tmp_path / "b"))[0], saved, rtol=0)
+  other.optim.max_steps = 6
+  assert_same_state(train.train_and_evaluate(other, str(tmp_path / "b"))[0], on_8)
+
+
+def test_kill_9_during_saves_leaves_a_restorable_checkpoint(tmp_path):
+  process = launch(tmp_path, "quick,backend=numpy", "--config.optim.max_steps=400",
+                   "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=2")
+  wait_for_step(tmp_path, 6, process)
+  process.kill()
+  process.wait()
+  state = restore(tiny_config(), str(tmp_path))
+  saved = int(state["step"])
+  assert 1 <= saved < 400
+  assert finite_weights(state)
+  # and training carries on from there
+  resumed, _ = train.train_and_evaluate(tiny_config(steps=saved + 2), str(tmp_path))
+  assert int(resumed["step"]) == saved + 2
+
+
+def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
+  config = tiny_config(steps=4)
+  config.checkpoint.every_steps = 2
+  train.train_and_evaluate(config, str(tmp_path))
+  latest = tmp_path / "checkpoints" / "4"
+  for path in (latest / "state").rglob("*"):
+    if path.is_file() and path.stat().st_size > 100:
+      path.write_bytes(b"\0" * 16)
+  with pytest.raises(ckpt_lib.CorruptCheckpoint, match=r"checkpoints/4 cannot be restored.*"
+                     r"resume from step 2"):
+    train.train_and_evaluate(tiny_config(steps=6), str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_checkpoint_of_another_model_names_both(tmp_path):
+  train.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+  other = tiny_config(steps=4, arg="quick,backend=numpy,model=B")
+  with pytest.raises(ckpt_lib.CheckpointMismatch, match=r"holds model .*'name': 'A'.*"
+                     r"asks for .*'name': 'B'"):
+    train.train_and_evaluate(other, str(tmp_path))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = tiny_config(steps=50, lr=1e6)
+  config.checkpoint.every_steps = 1
+  with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+; the last "
+                     r"good checkpoint is step \d+"):
+    train.train_and_evaluate(config, str(tmp_path))
+  state = restore(config, str(tmp_path))
+  assert finite_weights(state)
+  bad = [r for r in metrics.read_metrics(str(tmp_path)) if "loss" in r]
+  assert all(np.isfinite(r["loss"]) for r in bad)  # only finite losses were logged
+
+
+def test_metrics_tensorboard_and_config_are_written(tmp_path, reference):
+  _, workdir, result = reference
+  records = metrics.read_metrics(workdir)
+  assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+  final = [r for r in records if "val_top1_err" in r][-1]
+  assert final["val_count"] == 200 and 0 <= final["val_top5_err"] <= final["val_top1_err"] <= 1
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  saved = json.load(open(os.path.join(workdir, "config.json")))
+  assert saved["data"]["name"] == "fashion_mnist" and saved["optim"]["max_steps"] == 6
+
+
+def test_every_image_counts_once_on_8_devices(tmp_path):
+  config = tiny_config(steps=1, devices=8)
+  config.data.eval_split = "test[:1003]"  # not a multiple of the batch or of 8
+  _, result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["val_count"] == 1003
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+  config = tiny_config()
+  config.data.update(name="not_a_dataset", backend="tfds")
+  with pytest.raises(Exception, match="not_a_dataset"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_end_to_end_fashion_mnist_learns(tmp_path):
+  """The README's recipe, shortened: a 1/8-width A trained for 300 steps through the
+  tf.data pipeline gets well below the 90% error of chance (measured: ~18-20%)."""
+  process = launch(tmp_path, "quick", tiny=False)
+  out = finish(process, timeout=900)
+  final = [r for r in metrics.read_metrics(str(tmp_path)) if "val_top1_err" in r][-1]
+  assert final["val_count"] == 10000 and final["step"] == 300
+  assert final["val_top1_err"] < 0.35, out[-2000:]
