@@ -31,16 +31,19 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, keep_best: bool = True,
                async_save: bool = True):
+    best = lambda metrics: metrics[BEST_METRIC]  # noqa: E731
     policies = [checkpoint_managers.LatestN(keep)]
     if keep_best:
       policies.append(checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[BEST_METRIC], n=1,
-          keep_checkpoints_without_metrics=False))
+          get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False))
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"),
         options=ocp.CheckpointManagerOptions(
             preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            # best_fn also makes orbax write the metrics to disk, so the best is
+            # still known (and kept) after a restart.
+            best_fn=best if keep_best else None,
             enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
 
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None):
