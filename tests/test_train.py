@@ -259,6 +259,9 @@ def test_metrics_tensorboard_and_config_are_written(tmp_path, reference):
   final = [r for r in records if "val_top1_err" in r][-1]
   assert final["val_count"] == 200 and 0 <= final["val_top5_err"] <= final["val_top1_err"] <= 1
   assert os.listdir(os.path.join(workdir, "tensorboard"))
+  checkpoints = ckpt_lib.Checkpointer(workdir)
+  assert checkpoints.best_step() == 6  # the validation metrics reached orbax's store
+  checkpoints.close()
   saved = json.load(open(os.path.join(workdir, "config.json")))
   assert saved["data"]["name"] == "fashion_mnist" and saved["optim"]["max_steps"] == 6
 

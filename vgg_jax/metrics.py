@@ -8,7 +8,6 @@ for looking at curves.
 import json
 import math
 import os
-import time
 
 import jax
 import tqdm
@@ -60,16 +59,12 @@ class Progress:
     self.batch_size = batch_size
     self.bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
                          mininterval=2.0, disable=jax.process_index() != 0)
-    self._last = (initial, time.perf_counter())
 
-  def update(self, step: int, metrics: dict):
-    """`step` is the number of finished steps."""
-    last_step, last_time = self._last
-    now = time.perf_counter()
-    rate = (step - last_step) * self.batch_size / max(now - last_time, 1e-9)
-    self._last = (step, now)
-    self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.0f}", refresh=False)
+  def update(self, step: int, metrics: dict) -> float:
+    """`step` is the number of finished steps; returns images/s, smoothed by tqdm."""
     self.bar.update(step - self.bar.n)
+    rate = (self.bar.format_dict["rate"] or 0.0) * self.batch_size
+    self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{rate:.0f}", refresh=False)
     return rate
 
   def write(self, message: str):

@@ -129,11 +129,10 @@ def evaluate(program: "Program", state: dict, pipeline: data_lib.Pipeline) -> di
   for batch in pipeline:
     sums = program.eval(state, data_lib.to_global(batch, program.batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
-  count = int(totals["count"])
-  return dict(val_top1_err=1 - totals["top1"] / count, val_top5_err=1 - totals["top5"] / count,
-              val_top1_acc=totals["top1"] / count, val_loss=totals["loss"] / count,
-              val_count=count)
+  top1, top5, loss, count = (float(totals[k]) for k in ("top1", "top5", "loss", "count"))
+  return dict(val_top1_err=1 - top1 / count, val_top5_err=1 - top5 / count,
+              val_top1_acc=top1 / count, val_loss=loss / count,
+              val_count=int(count))
 
 
 # ---------------------------------------------------------------------- preemption
