@@ -4,7 +4,6 @@ Runs use the NumPy input path (the same global batches for any device or process
 count) and a 1/16-width net, a few steps each, so the whole file takes a few minutes.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from vgg_jax import checkpoint as ckpt_lib
+from vgg_jax import config as config_lib
 from vgg_jax import data, metrics, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,16 +28,8 @@ needs_fashion_mnist = pytest.mark.skipif(
 pytestmark = needs_fashion_mnist
 
 
-def load_experiment(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "experiments",
-                                                                   f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def tiny_config(steps=4, devices=1, model_axis=1, arg="quick,backend=numpy", **optim):
-  c = load_experiment("fashion_mnist").get_config(arg)
+  c = config_lib.experiment_config("fashion_mnist", arg)
   c.model.width = 1 / 16  # convs 4..32 wide, fc 256
   c.optim.update(batch_size=32, max_steps=steps, **optim)
   c.data.eval_split = "test[:200]"

@@ -6,6 +6,9 @@ copy of `base_config()`. The base config is locked, so an experiment or a
 `--config.x=y` override that names an unknown field fails at once.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from vgg_jax import architectures, data
@@ -43,6 +46,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.lock()
   return c
+
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                           "experiments")
+
+
+def experiment_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """`get_config(arg)` of experiments/NAME.py (or of a path): what `launch.py train
+  --config FILE:ARG` loads, for notebooks, tests and sweeps."""
+  path = name if name.endswith(".py") else os.path.join(EXPERIMENTS, f"{name}.py")
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:

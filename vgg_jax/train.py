@@ -270,7 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   def save(step, metrics=None):
     checkpoints.save(step, state, meta, metrics)
 
-  last_eval = {}
+  # A finished run, restored, reports its result again.
+  last_eval = evaluate(program, state, eval_data) if start_step >= total_steps else {}
   try:
     for step in range(start_step + 1, total_steps + 1):
       batch = data_lib.to_global(next(batches), program.batch_sharding)
