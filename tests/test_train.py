@@ -89,6 +89,16 @@ def test_sharded_equals_unsharded(tmp_path, reference, devices, model_axis, rule
     assert not leaf.sharding.is_fully_replicated  # the rule really placed it
 
 
+def test_bf16_compute_keeps_fp32_parameters(tmp_path, reference):
+  config = tiny_config(steps=6)
+  config.model.dtype = "bfloat16"
+  state, _ = train.train_and_evaluate(config, str(tmp_path))
+  assert {x.dtype for x in jax.tree.leaves(state["params"])} == {np.dtype("float32")}
+  bf16, fp32 = losses(tmp_path), losses(reference[1])
+  np.testing.assert_allclose(bf16, fp32, rtol=2e-2)  # bf16 rounding, same trajectory
+  assert bf16 != fp32
+
+
 def test_weight_decay_applies_to_kernels_only():
   tx = train.make_optimizer(tiny_config().optim)
   params = {"fc6": {"kernel": np.ones((2, 2)), "bias": np.ones(2)}}

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import signal
-import time
 from typing import Any
 
 import jax
