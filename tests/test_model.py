@@ -293,6 +293,13 @@ def test_bad_inputs_are_clear_errors():
     model.features(jnp.ones((1, 64, 64, 3)), ("relu9_9",))
 
 
+def test_default_features_are_each_stage_s_last_relu():
+  assert small("A").stage_outputs() == ("relu1_1", "relu2_1", "relu3_2", "relu4_2",
+                                        "relu5_2")
+  assert small("A-LRN").stage_outputs()[0] == "lrn1"
+  assert small("E").stage_outputs()[-1] == "relu5_4"
+
+
 def test_features_at_any_size_without_the_classifier():
   model = small("D")
   model.eval()

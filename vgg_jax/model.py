@@ -180,12 +180,12 @@ class VGG(nnx.Module):
     class-score map; `rngs` (a `dropout` stream) is needed in train mode."""
     return self.features(x, ("fc8",), dense=dense, rngs=rngs)["fc8"]
 
-  def features(self, x: jax.Array, layers: Iterable[str] = (
-      "relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"), *, dense: bool = False,
-               rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
-    """Activations of the named layers (any of `self.plan`), computing no further
-    than the last one asked for; any input size >= 32 if the classifier is not asked."""
-    wanted = set(layers)
+  def features(self, x: jax.Array, layers: Iterable[str] | None = None, *,
+               dense: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+    """Activations of the named layers (any of `self.plan`; default: each stage's
+    output before its pool, relu1_2 ... relu5_3 for D), computing no further than the last one
+    asked for; any input size >= 32 if the classifier is not asked."""
+    wanted = set(layers if layers is not None else self.stage_outputs())
     unknown = wanted.difference(self.plan)
     if unknown:
       raise ValueError(f"unknown layers {sorted(unknown)} for VGG-{self.cfg.name}; "
@@ -201,6 +201,11 @@ class VGG(nnx.Module):
     if "fc8" in out:
       out["fc8"] = out["fc8"].astype(jnp.float32)
     return out
+
+  def stage_outputs(self) -> tuple[str, ...]:
+    """Each stage's last layer before its pool (its last ReLU; A-LRN's LRN in stage
+    1): the layers perceptual losses use."""
+    return tuple(self.plan[self.plan.index(f"pool{s}") - 1] for s in range(1, POOLS + 1))
 
   def _apply(self, name: str, x: jax.Array, *, dense: bool, rngs) -> jax.Array:
     kind = name.rstrip("0123456789_")
