@@ -177,3 +177,142 @@ def load_keras(path: str, model: nnx.Module) -> nnx.Module:
   os.environ.setdefault("KERAS_BACKEND", "jax")
   import keras  # pylint: disable=import-outside-toplevel
   return keras_to_vgg(keras.saving.load_model(path, compile=False), model)
+
+
+# ---------------------------------------------------------------- torchvision
+
+
+TORCHVISION_NAMES = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+TORCHVISION_HEAD = {"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"}
+_TORCH_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean",
+             "running_var": "var"}
+_BN_TO_TORCH = {v: k for k, v in _TORCH_BN.items()}
+# A counter torchvision keeps beside BN statistics; it does not change any output.
+_IGNORED_TORCH_SUFFIX = ".num_batches_tracked"
+
+
+def torchvision_names(model: nnx.Module) -> dict[str, str]:
+  """torchvision module name for each vgg_jax layer with weights. torchvision's
+  `features` is a Sequential of conv, [BN,] ReLU and pool modules in exactly the order
+  of vgg_jax's plan, so a layer's index there is its position in the plan."""
+  names = {}
+  for index, layer in enumerate(model.plan[:model.plan.index("fc6")]):
+    if layer.startswith(("conv", "bn")):
+      names[layer] = f"features.{index}"
+    elif layer.startswith("lrn"):
+      raise ValueError("torchvision has no LRN: A-LRN has no torchvision layout")
+  return names | {v: k for k, v in TORCHVISION_HEAD.items()}
+
+
+def _fc6_from_torch(weight: np.ndarray, k: int, source: str) -> np.ndarray:
+  """torchvision's classifier.0 is (F, C*K*K) over the NCHW-flattened map (row index
+  c*K*K + h*K + w); fc6 is (K, K, C, F) over HWC order."""
+  out, rows = weight.shape
+  if rows % (k * k):
+    raise ValueError(f"fc6/kernel (from {source}): source shape {weight.shape} is not "
+                     f"(F, C*{k}*{k})")
+  return weight.T.reshape(rows // (k * k), k, k, out).transpose(1, 2, 0, 3)
+
+
+def _fc6_to_torch(kernel: np.ndarray) -> np.ndarray:
+  k, _, channels, out = kernel.shape
+  return kernel.transpose(2, 0, 1, 3).reshape(channels * k * k, out).T
+
+
+def torchvision_tensors(state_dict: Mapping[str, Any], model: nnx.Module
+                        ) -> dict[str, Tensor]:
+  """A torchvision VGG state dict (numpy or torch values) as vgg_jax tensors for
+  `model`'s layout: OIHW conv weights -> HWIO kernels, (out, in) Linear weights ->
+  (in, out), classifier.0 un-flattened from NCHW order, BN weight/bias/statistics."""
+  by_torch = {v: k for k, v in torchvision_names(model).items()}
+  k = model.cfg.head_kernel
+  tensors = {}
+  for key, value in state_dict.items():
+    if key.endswith(_IGNORED_TORCH_SUFFIX):
+      continue
+    module, _, kind = key.rpartition(".")
+    layer, source = by_torch.get(module), f"torchvision {key}"
+    value = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+    if layer is None:
+      tensors[key] = Tensor(value, source)  # load_tensors reports it as extra
+    elif layer.startswith("bn"):
+      tensors[f"{layer}/{_TORCH_BN.get(kind, kind)}"] = Tensor(value, source)
+    elif kind == "bias":
+      tensors[f"{layer}/bias"] = Tensor(value, source)
+    elif layer == "fc6":
+      tensors["fc6/kernel"] = Tensor(_fc6_from_torch(value, k, source), source)
+    elif layer.startswith("fc"):
+      tensors[f"{layer}/kernel"] = Tensor(value.T, source)
+    else:
+      tensors[f"{layer}/kernel"] = Tensor(value.transpose(2, 3, 1, 0), source)
+  return tensors
+
+
+def load_torchvision(state_dict_or_path: Any, model: nnx.Module) -> nnx.Module:
+  """Fills `model` (built with the matching config, e.g. create_model("vgg16",
+  batch_norm=True) for vgg16_bn) from a torchvision state dict or a `.pth` file."""
+  state_dict, source = state_dict_or_path, "the state dict"
+  if isinstance(state_dict_or_path, (str, os.PathLike)):
+    source = os.fspath(state_dict_or_path)
+    state_dict = _read_pth(source)
+  load_tensors(model, torchvision_tensors(state_dict, model), source=f"torchvision {source}")
+  return model
+
+
+def _read_pth(path: str) -> Mapping[str, Any]:
+  import torch  # pylint: disable=import-outside-toplevel
+  try:
+    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:
+    raise ValueError(f"cannot read {path} as a torch state dict: {e}") from e
+  if not isinstance(state_dict, Mapping):
+    raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict")
+  return state_dict
+
+
+def to_torchvision(model: nnx.Module) -> dict[str, np.ndarray]:
+  """The inverse of `torchvision_tensors`: a torchvision VGG state dict as numpy arrays
+  (wrap with torch.from_numpy to load it). BN's num_batches_tracked, which vgg_jax does
+  not keep, is exported as 0."""
+  names, out = torchvision_names(model), {}
+  for path, variable in model_tensors(model).items():
+    layer, kind = path.split("/")
+    value = np.asarray(variable.get_value())
+    module = names[layer]
+    if layer.startswith("bn"):
+      out[f"{module}.{_BN_TO_TORCH[kind]}"] = value
+      out[f"{module}{_IGNORED_TORCH_SUFFIX}"] = np.zeros((), np.int64)
+    elif kind == "bias":
+      out[f"{module}.bias"] = value
+    elif layer == "fc6":
+      out[f"{module}.weight"] = _fc6_to_torch(value)
+    elif layer.startswith("fc"):
+      out[f"{module}.weight"] = value.T
+    else:
+      out[f"{module}.weight"] = value.transpose(3, 2, 0, 1)
+  return out
+
+
+# ---------------------------------------------------------------- input conventions
+
+
+IMAGENET_RGB_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_RGB_STD = np.array([0.229, 0.224, 0.225], np.float32)
+CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
+
+
+def preprocess(images: Any, source: str) -> jax.Array:
+  """RGB images [..., H, W, 3] with values in 0-255 -> what weights from `source` expect.
+
+  "torchvision": RGB scaled to [0, 1], then normalised by ImageNet's mean and std
+    (torchvision's ToTensor + Normalize).
+  "caffe" / "keras": channels flipped to BGR, then the mean pixel subtracted, no
+    scaling (the released Caffe models; keras.applications.vgg16.preprocess_input).
+  Mixing them up costs tens of points of accuracy without any error, hence one name
+  per source."""
+  x = jnp.asarray(images, jnp.float32)
+  if source == "torchvision":
+    return (x / 255.0 - IMAGENET_RGB_MEAN) / IMAGENET_RGB_STD
+  if source in ("caffe", "keras"):
+    return x[..., ::-1] - CAFFE_BGR_MEAN
+  raise ValueError(f"unknown source {source!r}; choose torchvision, caffe or keras")
