@@ -200,14 +200,23 @@ def test_assign_checks_path_and_shape():
     weights.assign(model, "conv9_9/kernel", np.zeros(3))
 
 
-def test_load_keras_file(keras_small, tmp_path):
-  path = tmp_path / "vgg16_small.keras"
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_load_keras_file(keras_small, tmp_path, suffix):
+  path = tmp_path / f"vgg16_small{suffix}"
   keras_small.save(path)
   loaded = weights.load_keras(str(path), abstract("D", image_size=64, num_classes=10))
   direct = weights.keras_to_vgg(keras_small, abstract("D", image_size=64, num_classes=10))
   expected = weights.model_tensors(direct)
   for name, variable in weights.model_tensors(loaded).items():
     np.testing.assert_array_equal(variable.get_value(), expected[name].get_value(), err_msg=name)
+
+
+def test_truncated_keras_file_is_a_clear_error(keras_small, tmp_path):
+  path = tmp_path / "vgg16_small.h5"
+  keras_small.save(path)
+  path.write_bytes(path.read_bytes()[:4096])
+  with pytest.raises(ValueError, match=r"cannot read .*vgg16_small.h5 as a Keras model"):
+    weights.load_keras(str(path), abstract("D", image_size=64, num_classes=10))
 
 
 def test_import_vgg_jax_does_not_import_keras_or_tensorflow():

@@ -176,7 +176,11 @@ def load_keras(path: str, model: nnx.Module) -> nnx.Module:
   (which only takes effect if keras was not imported yet)."""
   os.environ.setdefault("KERAS_BACKEND", "jax")
   import keras  # pylint: disable=import-outside-toplevel
-  return keras_to_vgg(keras.saving.load_model(path, compile=False), model)
+  try:
+    keras_model = keras.saving.load_model(path, compile=False)
+  except Exception as e:  # h5py, zipfile and Keras each raise their own
+    raise ValueError(f"cannot read {path} as a Keras model: {e}") from e
+  return keras_to_vgg(keras_model, model)
 
 
 # ---------------------------------------------------------------- torchvision
