@@ -7,6 +7,10 @@
            first calls jax.distributed.initialize(): --distributed lets JAX detect the
            cluster (Cloud TPU, SLURM); --coordinator_address, --num_processes and
            --process_id name it explicitly.
+  eval     --workdir DIR [--protocol single|dense|multicrop|multicrop+dense]
+           [--scales table4|32,40,48] [--ensemble DIR2,DIR3] [--step N]
+           [--eval_split test] evaluates DIR's best checkpoint (else its newest) with
+           the paper's test protocols; prints a table row, writes DIR/eval/*.json.
 """
 
 import os
@@ -21,7 +25,20 @@ _RESOLUTION = flags.DEFINE_integer("resolution", None,
                                    "summary: also report multiply-adds at this size.")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "train: experiments/FILE.py:ARG")
-_WORKDIR = flags.DEFINE_string("workdir", None, "train: where checkpoints and metrics go.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                                "train: where checkpoints and metrics go; eval: the run.")
+_PROTOCOL = flags.DEFINE_enum("protocol", "dense",
+                              ["single", "dense", "multicrop", "multicrop+dense"],
+                              "eval: the test protocol (Section 3.2).")
+_SCALES = flags.DEFINE_string("scales", "", "eval: test scales Q, '32,40,48' or 'table4' "
+                              "(default: the run's validation Q).")
+_ENSEMBLE = flags.DEFINE_list("ensemble", [], "eval: more workdirs to average with --workdir.")
+_STEP = flags.DEFINE_integer("step", None, "eval: this checkpoint of --workdir, not the best.")
+_EVAL_SPLIT = flags.DEFINE_string("eval_split", "", "eval: the split (default: the run's).")
+_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", None,
+                                   "eval: views per batch (default: the run's batch size).")
+_BUCKET = flags.DEFINE_integer("bucket", 32, "eval: cut dense views to multiples of this "
+                               "(bounds compilations); 0 runs every shape exactly.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with auto-detection.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
@@ -53,12 +70,27 @@ def train_main():
           f"{_CONFIG.value.data.name} {_CONFIG.value.data.eval_split} images")
 
 
+def eval_main():
+  if not _WORKDIR.value:
+    raise app.UsageError("eval needs --workdir DIR")
+  initialize_distributed()
+  from vgg_jax import evaluate
+  models = [evaluate.load_trained(_WORKDIR.value, _STEP.value)]
+  models += [evaluate.load_trained(workdir) for workdir in _ENSEMBLE.value]
+  result = evaluate.evaluate(models, _PROTOCOL.value, _SCALES.value,
+                             split=_EVAL_SPLIT.value, batch_size=_EVAL_BATCH.value,
+                             bucket=_BUCKET.value)
+  path = evaluate.write_result(result)
+  print(f"{evaluate.TABLE_HEADER}\n{evaluate.table_row(result)}\n{result['count']} images, "
+        f"{result['compilations']} compiled programs; written to {path}")
+
+
 def summary_main():
   from vgg_jax import summary
   print(summary.summary(_RESOLUTION.value))
 
 
-COMMANDS = {"summary": summary_main, "train": train_main}
+COMMANDS = {"summary": summary_main, "train": train_main, "eval": eval_main}
 
 
 def main(argv):

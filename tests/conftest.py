@@ -6,3 +6,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
+
+# torchvision's native libraries crash the process when loaded after TensorFlow's (the
+# other order works), and one pytest worker may run both kinds of test: load it first.
+try:
+  import torchvision  # noqa: F401,E402
+except ImportError:
+  pass

@@ -66,11 +66,7 @@ class Checkpointer:
     if step is None:
       return None
     path = os.path.join(self.directory, str(step))
-    try:
-      saved_meta = self.manager.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:
-      raise self._corrupt(path, step, e) from e
+    saved_meta = self.read_meta(step)
     if saved_meta.get("model") != meta["model"]:
       raise CheckpointMismatch(
           f"checkpoint {path} holds model {saved_meta.get('model')}, but the config asks "
@@ -81,6 +77,14 @@ class Checkpointer:
     except Exception as e:
       raise self._corrupt(path, step, e) from e
     return restored, saved_meta
+
+  def read_meta(self, step: int) -> dict:
+    """The JSON `meta` saved with `step` (the model signature and the run's config)."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:
+      raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
 
   def _corrupt(self, path: str, step: int, error: Exception) -> CorruptCheckpoint:
     older = [s for s in self.manager.all_steps() if s < step]

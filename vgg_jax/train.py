@@ -59,6 +59,13 @@ def model_signature(cfg: VGGConfig) -> dict:
               in_channels=cfg.in_channels)
 
 
+def model_graphdef(cfg: VGGConfig):
+  """The model's structure without its arrays: `nnx.merge(graphdef, params, batch_stats)`
+  rebuilds the network from a state's `params` and `batch_stats`."""
+  return nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))),
+                   nnx.Param, nnx.BatchStat)[0]
+
+
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """SGD with momentum and L2 weight decay added to the gradient (Section 3.1)."""
   decay_mask = None if optim.decay_biases else (
@@ -185,8 +192,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     return dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                 opt_state=tx.init(params), plateau=plateau.init(params))
 
-  graphdef = nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))),
-                       nnx.Param, nnx.BatchStat)[0]
+  graphdef = model_graphdef(cfg)
   abstract_state = jax.eval_shape(init_state)
   state_sharding = sharding_lib.state_shardings(
       abstract_state, config.sharding_rules or config.sharding, mesh)

@@ -1,0 +1,266 @@
+"""The test protocols: views, their arithmetic, exact counting and bounded compilations.
+
+The trained network is a 1/16-width A run 4 steps on Fashion-MNIST (checkpoints at steps
+2 and 4); where the point is arithmetic, narrow untrained nets are built directly.
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests.test_train import ROOT, needs_fashion_mnist, tiny_config
+from vgg_jax import evaluate, sharding, train
+from vgg_jax.model import VGG, VGGConfig
+
+pytestmark = needs_fashion_mnist
+SPLIT = "test[:203]"  # a multiple of neither the batch (32) nor the 8 devices
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A run with two checkpoints: step 2, and step 4 (validated, so also the best)."""
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = tiny_config(steps=4)
+  config.checkpoint.every_steps = 2
+  _, result = train.train_and_evaluate(config, workdir)
+  return workdir, result
+
+
+@pytest.fixture(scope="module")
+def trained(run):
+  return evaluate.load_trained(run[0])
+
+
+@pytest.fixture(scope="module")
+def images():
+  return evaluate.load_split(tiny_config().data, "test[:6]")
+
+
+def built(image_size=32, width=1 / 16) -> evaluate.Trained:
+  """An untrained Fashion-MNIST network on one device, for arithmetic."""
+  cfg = VGGConfig(name="A", num_classes=10, width=width, image_size=image_size,
+                  in_channels=1, init="glorot")
+  _, params, batch_stats = nnx.split(VGG(cfg, rngs=nnx.Rngs(1)), nnx.Param, nnx.BatchStat)
+  config = tiny_config()
+  config.data.update(crop=image_size, scale=(image_size, image_size), eval_scale=image_size)
+  return evaluate.Trained(config, cfg, sharding.make_mesh((("data", 1),)), params,
+                          batch_stats)
+
+
+def noise(*shape, seed=0) -> np.ndarray:
+  return np.random.default_rng(seed).normal(0, 50, shape).astype(np.float32)
+
+
+def test_loads_the_best_checkpoint_else_the_newest(run, trained, tmp_path):
+  assert (trained.step, trained.checkpoint) == (4, "best")
+  earlier = evaluate.load_trained(run[0], step=2)
+  assert (earlier.step, earlier.checkpoint) == (2, "requested")
+  assert not all(np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(earlier.params), jax.tree.leaves(trained.params)))
+  unvalidated = str(tmp_path / "run")  # only step 2, saved without metrics
+  shutil.copytree(run[0], unvalidated)
+  shutil.rmtree(os.path.join(unvalidated, "checkpoints", "4"))
+  latest = evaluate.load_trained(unvalidated)
+  assert (latest.step, latest.checkpoint) == (2, "latest")
+
+
+def test_single_crop_reproduces_the_trainers_validation(run, trained):
+  result = evaluate.evaluate([trained], "single", split="test[:200]")
+  assert result["count"] == run[1]["val_count"] == 200
+  assert result["top1_err"] == pytest.approx(run[1]["val_top1_err"])
+  assert result["top5_err"] == pytest.approx(run[1]["val_top5_err"])
+
+
+def test_dense_on_a_training_size_image_equals_single_crop(trained):
+  runner = evaluate.Runner(trained, batch_size=8)
+  batch = noise(8, 32, 32, 1)
+  np.testing.assert_allclose(runner.logits(batch, dense=True),
+                             runner.logits(batch, dense=False), rtol=1e-5, atol=1e-5)
+
+
+def centre_taps(params):
+  """Every 3x3 conv kernel zeroed but for its centre tap."""
+  tap = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: x * tap if sharding.path_string(path).startswith("conv") and
+      x.ndim == 4 else x, params)
+
+
+def test_dense_equals_the_average_of_stride_aligned_crops():
+  """With 3x3 kernels zero but for the centre tap, each conv output pixel depends on
+  that input pixel alone, so SAME padding never enters, and the 2x2 stride-2 pools tile
+  the image in blocks aligned to multiples of 32 = 2^5. So a 64x64 crop at offset
+  (32a, 32b) of a 96x96 image has as its pool5 map exactly the 2x2 window at (a, b) of
+  the whole image's 3x3 pool5 map. With training size 64 fc6 is a 2x2 kernel: dense mode
+  applies it as a VALID conv at the four positions (a, b) in {0, 1}^2, fc7/fc8
+  pointwise, and averages the four logit vectors, which is by the above the mean of the
+  four crops' FC logits. With full 3x3 kernels, SAME padding at each crop's border
+  makes its features differ from the whole image's, and the two disagree."""
+  full = built(image_size=64)
+  image = noise(96, 96, 1)
+  crops = np.stack([image[y:y + 64, x:x + 64] for y in (0, 32) for x in (0, 32)])
+
+  def dense_and_crop_mean(trained):
+    runner = evaluate.Runner(trained, batch_size=4)
+    return (runner.logits(np.stack([image] * 4), dense=True)[0],
+            runner.logits(crops, dense=False).mean(0))
+
+  dense, mean = dense_and_crop_mean(
+      dataclasses.replace(full, params=centre_taps(full.params)))
+  np.testing.assert_allclose(dense, mean, rtol=1e-4, atol=1e-6)
+  dense, mean = dense_and_crop_mean(full)
+  assert not np.allclose(dense, mean, rtol=1e-3, atol=1e-6)
+
+
+def test_multicrop_is_a_5x5_grid_with_flips():
+  image = noise(45, 50, 1)
+  views = evaluate.views(image, "multicrop", 32, bucket=32)
+  assert views.shape == (50, 32, 32, 1)
+  crops, flips = views[:25], views[25:]
+  assert len({c.tobytes() for c in crops}) == 25
+  np.testing.assert_array_equal(flips, crops[:, :, ::-1])
+  for y, x in [(0, 0), (0, 18), (13, 0), (13, 18), (6, 9)]:  # corners, centre
+    assert any(np.array_equal(c, image[y:y + 32, x:x + 32]) for c in crops)
+  np.testing.assert_array_equal(evaluate.views(image, "single", 32, bucket=32)[0],
+                                image[6:38, 9:41])  # the centre crop is the grid's middle
+  np.testing.assert_array_equal(evaluate.grid_offsets(50, 32), [0, 4, 9, 13, 18])
+
+
+def test_multicrop_and_dense_counts_views_per_scale(trained):
+  result = evaluate.evaluate([trained], "multicrop+dense", "32,40,48", split="test[:6]")
+  assert result["views_per_image"] == [(50 + 2) * 3]
+  assert result["count"] == 6
+  assert result["compilations"] == 2  # one crop program, one 32x32 dense program
+  assert result["models"][0]["Q"] == [32, 40, 48]
+
+
+def test_flip_averaging_of_a_symmetric_image_changes_nothing():
+  trained = built()
+  runner = evaluate.Runner(trained, batch_size=1)
+  half = np.random.default_rng(0).integers(0, 255, (28, 14, 1))
+  symmetric = np.concatenate([half, half[:, ::-1]], axis=1).astype(np.uint8)
+  asymmetric = np.concatenate([half, half], axis=1).astype(np.uint8)
+
+  def unflipped(raw):
+    """Soft-max of the one image, no flip, averaged over the two scales."""
+    padded = np.pad(raw, ((2, 2), (2, 2), (0, 0)))[None]
+    return np.mean([evaluate.softmax(runner.logits(
+        evaluate.views(np.asarray(evaluate.rescale(padded, runner.mean, short_side=q))[0],
+                       "dense", 32, 32)[:1], dense=True)) for q in (32, 40)], 0)
+
+  np.testing.assert_allclose(runner.predict([symmetric], "dense", [32, 40]),
+                             unflipped(symmetric), rtol=1e-5)
+  assert not np.allclose(runner.predict([asymmetric], "dense", [32, 40]),
+                         unflipped(asymmetric), rtol=1e-5)
+
+
+def test_ensembles_average_their_members(run, trained, images):
+  raw, labels = images
+  step2 = evaluate.load_trained(run[0], step=2)
+  wider = built(width=1 / 8)  # another config
+  runners = {name: evaluate.Runner(t, batch_size=8)
+             for name, t in [("step4", trained), ("step2", step2), ("wider", wider)]}
+  alone = {name: r.predict(raw, "dense", [32]) for name, r in runners.items()}
+  np.testing.assert_array_equal(
+      evaluate.predict([runners["step4"]], raw, "dense", [[32]]), alone["step4"])
+  for other in ("step2", "wider"):
+    pair = evaluate.predict([runners["step4"], runners[other]], raw, "dense", [[32], [32]])
+    np.testing.assert_allclose(pair, (alone["step4"] + alone[other]) / 2, rtol=1e-6)
+    assert not np.allclose(pair, alone["step4"]) and not np.allclose(pair, alone[other])
+  result = evaluate.evaluate([trained, step2], "dense", split="test[:6]")
+  expected = evaluate.score((alone["step4"] + alone["step2"]) / 2, labels)
+  assert {k: result[k] for k in expected} == expected
+
+
+def test_exact_counting_on_8_devices(run):
+  one = evaluate.evaluate([evaluate.load_trained(run[0])], "dense", split=SPLIT)
+  eight = evaluate.load_trained(run[0], mesh=(("data", 8), ("model", 1)))
+  assert eight.mesh.shape["data"] == 8
+  result = evaluate.evaluate([eight], "dense", split=SPLIT)
+  assert result["count"] == one["count"] == 203
+  assert (result["top1_hits"], result["top5_hits"]) == (one["top1_hits"], one["top5_hits"])
+  shares = [evaluate.evaluate([eight], "dense", split=SPLIT, process_index=i,
+                              process_count=3) for i in range(3)]
+  assert [s["count"] for s in shares] == [68, 68, 67]
+  assert sum(s["top1_hits"] for s in shares) == one["top1_hits"]
+
+
+def test_both_backends_give_a_process_the_same_share_and_views():
+  trained = built()
+  numpy_images, numpy_labels = evaluate.load_split(trained.config.data, "test[:7]", 1, 2)
+  with_tf = dataclasses.replace(trained, config=trained.config.copy_and_resolve_references())
+  with_tf.config.data.backend = "tfds"
+  tfds_images, tfds_labels = evaluate.load_split(with_tf.config.data, "test[:7]", 1, 2)
+  np.testing.assert_array_equal(numpy_labels, tfds_labels)
+  assert len(numpy_labels) == 3
+  np.testing.assert_array_equal(np.stack(numpy_images), np.stack(tfds_images))
+  for q in (20, 32, 37, 45):  # shrinking and enlarging
+    np.testing.assert_allclose(
+        evaluate.Runner(with_tf).rescaled(np.stack(tfds_images), q),
+        evaluate.Runner(trained).rescaled(np.stack(numpy_images), q), atol=1e-2)
+
+
+def test_compilations_are_bounded_over_many_image_sizes():
+  """Synthetic images of 12 sizes, each in both orientations, rescale to 12 distinct
+  shapes at Q=32 (32x33 ... 32x100); cut to multiples of 32 they need 5 programs."""
+  sizes = [(32, 33), (33, 60), (40, 90), (45, 100), (32, 64), (32, 100)]
+  sizes += [(w, h) for h, w in sizes]
+  raw = [np.full((h, w, 1), 7, np.uint8) for h, w in sizes]
+  assert len({evaluate.rescaled_shape(h, w, 32) for h, w in sizes}) == 12
+  runner = evaluate.Runner(built(), batch_size=8)
+  probs = runner.predict(raw, "dense", [32])
+  assert probs.shape == (12, 10) and np.allclose(probs.sum(1), 1)
+  assert {shape[1:3] for shape, _ in runner.programs} == {
+      (32, 32), (32, 64), (64, 32), (32, 96), (96, 32)}
+  assert runner._forward._cache_size() == len(runner.programs) == 5
+
+
+def test_results_as_json_and_a_table_row(trained):
+  result = evaluate.evaluate([trained], "dense", split="test[:6]")
+  path = evaluate.write_result(result)
+  assert path == os.path.join(trained.workdir, "eval", "test_6_dense_Q32.json")
+  with open(path) as f:
+    saved = json.load(f)
+  assert saved["count"] == 6 and saved["models"][0]["step"] == 4
+  assert saved["table_row"] == evaluate.table_row(result)
+  cells = saved["table_row"].strip("|").split("|")
+  assert [c.strip() for c in cells[:4]] == ["A", "32", "32", "dense"]
+  assert float(cells[4]) == pytest.approx(100 * result["top1_err"], abs=0.05)
+
+
+def test_scale_presets():
+  config = tiny_config()
+  assert evaluate.resolve_scales("", config) == (32,)
+  assert evaluate.resolve_scales("table4", config) == (32, 37)
+  config.data.scale = (32, 48)
+  assert evaluate.resolve_scales("table4", config) == (32, 40, 48)
+  config.data.update(scale=(256, 256), crop=224)
+  assert evaluate.resolve_scales("table4", config) == (224, 256, 288)
+  assert evaluate.resolve_scales("24,32", config) == (24, 32)
+
+
+def test_launch_eval(run):
+  out = subprocess.run(
+      [sys.executable, "launch.py", "eval", f"--workdir={run[0]}", "--protocol=single",
+       "--eval_split=test[:10]"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "| A | 32 | 32 | single |" in out.stdout
+  assert os.path.exists(os.path.join(run[0], "eval", "test_10_single_Q32.json"))
+
+
+def test_refuses_an_unknown_protocol_and_scales_below_the_crop():
+  runner = evaluate.Runner(built(), batch_size=8)
+  image = [np.zeros((28, 28, 1), np.uint8)]
+  with pytest.raises(ValueError, match="unknown protocol 'tencrop'"):
+    runner.predict(image, "tencrop", [32])
+  with pytest.raises(ValueError, match="at least the crop 32"):
+    runner.predict(image, "dense", [24, 32])

@@ -1,0 +1,438 @@
+"""The paper's test protocols (Section 3.2) on trained checkpoints: single crop, dense,
+multi-crop, multi-scale, "multi-crop & dense" and ensembles, with top-1/top-5 error over
+a split in which every image counts exactly once.
+
+A prediction. Each image is padded as in training (`data.pad_to`), its shortest side
+rescaled to Q with the training pipeline's resampling kernel, its channel means
+subtracted, and cut into views:
+  single     the centre crop x crop window (what the trainer validates on);
+  dense      the whole rescaled image and its horizontal flip, the head run as
+             convolutions and the class-score map averaged by the model (`dense=True`);
+  multicrop  a 5x5 grid of crop x crop windows evenly spaced from corner to corner, and
+             their flips: 50 views per scale. At Q = crop all 25 windows coincide.
+Soft-max is averaged over an image's views, then over the scales Q; "multicrop+dense"
+averages the two protocols' soft-max, and an ensemble averages its models' (which may
+be of different configs: each uses its own crop, padding, statistics and scales).
+
+How it runs. Views of one shape are fed in fixed-size batches (the last one padded with
+ignored rows), split over the mesh's `data` axis like training batches, through one
+jitted program per distinct view shape: one for all crops, one per dense shape. Dense
+views are cut to a multiple of `bucket` (32) pixels per side, keeping the centre: the
+five pools drop the remainder anyway (a 300-pixel side gives 9 pool5 positions from its
+first 288 pixels), so bucketing moves the dropped pixels from the bottom/right edge to
+both edges, and the programs per scale number at most the distinct long sides / 32 in
+each orientation (one for a dataset of squares). `bucket=0` runs every shape exactly.
+Rescaling runs on the host: in JAX for the numpy backend (one compiled resize per raw
+image size; Fashion-MNIST has one), in TensorFlow for tfds.
+
+Counting. Each process evaluates its share of the split (`data.shard`, nothing dropped)
+and all processes run the same batches per view shape (the largest share sets the
+count, the others pad), so the sums of hits and images are exact on any layout.
+
+  python launch.py eval --workdir DIR --protocol dense --scales table4
+"""
+
+import collections
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import os
+import re
+from typing import Any, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+
+from vgg_jax import checkpoint as ckpt_lib
+from vgg_jax import config as config_lib
+from vgg_jax import data, sharding, train
+from vgg_jax.model import VGGConfig
+
+PROTOCOLS = ("single", "dense", "multicrop", "multicrop+dense")
+VIEWS = {"single": 1, "dense": 2, "multicrop": 50}
+GRID = 5  # multi-crop windows per side
+TABLE_HEADER = "| config | S | Q | protocol | top-1 | top-5 |\n|---|---|---|---|---|---|"
+
+
+# ------------------------------------------------------------------ a trained network
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+  """A network to evaluate: its run's config, its arrays, the mesh they live on.
+  `checkpoint` says which was taken: "best" (by validation accuracy), "latest" or
+  "requested"."""
+  config: ml_collections.ConfigDict
+  model: VGGConfig
+  mesh: jax.sharding.Mesh
+  params: Any
+  batch_stats: Any
+  step: int | None = None
+  checkpoint: str = ""
+  workdir: str = ""
+
+
+def load_trained(workdir: str, step: int | None = None,
+                 mesh: Sequence[tuple[str, int]] | None = None) -> Trained:
+  """The network of `workdir` (its config.json) at checkpoint `step`; by default the
+  best by validation accuracy where the run recorded one, else the newest. `mesh` is
+  axes as in `config.mesh` (default: the run's own)."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  checkpoints = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
+  try:
+    chosen, which = choose_step(checkpoints, step)
+    if chosen is None:
+      raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
+    saved = checkpoints.read_meta(chosen)["model"]
+    program = train.build_program(config, sharding.make_mesh(mesh or config.mesh),
+                                  saved["num_classes"], saved["in_channels"])
+    state, _ = checkpoints.restore(program.abstract_state,
+                                   train.checkpoint_meta(config, program), chosen)
+  finally:
+    checkpoints.close()
+  return Trained(config, program.model, program.mesh, state["params"],
+                 state["batch_stats"], int(state["step"]), which, workdir)
+
+
+def choose_step(checkpoints: ckpt_lib.Checkpointer, step: int | None
+                ) -> tuple[int | None, str]:
+  """`step` if given, else the best by validation accuracy, else (no checkpoint was
+  validated) the newest; with which of the three it is."""
+  if step is not None:
+    return step, "requested"
+  best = checkpoints.best_step()
+  return (best, "best") if best is not None else (checkpoints.latest_step(), "latest")
+
+
+# ------------------------------------------------------------------------------ input
+
+
+def load_split(data_cfg: Any, split: str = "", process_index: int | None = None,
+               process_count: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+  """This process's share of a split (default: the eval split) as raw images (HWC, any
+  sizes) and labels; the process arguments default to JAX's."""
+  cfg = data.resolve_config(data_cfg)
+  split = split or cfg.eval_split
+  index = jax.process_index() if process_index is None else process_index
+  count = jax.process_count() if process_count is None else process_count
+  if cfg.backend == "numpy":
+    images, labels = data.load_numpy_split(cfg, split)
+    mine = data.shard(len(labels), index, count, drop_remainder=False)
+    return list(images[mine.start:mine.stop]), labels[mine.start:mine.stop]
+  import tensorflow_datasets as tfds  # only the tfds backend needs TensorFlow
+  from vgg_jax import data_tf
+  ds = data_tf.prepared_builder(cfg).as_dataset(split=tfds.split_for_jax_process(
+      split, process_index=index, process_count=count, drop_remainder=False))
+  examples = list(ds.as_numpy_iterator())
+  return ([ex["image"] for ex in examples],
+          np.array([ex["label"] for ex in examples], np.int32))
+
+
+def rescaled_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
+  """As `data.rescaled_hw`: the long side truncated."""
+  return short_side * height // min(height, width), short_side * width // min(height, width)
+
+
+@functools.partial(jax.jit, static_argnames="short_side")
+def rescale(images: jax.Array, mean: jax.Array, *, short_side: int) -> jax.Array:
+  """[N, h, w, C] -> shortest side `short_side`, resampled with `data.rescale_crop`'s
+  kernel, the channel means subtracted."""
+  n, h, w, c = images.shape
+  out = rescaled_shape(h, w, short_side)
+  scale = jnp.array(out, jnp.float32) / jnp.array([h, w], jnp.float32)
+  x = jax.image.scale_and_translate(images.astype(jnp.float32), (n, *out, c), (1, 2),
+                                    scale, jnp.zeros(2), "linear", antialias=True)
+  return x - mean
+
+
+def grid_offsets(size: int, crop: int) -> np.ndarray:
+  """GRID window starts from 0 to size - crop; the middle one is the centre crop's."""
+  return np.arange(GRID) * (size - crop) // (GRID - 1)
+
+
+def dense_side(size: int, crop: int, bucket: int) -> int:
+  return max(crop, size - size % bucket) if bucket else size
+
+
+def centre(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  y, x = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+  return image[y:y + height, x:x + width]
+
+
+def view_shape(kind: str, height: int, width: int, short_side: int, crop: int,
+               bucket: int) -> tuple[int, int, bool]:
+  """(height, width, dense) of an image's views, from its raw size alone."""
+  if kind != "dense":
+    return crop, crop, False
+  h, w = rescaled_shape(height, width, short_side)
+  return dense_side(h, crop, bucket), dense_side(w, crop, bucket), True
+
+
+def views(image: np.ndarray, kind: str, crop: int, bucket: int) -> np.ndarray:
+  """A rescaled, centred image [H, W, C] -> its views [VIEWS[kind], h, w, C]."""
+  h, w = image.shape[:2]
+  if kind == "single":
+    return centre(image, crop, crop)[None]
+  if kind == "dense":
+    x = centre(image, dense_side(h, crop, bucket), dense_side(w, crop, bucket))
+    return np.stack([x, x[:, ::-1]])
+  crops = np.stack([image[y:y + crop, x:x + crop]
+                    for y in grid_offsets(h, crop) for x in grid_offsets(w, crop)])
+  return np.concatenate([crops, crops[:, :, ::-1]])
+
+
+def fixed_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch: int, steps: int,
+                  shape: tuple[int, ...]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """Exactly `steps` (views, owners) batches of `batch` rows from (views, owner image)
+  chunks; rows past len(owners) are zero padding."""
+  rows, owners = np.zeros((0, *shape), np.float32), np.zeros(0, np.int64)
+  for chunk, owner in chunks:
+    rows, owners = np.concatenate([rows, chunk]), np.concatenate([owners, owner])
+    while len(rows) >= batch:
+      yield rows[:batch], owners[:batch]
+      rows, owners, steps = rows[batch:], owners[batch:], steps - 1
+  for _ in range(steps):
+    padding = np.zeros((batch - len(rows), *shape), np.float32)
+    yield np.concatenate([rows, padding]), owners
+    rows, owners = rows[:0], owners[:0]
+
+
+def agreed_steps(local_views: dict[tuple, int], batch: int) -> dict[tuple, int]:
+  """Batches per view shape, the same (and in the same order) on every process: the
+  largest share of each shape sets the count, the other processes pad."""
+  counts = dict(local_views)
+  if jax.process_count() > 1:
+    rows = np.array([[*key, n] for key, n in counts.items()], np.int64).reshape(-1, 4)
+    longest = int(multihost_utils.process_allgather(np.int64(len(rows))).max())
+    padded = np.zeros((longest, 4), np.int64)
+    padded[:len(rows)] = rows
+    counts = {}
+    for h, w, dense, n in multihost_utils.process_allgather(padded).reshape(-1, 4):
+      if n:
+        key = (int(h), int(w), bool(dense))
+        counts[key] = max(counts.get(key, 0), int(n))
+  return {key: math.ceil(n / batch) for key, n in sorted(counts.items())}
+
+
+# ------------------------------------------------------------------------- the runner
+
+
+def view_kinds(protocol: str) -> tuple[str, ...]:
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+  return ("multicrop", "dense") if protocol == "multicrop+dense" else (protocol,)
+
+
+def forward(params, batch_stats, images, *, graphdef, dense: bool) -> jax.Array:
+  model = nnx.merge(graphdef, params, batch_stats)
+  model.eval()
+  return model(images, dense=dense)
+
+
+def one_ahead(items: Iterator) -> Iterator:
+  """Each item once the next one exists: the device runs a batch while the host
+  prepares the next and reads the one before."""
+  previous = None
+  for item in items:
+    if previous is not None:
+      yield previous
+    previous = item
+  if previous is not None:
+    yield previous
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+class Runner:
+  """One network's views in, soft-max out: fixed-size batches, split over the mesh's
+  `data` axis, one compiled program per view shape (`programs`)."""
+
+  def __init__(self, trained: Trained, batch_size: int | None = None):
+    self.trained = trained
+    cfg = data.resolve_config(trained.config.data)
+    self.backend, self.pad_to, self.crop = cfg.backend, cfg.pad_to, trained.model.image_size
+    self.mean, = data.on_cpu(data.load_stats(cfg.stats or cfg.name).mean)
+    self.batch_size = batch_size or trained.config.optim.batch_size
+    if self.batch_size % trained.mesh.shape["data"] or self.batch_size % jax.process_count():
+      raise ValueError(f"batch {self.batch_size} does not divide between the "
+                       f"{trained.mesh.shape['data']} devices of the data axis and the "
+                       f"{jax.process_count()} processes")
+    self.local_batch = self.batch_size // jax.process_count()
+    self.batch_sharding = sharding.batch_sharding(trained.mesh)
+    self._forward = jax.jit(
+        functools.partial(forward, graphdef=train.model_graphdef(trained.model)),
+        static_argnames="dense", out_shardings=self.batch_sharding)
+    self.programs: set[tuple] = set()
+
+  def dispatch(self, images: np.ndarray, dense: bool) -> jax.Array:
+    """Starts the logits of one process-local batch [local_batch, H, W, C]."""
+    self.programs.add((images.shape, dense))
+    return self._forward(self.trained.params, self.trained.batch_stats,
+                         data.to_global(images, self.batch_sharding), dense=dense)
+
+  def fetch(self, logits: jax.Array) -> np.ndarray:
+    """This process's rows of dispatched logits."""
+    return np.asarray(multihost_utils.global_array_to_host_local_array(
+        logits, self.trained.mesh, P("data")))
+
+  def logits(self, images: np.ndarray, dense: bool) -> np.ndarray:
+    return self.fetch(self.dispatch(images, dense))
+
+  def predict(self, images: Sequence[np.ndarray], protocol: str,
+              scales: Sequence[int], bucket: int = 32) -> np.ndarray:
+    """Soft-max [N, classes] of raw images under a protocol, averaged over `scales`."""
+    if min(scales) < self.crop:
+      raise ValueError(f"scales {list(scales)} must be at least the crop {self.crop}")
+    padded = [data.pad_images(x[None], self.pad_to)[0] for x in images]
+    return np.mean([self.scan(padded, kind, q, bucket)
+                    for kind in view_kinds(protocol) for q in scales], 0)
+
+  def scan(self, images: Sequence[np.ndarray], kind: str, short_side: int,
+           bucket: int) -> np.ndarray:
+    """Soft-max averaged over each image's views of one kind at one scale."""
+    groups = collections.defaultdict(list)
+    for i, image in enumerate(images):
+      groups[view_shape(kind, *image.shape[:2], short_side, self.crop, bucket)].append(i)
+    probs = np.zeros((len(images), self.trained.model.num_classes))
+    sizes = {key: len(members) * VIEWS[kind] for key, members in groups.items()}
+    started = ((self.dispatch(batch, dense=key[2]), owners)
+               for key, steps in agreed_steps(sizes, self.local_batch).items()
+               for batch, owners in fixed_batches(
+                   self.view_chunks(images, groups.get(key, []), kind, short_side, bucket),
+                   self.local_batch, steps, (*key[:2], self.trained.model.in_channels)))
+    for logits, owners in one_ahead(started):
+      np.add.at(probs, owners, softmax(self.fetch(logits)[:len(owners)]))
+    return probs / VIEWS[kind]
+
+  def rescaled(self, images: np.ndarray, short_side: int) -> np.ndarray:
+    """Same-sized raw images [N, h, w, C] rescaled and centred: in JAX on the CPU for
+    the numpy backend, in TensorFlow for tfds (ImageNet's thousands of image sizes
+    would each compile a JAX resize); the two agree to 1e-2 (tests/test_data.py)."""
+    if self.backend == "numpy":
+      stack, = data.on_cpu(images)
+      return np.asarray(rescale(stack, self.mean, short_side=short_side))
+    from vgg_jax import data_tf
+    return data_tf.rescale(images, short_side).numpy() - np.asarray(self.mean)
+
+  def view_chunks(self, images, members: list[int], kind: str, short_side: int,
+                  bucket: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(views, owner) per image, rescaling images of one raw shape together."""
+    by_shape = sorted(members, key=lambda i: images[i].shape)
+    for _, same in itertools.groupby(by_shape, key=lambda i: images[i].shape):
+      same = list(same)
+      for start in range(0, len(same), self.local_batch):
+        part = same[start:start + self.local_batch]
+        for i, image in zip(part, self.rescaled(np.stack([images[i] for i in part]),
+                                                short_side)):
+          chunk = views(image, kind, self.crop, bucket)
+          yield chunk, np.full(len(chunk), i)
+
+
+# ----------------------------------------------------------------------------- scales
+
+
+def resolve_scales(spec: str, config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The test scales Q for a run. "" : its own validation Q (Table 3); "table4": for a
+  fixed S, {S - d, S, S + d} with d = 32 at crop 224 scaled with the crop (5 at 32),
+  dropping those below the crop (Fashion-MNIST S=32 gives {32, 37}); for a jittered
+  [S_min, S_max], {S_min, middle, S_max} (the paper's {256, 384, 512}; {32, 40, 48} for
+  Fashion-MNIST's [32, 48]). Otherwise a list, "32,40,48"."""
+  if not spec:
+    return (config.data.eval_scale,)
+  if spec != "table4":
+    return tuple(int(q) for q in spec.split(","))
+  lo, hi = data.scale_range(config.data.scale)
+  crop = config.data.crop
+  if lo != hi:
+    return lo, (lo + hi) // 2, hi
+  d = round(32 * crop / 224)
+  return tuple(q for q in (lo - d, lo, lo + d) if q >= crop)
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> dict:
+  """Top-1/top-5 error, hits and images summed over processes."""
+  top5 = np.argsort(-probs, axis=1)[:, :5]
+  sums = np.array([(top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(1).sum(),
+                   len(labels)], np.int64)
+  if jax.process_count() > 1:
+    sums = multihost_utils.process_allgather(sums).sum(0)
+  top1, top5_hits, count = (int(v) for v in sums)
+  return dict(top1_err=1 - top1 / count, top5_err=1 - top5_hits / count, top1_hits=top1,
+              top5_hits=top5_hits, count=count)
+
+
+def predict(runners: Sequence[Runner], images: Sequence[np.ndarray], protocol: str,
+            scales: Sequence[Sequence[int]], bucket: int = 32) -> np.ndarray:
+  """An ensemble's soft-max [N, classes]: the average of its members', each at its own
+  scales."""
+  return np.mean([r.predict(images, protocol, q, bucket) for r, q in zip(runners, scales)], 0)
+
+
+def evaluate(models: Sequence[Trained], protocol: str = "dense", scales: str = "", *,
+             split: str = "", batch_size: int | None = None, bucket: int = 32,
+             process_index: int | None = None, process_count: int | None = None) -> dict:
+  """One network, or the soft-max average of several (an ensemble), on `split` (default:
+  the first model's eval split) under `protocol` at `scales` (see `resolve_scales`,
+  resolved per model). The process arguments simulate a share of the split."""
+  datasets = {m.config.data.name for m in models}
+  if len(datasets) > 1:
+    raise ValueError(f"an ensemble's models must share a dataset, got {sorted(datasets)}")
+  images, labels = load_split(models[0].config.data, split, process_index, process_count)
+  runners = [Runner(m, batch_size) for m in models]
+  per_model = [resolve_scales(scales, m.config) for m in models]
+  probs = predict(runners, images, protocol, per_model, bucket)
+  return dict(
+      score(probs, labels), protocol=protocol, split=split or models[0].config.data.eval_split,
+      models=[dict(workdir=m.workdir, step=m.step, checkpoint=m.checkpoint,
+                   config=m.model.name, S=config_lib.scale_name(
+                       data.scale_range(m.config.data.scale)), Q=list(q))
+              for m, q in zip(models, per_model)],
+      views_per_image=[sum(VIEWS[k] for k in view_kinds(protocol)) * len(q)
+                       for q in per_model],
+      compilations=sum(len(r.programs) for r in runners), bucket=bucket)
+
+
+def table_row(result: dict) -> str:
+  """The result as a row under TABLE_HEADER (errors in %, as the paper's tables)."""
+  models = result["models"]
+  qs = {",".join(map(str, m["Q"])) for m in models}
+  return (f"| {' + '.join(m['config'] for m in models)} | "
+          f"{' + '.join(m['S'] for m in models)} | {' / '.join(sorted(qs))} | "
+          f"{result['protocol']} | {100 * result['top1_err']:.1f} | "
+          f"{100 * result['top5_err']:.1f} |")
+
+
+def result_path(result: dict) -> str:
+  """WORKDIR/eval/SPLIT_PROTOCOL_QSCALES[_with_OTHERS].json in the first model's
+  workdir ("test[:200]" is written test_200)."""
+  first, *others = result["models"]
+  split = re.sub(r"\W+", "_", result["split"]).strip("_")
+  name = f"{split}_{result['protocol']}_Q{'-'.join(map(str, first['Q']))}"
+  if others:
+    name += "_with_" + "+".join(os.path.basename(os.path.normpath(m["workdir"]))
+                                for m in others)
+  return os.path.join(first["workdir"], "eval", name + ".json")
+
+
+def write_result(result: dict) -> str:
+  """Writes the JSON (process 0 only), with its table row; returns its path."""
+  path = result_path(result)
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+      json.dump(dict(result, table_row=table_row(result)), f, indent=2)
+  return path
