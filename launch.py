@@ -11,6 +11,9 @@
            [--scales table4|32,40,48] [--ensemble DIR2,DIR3] [--step N]
            [--eval_split test] evaluates DIR's best checkpoint (else its newest) with
            the paper's test protocols; prints a table row, writes DIR/eval/*.json.
+  convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
+           (.pth: vgg11/13/16/19 and _bn) or a Keras VGG16/VGG19 (.keras/.h5) and
+           writes it as a vgg_jax orbax checkpoint (read it with weights.load_orbax).
 """
 
 import os
@@ -39,6 +42,9 @@ _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", None,
                                    "eval: views per batch (default: the run's batch size).")
 _BUCKET = flags.DEFINE_integer("bucket", 32, "eval: cut dense views to multiples of this "
                                "(bounds compilations); 0 runs every shape exactly.")
+_FROM = flags.DEFINE_enum("from", None, ["torchvision", "keras"],
+                          "convert: the format of the positional FILE.")
+_TO = flags.DEFINE_string("to", None, "convert: the directory to write.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() with auto-detection.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
@@ -85,19 +91,34 @@ def eval_main():
         f"{result['compilations']} compiled programs; written to {path}")
 
 
+def convert_main(path):
+  if not (_FROM.value and _TO.value):
+    raise app.UsageError("convert needs --from torchvision|keras FILE --to DIR")
+  import vgg_jax
+  from vgg_jax import weights
+  model = weights.import_file(_FROM.value, path)
+  directory = weights.save_orbax(model, _TO.value)
+  print(f"VGG-{model.cfg.name} ({vgg_jax.count_params(model):,} parameters) from {path} "
+        f"written to {directory}; read it with weights.load_orbax({_TO.value!r}, model) "
+        f"for a model of signature {model.cfg.signature()}")
+
+
 def summary_main():
   from vgg_jax import summary
   print(summary.summary(_RESOLUTION.value))
 
 
-COMMANDS = {"summary": summary_main, "train": train_main, "eval": eval_main}
+COMMANDS = {"summary": summary_main, "train": train_main, "eval": eval_main,
+            "convert": convert_main}
+POSITIONAL = {"convert": 1}  # commands that take a FILE after the command name
 
 
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  if len(argv) != 2 or argv[1] not in COMMANDS:
+  command = argv[1] if len(argv) > 1 else None
+  if command not in COMMANDS or len(argv) != 2 + POSITIONAL.get(command, 0):
     raise app.UsageError(f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags]\n{__doc__}")
-  COMMANDS[argv[1]]()
+  COMMANDS[command](*argv[2:])
 
 
 if __name__ == "__main__":

@@ -211,6 +211,17 @@ def test_load_keras_file(keras_small, tmp_path, suffix):
     np.testing.assert_array_equal(variable.get_value(), expected[name].get_value(), err_msg=name)
 
 
+def test_import_file_reads_the_architecture_from_the_file(keras_small, tmp_path):
+  path = tmp_path / "vgg16_small.keras"
+  keras_small.save(path)
+  imported = weights.import_file("keras", str(path))
+  assert (imported.cfg.name, imported.cfg.num_classes, imported.cfg.image_size) == ("D", 10, 64)
+  expected = weights.model_tensors(
+      weights.keras_to_vgg(keras_small, abstract("D", image_size=64, num_classes=10)))
+  for name, variable in weights.model_tensors(imported).items():
+    np.testing.assert_array_equal(variable.get_value(), expected[name].get_value(), err_msg=name)
+
+
 def test_truncated_keras_file_is_a_clear_error(keras_small, tmp_path):
   path = tmp_path / "vgg16_small.h5"
   keras_small.save(path)

@@ -78,6 +78,18 @@ class Checkpointer:
       raise self._corrupt(path, step, e) from e
     return restored, saved_meta
 
+  def restore_subset(self, abstract_subset: Any, step: int) -> Any:
+    """Only the part of the saved state that `abstract_subset` names (e.g. params and
+    batch_stats of a training state, without its optimiser), on its shardings."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              item=abstract_subset, partial_restore=True,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subset))
+      ))["state"]
+    except Exception as e:
+      raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
+
   def read_meta(self, step: int) -> dict:
     """The JSON `meta` saved with `step` (the model signature and the run's config)."""
     try:

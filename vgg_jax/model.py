@@ -105,6 +105,13 @@ class VGGConfig:
   def channels(self, features: int) -> int:
     return max(1, round(features * self.width))
 
+  def signature(self) -> dict:
+    """What weights must agree on to load into this network (not dtypes, dropout or
+    init): checkpoints store it and loaders compare it."""
+    return dict(name=self.name, num_classes=self.num_classes, width=self.width,
+                hidden=self.hidden, batch_norm=self.batch_norm, image_size=self.image_size,
+                in_channels=self.in_channels)
+
 
 def min_input_size() -> int:
   return 2**POOLS

@@ -52,13 +52,6 @@ def model_config(config: ml_collections.ConfigDict, num_classes: int,
       dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype))
 
 
-def model_signature(cfg: VGGConfig) -> dict:
-  """What a checkpoint must agree on to be restored (not dtypes or dropout)."""
-  return dict(name=cfg.name, num_classes=cfg.num_classes, width=cfg.width,
-              hidden=cfg.hidden, batch_norm=cfg.batch_norm, image_size=cfg.image_size,
-              in_channels=cfg.in_channels)
-
-
 def model_graphdef(cfg: VGGConfig):
   """The model's structure without its arrays: `nnx.merge(graphdef, params, batch_stats)`
   rebuilds the network from a state's `params` and `batch_stats`."""
@@ -215,7 +208,7 @@ def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, program: Program) -> dict:
-  return dict(model=model_signature(program.model),
+  return dict(model=program.model.signature(),
               config=json.loads(config.to_json_best_effort()))
 
 

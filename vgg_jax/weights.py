@@ -174,13 +174,16 @@ def load_keras(path: str, model: nnx.Module) -> nnx.Module:
   """Loads a whole saved Keras model (.keras or .h5) and copies it into `model`.
   Imports keras only here, on the JAX backend unless KERAS_BACKEND says otherwise
   (which only takes effect if keras was not imported yet)."""
+  return keras_to_vgg(read_keras(path), model)
+
+
+def read_keras(path: str):
   os.environ.setdefault("KERAS_BACKEND", "jax")
   import keras  # pylint: disable=import-outside-toplevel
   try:
-    keras_model = keras.saving.load_model(path, compile=False)
+    return keras.saving.load_model(path, compile=False)
   except Exception as e:  # h5py, zipfile and Keras each raise their own
     raise ValueError(f"cannot read {path} as a Keras model: {e}") from e
-  return keras_to_vgg(keras_model, model)
 
 
 # ---------------------------------------------------------------- torchvision
@@ -258,12 +261,29 @@ def load_torchvision(state_dict_or_path: Any, model: nnx.Module) -> nnx.Module:
   state_dict, source = state_dict_or_path, "the state dict"
   if isinstance(state_dict_or_path, (str, os.PathLike)):
     source = os.fspath(state_dict_or_path)
-    state_dict = _read_pth(source)
+    state_dict = read_pth(source)
   load_tensors(model, torchvision_tensors(state_dict, model), source=f"torchvision {source}")
   return model
 
 
-def _read_pth(path: str) -> Mapping[str, Any]:
+def torchvision_model_args(state_dict: Mapping[str, Any]) -> dict:
+  """`create_model` arguments for the network a torchvision VGG state dict holds."""
+  kernels = [v for k, v in state_dict.items()
+             if k.startswith("features.") and k.endswith(".weight") and len(v.shape) == 4]
+  depth = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}.get(len(kernels))
+  if depth is None or "classifier.0.weight" not in state_dict:
+    raise ValueError(f"not a torchvision VGG state dict: {len(kernels)} conv layers, keys "
+                     f"{_listing(state_dict)}")
+  fc1, fc3 = state_dict["classifier.0.weight"], state_dict["classifier.6.weight"]
+  channels = kernels[-1].shape[0]
+  width = kernels[0].shape[0] / 64
+  return dict(name=depth, batch_norm=any(k.endswith(".running_mean") for k in state_dict),
+              num_classes=fc3.shape[0], width=width,
+              fc_width=fc1.shape[0] if fc1.shape[0] != round(4096 * width) else None,
+              image_size=32 * math.isqrt(fc1.shape[1] // channels))
+
+
+def read_pth(path: str) -> Mapping[str, Any]:
   import torch  # pylint: disable=import-outside-toplevel
   try:
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
@@ -295,6 +315,79 @@ def to_torchvision(model: nnx.Module) -> dict[str, np.ndarray]:
     else:
       out[f"{module}.weight"] = value.transpose(3, 2, 0, 1)
   return out
+
+
+# ---------------------------------------------------------------- files, vgg_jax's own
+
+
+def import_file(source: str, path: str) -> nnx.Module:
+  """A VGG holding the weights of a torchvision `.pth` or a Keras `.keras`/`.h5` file,
+  its configuration read from the file itself."""
+  from vgg_jax.model import create_model  # pylint: disable=import-outside-toplevel
+  if source == "torchvision":
+    state_dict = read_pth(path)
+    args = torchvision_model_args(state_dict)
+    return load_torchvision(state_dict, nnx.eval_shape(lambda: create_model(**args)))
+  if source == "keras":
+    keras_model = read_keras(path)
+    convs = sum(keras_layer_name(layer.name) is not None and layer.name.startswith("block")
+                for layer in keras_model.layers)
+    name = {13: "vgg16", 16: "vgg19"}.get(convs)
+    if name is None:
+      raise ValueError(f"{path} is not a Keras VGG16/VGG19: {convs} conv layers")
+    args = dict(name=name, num_classes=keras_model.get_layer("predictions").units,
+                image_size=keras_model.input_shape[1])
+    return keras_to_vgg(keras_model, nnx.eval_shape(lambda: create_model(**args)))
+  raise ValueError(f"unknown source {source!r}; choose torchvision or keras")
+
+
+
+def weights_state(model: nnx.Module) -> dict:
+  """The model's arrays laid out as in a training state: {"params", "batch_stats"}."""
+  return {"params": nnx.state(model, nnx.Param), "batch_stats": nnx.state(model, nnx.BatchStat)}
+
+
+def save_orbax(model: nnx.Module, directory: str) -> str:
+  """Writes the weights as step 0 of an orbax checkpoint under DIRECTORY/checkpoints,
+  with the model's signature: what `launch.py convert` writes, `load_orbax` reads."""
+  from vgg_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  checkpoints = ckpt_lib.Checkpointer(directory, keep=1, keep_best=False)
+  try:
+    checkpoints.save(0, weights_state(model), {"model": model.cfg.signature()})
+    checkpoints.wait()
+  finally:
+    checkpoints.close()
+  return checkpoints.directory
+
+
+def load_orbax(directory: str, model: nnx.Module, step: int | None = None) -> nnx.Module:
+  """Fills `model` from a vgg_jax checkpoint: one written by `save_orbax` (or
+  `launch.py convert`), or a training workdir (its newest checkpoint unless `step`;
+  only the weights are read, not the optimiser). The saved model signature must match
+  `model.cfg`'s, or the error names both."""
+  from vgg_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  checkpoints = ckpt_lib.Checkpointer(directory, keep_best=False)
+  try:
+    step = checkpoints.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no vgg_jax checkpoint in {checkpoints.directory}")
+    saved = checkpoints.read_meta(step).get("model")
+    if saved != model.cfg.signature():
+      raise ckpt_lib.CheckpointMismatch(
+          f"checkpoint {checkpoints.directory}/{step} holds model {saved}, but the model "
+          f"is {model.cfg.signature()}")
+    target = jax.tree.map(_abstract_on_device, weights_state(model))
+    restored = checkpoints.restore_subset(target, step)
+  finally:
+    checkpoints.close()
+  nnx.update(model, restored["params"], restored["batch_stats"])
+  return model
+
+
+def _abstract_on_device(x) -> jax.ShapeDtypeStruct:
+  sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0])
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 # ---------------------------------------------------------------- input conventions
