@@ -239,3 +239,13 @@ def test_import_vgg_jax_does_not_import_keras_or_tensorflow():
        os.environ.get("PYTHONPATH", "")])}
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
   assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_preprocess_matches_keras_caffe_convention():
+  image = np.random.default_rng(3).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+  expected = keras.applications.vgg16.preprocess_input(image.copy())
+  for source in ("keras", "caffe"):
+    np.testing.assert_allclose(weights.preprocess(image, source), expected, atol=1e-4)
+  assert not np.allclose(weights.preprocess(image, "torchvision"), expected, atol=1)
+  with pytest.raises(ValueError, match="unknown source 'tf'"):
+    weights.preprocess(image, "tf")
