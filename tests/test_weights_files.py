@@ -82,7 +82,6 @@ def test_launch_convert_from_torchvision(tmp_path):
 
 
 def test_torchvision_model_args_read_the_architecture():
-  torch = pytest.importorskip("torch", reason="torch is not installed (setup.sh --test)")
   torchvision = pytest.importorskip("torchvision", reason="torchvision is not installed")
   for name, config in [("vgg13", "B"), ("vgg19_bn", "E")]:
     state_dict = getattr(torchvision.models, name)(weights=None, num_classes=5).state_dict()
