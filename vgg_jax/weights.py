@@ -189,7 +189,6 @@ def read_keras(path: str):
 # ---------------------------------------------------------------- torchvision
 
 
-TORCHVISION_NAMES = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
 TORCHVISION_HEAD = {"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"}
 _TORCH_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean",
              "running_var": "var"}
