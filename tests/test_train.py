@@ -99,6 +99,43 @@ def test_bf16_compute_keeps_fp32_parameters(tmp_path, reference):
   assert bf16 != fp32
 
 
+def fresh_state(config):
+  program = train.build_program(config, sharding.make_mesh(config.mesh), 10, 1)
+  return program, program.init()
+
+
+def test_warm_start_copies_exactly_the_papers_layers(reference):
+  """D from the trained A: A's first four convs (conv1_1, conv2_1, conv3_1, conv3_2)
+  and fc6-fc8 land at the same names; every other tensor keeps D's own init."""
+  parent_state, parent_dir, _ = reference
+  config = tiny_config(arg="quick,backend=numpy,model=D")
+  config.warm_start.workdir = parent_dir
+  program, state = fresh_state(config)
+  untouched = flat(fresh_state(config)[1]["params"])
+  copied = train.warm_start(state, program.model, config.warm_start)
+  layers = ["conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8"]
+  assert copied == sorted(f"{l}/{k}" for l in layers for k in ("bias", "kernel"))
+  parent, child = flat(parent_state["params"]), flat(state["params"])
+  for path, value in child.items():
+    expected = parent if path in copied else untouched
+    np.testing.assert_array_equal(value, expected[path], err_msg=path)
+  assert not np.array_equal(parent["conv1_1/kernel"], untouched["conv1_1/kernel"])
+
+
+def test_warm_start_all_layers_and_a_mismatch(reference):
+  parent_state, parent_dir, _ = reference
+  config = tiny_config()
+  config.warm_start.update(workdir=parent_dir, layers="all")
+  program, state = fresh_state(config)
+  train.warm_start(state, program.model, config.warm_start)
+  assert_same_state(state["params"], parent_state["params"], rtol=0)
+  config = tiny_config(arg="quick,backend=numpy,model=B")
+  config.warm_start.update(workdir=parent_dir, layers="all")
+  program, state = fresh_state(config)
+  with pytest.raises(ValueError, match=r"missing from the parent VGG-A: conv1_2/bias"):
+    train.warm_start(state, program.model, config.warm_start)
+
+
 def test_weight_decay_applies_to_kernels_only():
   tx = train.make_optimizer(tiny_config().optim)
   params = {"fc6": {"kernel": np.ones((2, 2)), "bias": np.ones(2)}}

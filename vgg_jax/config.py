@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
       # The paper gives no patience; 2 epochs is our choice.
       plateau_factor=0.1, plateau_patience=2, plateau_max_drops=3, plateau_min_delta=1e-4)
 
+  # Start from another run's weights (Section 3.1's chain): "paper" copies its first
+  # four conv and three FC layers (B-E from A), "all" every layer (S=384 from 256).
+  c.warm_start = dict(workdir="", layers="paper")
+
   c.mesh = (("data", -1), ("model", 1))
   c.sharding = "replicated"  # a preset of vgg_jax.sharding.PRESETS ...
   c.sharding_rules = ()      # ... or, when given, rules ((regex, spec), ...) instead

@@ -31,6 +31,7 @@ from vgg_jax import config as config_lib
 from vgg_jax import data as data_lib
 from vgg_jax import metrics as metrics_lib
 from vgg_jax import sharding as sharding_lib
+from vgg_jax import weights as weights_lib
 from vgg_jax.model import LRNConfig, VGG, VGGConfig
 
 
@@ -212,6 +213,35 @@ def checkpoint_meta(config: ml_collections.ConfigDict, program: Program) -> dict
               config=json.loads(config.to_json_best_effort()))
 
 
+# ------------------------------------------------------------------------ warm start
+
+
+def warm_start(state: dict, cfg: VGGConfig, spec: ml_collections.ConfigDict) -> list[str]:
+  """Overwrites a fresh state's weights with the finished run's in `spec.workdir`, as
+  `weights.warm_start_tensors` chooses, on the state's shardings; returns their paths."""
+  saved = ckpt_lib.Checkpointer(spec.workdir)
+  try:
+    step = saved.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"warm start: no checkpoint in {saved.directory}")
+    signature = saved.read_meta(step)["model"]
+  finally:
+    saved.close()
+  parent_cfg = VGGConfig(**{k: v for k, v in signature.items() if k != "hidden"},
+                         fc_width=signature["hidden"])
+  parent = weights_lib.load_orbax(spec.workdir, nnx.eval_shape(
+      lambda: VGG(parent_cfg, rngs=nnx.Rngs(0))))
+  child = nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0)))
+  tensors = weights_lib.warm_start_tensors(parent, child, spec.layers)
+  for path, value in tensors.items():
+    layer, kind = path.split("/")
+    group = "batch_stats" if layer in state["batch_stats"] and kind in state[
+        "batch_stats"][layer] else "params"
+    variable = state[group][layer][kind]
+    variable.set_value(jax.device_put(value, variable.get_value().sharding))
+  return sorted(tensors)
+
+
 # ------------------------------------------------------------------------- the trainer
 
 
@@ -244,6 +274,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   meta = checkpoint_meta(config, program)
   restored = checkpoints.restore(program.abstract_state, meta)
   state = program.init() if restored is None else restored[0]
+  copied = (warm_start(state, program.model, config.warm_start)
+            if restored is None and config.warm_start.workdir else [])
   start_step = int(state["step"])
 
   # --- The loop. ---------------------------------------------------------------------
@@ -252,6 +284,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   preemption = Preemption()
   if start_step:
     progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
+  if copied:
+    progress.write(f"warm start from {config.warm_start.workdir}: {', '.join(copied)}")
   batches = iter(train_data.iter_from(start_step))
   previous = None  # (step, metrics on device) of the step before
 

@@ -81,10 +81,10 @@ def assign(model: nnx.Module, path: str, value: Any, *, source: str = "the given
   _write(variables[path], _checked(path, variables[path], _as_tensor(value, source)))
 
 
-def load_tensors(model: nnx.Module, tensors: Mapping[str, Any], *,
-                 source: str = "the checkpoint"):
-  """Fills every loadable variable of `model` from `tensors` (path -> `Tensor` or
-  array), in place. All checks run before the first write."""
+def checked_tensors(model: nnx.Module, tensors: Mapping[str, Any], *,
+                    source: str = "the checkpoint") -> dict[str, np.ndarray]:
+  """`tensors` (path -> `Tensor` or array) as arrays, after checking that they fill
+  every loadable variable of `model` exactly: none missing, none extra, all shapes."""
   tensors = {path: _as_tensor(value, f"{source} {path}") for path, value in tensors.items()}
   variables = model_tensors(model)
   missing = variables.keys() - tensors.keys()
@@ -100,8 +100,15 @@ def load_tensors(model: nnx.Module, tensors: Mapping[str, Any], *,
       problems.append(f"{len(extra)} tensors of {source} have no place in {target}: "
                       + _listing(f"{p} (from {tensors[p].source})" for p in extra))
     raise ValueError("; ".join(problems))
-  checked = {path: _checked(path, variables[path], tensor) for path, tensor in tensors.items()}
-  for path, value in checked.items():
+  return {path: _checked(path, variables[path], tensor) for path, tensor in tensors.items()}
+
+
+def load_tensors(model: nnx.Module, tensors: Mapping[str, Any], *,
+                 source: str = "the checkpoint"):
+  """Fills every loadable variable of `model` from `tensors` (path -> `Tensor` or
+  array), in place. All checks run before the first write."""
+  variables = model_tensors(model)
+  for path, value in checked_tensors(model, tensors, source=source).items():
     _write(variables[path], value)
 
 
@@ -412,3 +419,33 @@ def preprocess(images: Any, source: str) -> jax.Array:
   if source in ("caffe", "keras"):
     return x[..., ::-1] - CAFFE_BGR_MEAN
   raise ValueError(f"unknown source {source!r}; choose torchvision, caffe or keras")
+
+
+# ---------------------------------------------------------------- warm start
+
+
+def warm_start_tensors(parent: nnx.Module, child: nnx.Module, layers: str = "paper"
+                       ) -> dict[str, np.ndarray]:
+  """The parent's tensors that initialise `child` (Section 3.1's training chain).
+
+  "paper": the parent's first four conv layers and its three FC layers, each into the
+    child layer at the same position within its stage (same name: A's conv3_2 is the
+    second conv of stage 3 in every config) when the shapes agree. This is how B-E
+    start from the trained A; the paper leaves the pairing open and this is our reading.
+  "all": every tensor, which must all agree (S=384 from S=256, [256,512] from 384).
+  BN statistics travel with their layers."""
+  ours, theirs = model_tensors(child), model_tensors(parent)
+  if layers == "all":
+    return checked_tensors(child, {p: np.asarray(v.get_value()) for p, v in theirs.items()},
+                           source=f"the parent VGG-{parent.cfg.name}")
+  if layers != "paper":
+    raise ValueError(f"unknown warm start {layers!r}; choose paper or all")
+  convs = [n for n in parent.plan if n.startswith("conv")][:4]
+  chosen = set(convs) | {"fc6", "fc7", "fc8"}
+  chosen |= {n.replace("conv", "bn", 1) for n in convs}
+  copied = {path: np.asarray(v.get_value()) for path, v in theirs.items()
+            if path.split("/")[0] in chosen and path in ours
+            and tuple(ours[path].shape) == tuple(v.shape)}
+  if not copied:
+    raise ValueError(f"no layer of the parent VGG-{parent.cfg.name} fits VGG-{child.cfg.name}")
+  return copied
