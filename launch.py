@@ -40,6 +40,8 @@ _STEP = flags.DEFINE_integer("step", None, "eval: this checkpoint of --workdir, 
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "", "eval: the split (default: the run's).")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", None,
                                    "eval: views per batch (default: the run's batch size).")
+_EVAL_CHUNK = flags.DEFINE_integer("eval_chunk", 1024, "eval: images read and scored at a "
+                                   "time per process (bounds memory).")
 _BUCKET = flags.DEFINE_integer("bucket", 32, "eval: cut dense views to multiples of this "
                                "(bounds compilations); 0 runs every shape exactly.")
 _FROM = flags.DEFINE_enum("from", None, ["torchvision", "keras"],
@@ -85,7 +87,7 @@ def eval_main():
   models += [evaluate.load_trained(workdir) for workdir in _ENSEMBLE.value]
   result = evaluate.evaluate(models, _PROTOCOL.value, _SCALES.value,
                              split=_EVAL_SPLIT.value, batch_size=_EVAL_BATCH.value,
-                             bucket=_BUCKET.value)
+                             bucket=_BUCKET.value, chunk=_EVAL_CHUNK.value)
   path = evaluate.write_result(result)
   print(f"{evaluate.TABLE_HEADER}\n{evaluate.table_row(result)}\n{result['count']} images, "
         f"{result['compilations']} compiled programs; written to {path}")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.test_train import ROOT, needs_fashion_mnist, tiny_config
+from tests.test_train import ROOT, finish, free_port, needs_fashion_mnist, tiny_config
 from vgg_jax import evaluate, sharding, train
 from vgg_jax.model import VGG, VGGConfig
 
@@ -42,7 +42,7 @@ def trained(run):
 
 @pytest.fixture(scope="module")
 def images():
-  return evaluate.load_split(tiny_config().data, "test[:6]")
+  return next(evaluate.read_split(tiny_config().data, "test[:6]"))
 
 
 def built(image_size=32, width=1 / 16) -> evaluate.Trained:
@@ -177,7 +177,7 @@ def test_ensembles_average_their_members(run, trained, images):
     np.testing.assert_allclose(pair, (alone["step4"] + alone[other]) / 2, rtol=1e-6)
     assert not np.allclose(pair, alone["step4"]) and not np.allclose(pair, alone[other])
   result = evaluate.evaluate([trained, step2], "dense", split="test[:6]")
-  expected = evaluate.score((alone["step4"] + alone["step2"]) / 2, labels)
+  expected = evaluate.score(evaluate.hits((alone["step4"] + alone["step2"]) / 2, labels))
   assert {k: result[k] for k in expected} == expected
 
 
@@ -194,19 +194,37 @@ def test_exact_counting_on_8_devices(run):
   assert sum(s["top1_hits"] for s in shares) == one["top1_hits"]
 
 
-def test_both_backends_give_a_process_the_same_share_and_views():
+def test_chunks_bound_the_images_held_and_change_no_score(trained, monkeypatch):
+  whole = evaluate.evaluate([trained], "dense", "32,37", split=SPLIT)
+  held, predict = [], evaluate.predict
+
+  def counted(runners, images, *args):
+    held.append(len(images))
+    return predict(runners, images, *args)
+
+  monkeypatch.setattr(evaluate, "predict", counted)
+  chunked = evaluate.evaluate([trained], "dense", "32,37", split=SPLIT, chunk=50)
+  assert held == [50, 50, 50, 50, 3]
+  keys = ("count", "top1_hits", "top5_hits", "compilations")
+  assert {k: chunked[k] for k in keys} == {k: whole[k] for k in keys}
+
+
+def test_both_backends_give_a_process_the_same_chunks_and_views():
   trained = built()
-  numpy_images, numpy_labels = evaluate.load_split(trained.config.data, "test[:7]", 1, 2)
   with_tf = dataclasses.replace(trained, config=trained.config.copy_and_resolve_references())
   with_tf.config.data.backend = "tfds"
-  tfds_images, tfds_labels = evaluate.load_split(with_tf.config.data, "test[:7]", 1, 2)
+  shares = [list(evaluate.read_split(t.config.data, "test[:7]", 1, 2, chunk=2))
+            for t in (trained, with_tf)]
+  assert [[len(labels) for _, labels in share] for share in shares] == [[2, 1]] * 2
+  (numpy_images, numpy_labels), (tfds_images, tfds_labels) = [
+      (np.concatenate([np.stack(images) for images, _ in share]),
+       np.concatenate([labels for _, labels in share])) for share in shares]
   np.testing.assert_array_equal(numpy_labels, tfds_labels)
-  assert len(numpy_labels) == 3
-  np.testing.assert_array_equal(np.stack(numpy_images), np.stack(tfds_images))
+  np.testing.assert_array_equal(numpy_images, tfds_images)
   for q in (20, 32, 37, 45):  # shrinking and enlarging
     np.testing.assert_allclose(
-        evaluate.Runner(with_tf).rescaled(np.stack(tfds_images), q),
-        evaluate.Runner(trained).rescaled(np.stack(numpy_images), q), atol=1e-2)
+        evaluate.Runner(with_tf).rescaled(tfds_images, q),
+        evaluate.Runner(trained).rescaled(numpy_images, q), atol=1e-2)
 
 
 def test_compilations_are_bounded_over_many_image_sizes():
@@ -255,6 +273,32 @@ def test_launch_eval(run):
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| A | 32 | 32 | single |" in out.stdout
   assert os.path.exists(os.path.join(run[0], "eval", "test_10_single_Q32.json"))
+
+
+def test_two_processes_evaluate_as_one(tmp_path):
+  """`launch.py eval` as two real processes on 127.0.0.1 (2 CPU devices each, gloo):
+  shares of 101 and 100 images in chunks of 25, so process 0 runs a fifth chunk of one
+  image while process 1 runs an empty one. The JSON equals one process's evaluation."""
+  workdir = str(tmp_path)
+  config = tiny_config(steps=2)
+  config.mesh = (("data", -1), ("model", 1))  # restores onto any job's devices
+  train.train_and_evaluate(config, workdir)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
+             JAX_PLATFORMS="cpu")
+  port = free_port()
+  workers = [subprocess.Popen(
+      [sys.executable, "launch.py", "eval", f"--workdir={workdir}", "--eval_chunk=25",
+       "--scales=32,37", "--eval_split=test[:201]", f"--coordinator_address=127.0.0.1:{port}",
+       "--num_processes=2", f"--process_id={i}"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  assert "201 images" in [finish(w, timeout=120) for w in workers][0]
+  with open(os.path.join(workdir, "eval", "test_201_dense_Q32-37.json")) as f:
+    two = json.load(f)
+  one = evaluate.evaluate([evaluate.load_trained(workdir)], "dense", "32,37",
+                          split="test[:201]")
+  keys = ("count", "top1_hits", "top5_hits", "compilations")
+  assert {k: two[k] for k in keys} == {k: one[k] for k in keys}
+  assert one["count"] == 201
 
 
 def test_refuses_an_unknown_protocol_and_scales_below_the_crop():

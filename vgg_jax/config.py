@@ -56,14 +56,19 @@ EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
                            "experiments")
 
 
-def experiment_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
-  """`get_config(arg)` of experiments/NAME.py (or of a path): what `launch.py train
-  --config FILE:ARG` loads, for notebooks, tests and sweeps."""
+def load_experiment_module(name: str):
+  """experiments/NAME.py (or a path) as a module: its get_config(arg), maybe sweep(arg)."""
   path = name if name.endswith(".py") else os.path.join(EXPERIMENTS, f"{name}.py")
   spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def experiment_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
+  """`get_config(arg)` of experiments/NAME.py (or of a path): what `launch.py train
+  --config FILE:ARG` loads, for notebooks, tests and sweeps."""
+  return load_experiment_module(name).get_config(arg)
 
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:

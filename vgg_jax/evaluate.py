@@ -29,6 +29,11 @@ Counting. Each process evaluates its share of the split (`data.shard`, nothing d
 and all processes run the same batches per view shape (the largest share sets the
 count, the others pad), so the sums of hits and images are exact on any layout.
 
+Memory. The share is read, predicted and scored `chunk` images at a time (1024; from the
+tf.data iterator for tfds), so a host holds one chunk's images and soft-max, not its
+share (tens of GB of ImageNet validation images). All processes run the same chunks: one
+whose share ends first runs empty ones, padded like the rest.
+
   python launch.py eval --workdir DIR --protocol dense --scales table4
 """
 
@@ -58,6 +63,7 @@ from vgg_jax.model import VGGConfig
 PROTOCOLS = ("single", "dense", "multicrop", "multicrop+dense")
 VIEWS = {"single": 1, "dense": 2, "multicrop": 50}
 GRID = 5  # multi-crop windows per side
+CHUNK = 1024  # images read, rescaled and predicted at a time
 TABLE_HEADER = "| config | S | Q | protocol | top-1 | top-5 |\n|---|---|---|---|---|---|"
 
 
@@ -115,10 +121,12 @@ def choose_step(checkpoints: ckpt_lib.Checkpointer, step: int | None
 # ------------------------------------------------------------------------------ input
 
 
-def load_split(data_cfg: Any, split: str = "", process_index: int | None = None,
-               process_count: int | None = None) -> tuple[list[np.ndarray], np.ndarray]:
-  """This process's share of a split (default: the eval split) as raw images (HWC, any
-  sizes) and labels; the process arguments default to JAX's."""
+def read_split(data_cfg: Any, split: str = "", process_index: int | None = None,
+               process_count: int | None = None, chunk: int = CHUNK
+               ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+  """This process's share of a split (default: the eval split) as chunks of at most
+  `chunk` raw images (HWC, any sizes) and their labels, read as they are needed so
+  memory holds one chunk; the process arguments default to JAX's."""
   cfg = data.resolve_config(data_cfg)
   split = split or cfg.eval_split
   index = jax.process_index() if process_index is None else process_index
@@ -126,14 +134,31 @@ def load_split(data_cfg: Any, split: str = "", process_index: int | None = None,
   if cfg.backend == "numpy":
     images, labels = data.load_numpy_split(cfg, split)
     mine = data.shard(len(labels), index, count, drop_remainder=False)
-    return list(images[mine.start:mine.stop]), labels[mine.start:mine.stop]
+    for start in range(mine.start, mine.stop, chunk):
+      stop = min(start + chunk, mine.stop)
+      yield list(images[start:stop]), labels[start:stop]
+    return
   import tensorflow_datasets as tfds  # only the tfds backend needs TensorFlow
   from vgg_jax import data_tf
-  ds = data_tf.prepared_builder(cfg).as_dataset(split=tfds.split_for_jax_process(
-      split, process_index=index, process_count=count, drop_remainder=False))
-  examples = list(ds.as_numpy_iterator())
-  return ([ex["image"] for ex in examples],
-          np.array([ex["label"] for ex in examples], np.int32))
+  examples = data_tf.prepared_builder(cfg).as_dataset(split=tfds.split_for_jax_process(
+      split, process_index=index, process_count=count, drop_remainder=False)
+  ).as_numpy_iterator()
+  while part := list(itertools.islice(examples, chunk)):
+    yield [ex["image"] for ex in part], np.array([ex["label"] for ex in part], np.int32)
+
+
+def agreed_chunks(chunks: Iterator[tuple[list[np.ndarray], np.ndarray]]
+                  ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+  """The chunks, then empty ones until no process has any left, so all run the same
+  number (a share one image longer may need one more chunk)."""
+  empty = ([], np.zeros(0, np.int32))
+  for images, labels in itertools.chain(chunks, itertools.repeat(empty)):
+    most = np.int64(len(labels))
+    if jax.process_count() > 1:
+      most = multihost_utils.process_allgather(most).max()
+    if not most:
+      return
+    yield images, labels
 
 
 def rescaled_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
@@ -363,11 +388,15 @@ def resolve_scales(spec: str, config: ml_collections.ConfigDict) -> tuple[int, .
 # ----------------------------------------------------------------------------- results
 
 
-def score(probs: np.ndarray, labels: np.ndarray) -> dict:
-  """Top-1/top-5 error, hits and images summed over processes."""
+def hits(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+  """This process's [top-1 hits, top-5 hits, images]."""
   top5 = np.argsort(-probs, axis=1)[:, :5]
-  sums = np.array([(top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(1).sum(),
+  return np.array([(top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(1).sum(),
                    len(labels)], np.int64)
+
+
+def score(sums: np.ndarray) -> dict:
+  """Top-1/top-5 error from each process's `hits`, summed over processes."""
   if jax.process_count() > 1:
     sums = multihost_utils.process_allgather(sums).sum(0)
   top1, top5_hits, count = (int(v) for v in sums)
@@ -384,19 +413,23 @@ def predict(runners: Sequence[Runner], images: Sequence[np.ndarray], protocol: s
 
 def evaluate(models: Sequence[Trained], protocol: str = "dense", scales: str = "", *,
              split: str = "", batch_size: int | None = None, bucket: int = 32,
-             process_index: int | None = None, process_count: int | None = None) -> dict:
+             chunk: int = CHUNK, process_index: int | None = None,
+             process_count: int | None = None) -> dict:
   """One network, or the soft-max average of several (an ensemble), on `split` (default:
   the first model's eval split) under `protocol` at `scales` (see `resolve_scales`,
-  resolved per model). The process arguments simulate a share of the split."""
+  resolved per model), `chunk` images at a time. The process arguments simulate a share
+  of the split."""
   datasets = {m.config.data.name for m in models}
   if len(datasets) > 1:
     raise ValueError(f"an ensemble's models must share a dataset, got {sorted(datasets)}")
-  images, labels = load_split(models[0].config.data, split, process_index, process_count)
   runners = [Runner(m, batch_size) for m in models]
   per_model = [resolve_scales(scales, m.config) for m in models]
-  probs = predict(runners, images, protocol, per_model, bucket)
+  sums = np.zeros(3, np.int64)
+  for images, labels in agreed_chunks(read_split(models[0].config.data, split,
+                                                 process_index, process_count, chunk)):
+    sums += hits(predict(runners, images, protocol, per_model, bucket), labels)
   return dict(
-      score(probs, labels), protocol=protocol, split=split or models[0].config.data.eval_split,
+      score(sums), protocol=protocol, split=split or models[0].config.data.eval_split,
       models=[dict(workdir=m.workdir, step=m.step, checkpoint=m.checkpoint,
                    config=m.model.name, S=config_lib.scale_name(
                        data.scale_range(m.config.data.scale)), Q=list(q))
