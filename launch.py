@@ -11,6 +11,11 @@
            [--scales table4|32,40,48] [--ensemble DIR2,DIR3] [--step N]
            [--eval_split test] evaluates DIR's best checkpoint (else its newest) with
            the paper's test protocols; prints a table row, writes DIR/eval/*.json.
+  sweep    --config experiments/FILE.py:ARG --workdir ROOT [--dry_run]: the runs of the
+           file's sweep(ARG), parents first, each in ROOT/NAME; finished runs are
+           skipped, killed ones resume, a failed run's children do not start.
+  status   --config experiments/FILE.py:ARG --workdir ROOT: each run's state and
+           last validation metrics.
   convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
            (.pth: vgg11/13/16/19 and _bn) or a Keras VGG16/VGG19 (.keras/.h5) and
            writes it as a vgg_jax orbax checkpoint (read it with weights.load_orbax).
@@ -44,6 +49,9 @@ _EVAL_CHUNK = flags.DEFINE_integer("eval_chunk", 1024, "eval: images read and sc
                                    "time per process (bounds memory).")
 _BUCKET = flags.DEFINE_integer("bucket", 32, "eval: cut dense views to multiples of this "
                                "(bounds compilations); 0 runs every shape exactly.")
+_SWEEP = flags.DEFINE_string("sweep", None, "sweep, status: experiments/FILE.py:ARG, "
+                             "also accepted as --config (see parse_flags).")
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print the commands, run nothing.")
 _FROM = flags.DEFINE_enum("from", None, ["torchvision", "keras"],
                           "convert: the format of the positional FILE.")
 _TO = flags.DEFINE_string("to", None, "convert: the directory to write.")
@@ -105,13 +113,37 @@ def convert_main(path):
         f"for a model of signature {model.cfg.signature()}")
 
 
+def sweep_runs():
+  if not (_WORKDIR.value and _SWEEP.value):
+    raise app.UsageError("sweep and status need --config experiments/FILE.py:ARG --workdir ROOT")
+  from vgg_jax import sweep
+  return sweep, *sweep.load_sweep(_SWEEP.value)
+
+
+def sweep_main():
+  sweep, config_file, runs = sweep_runs()
+  if _DRY_RUN.value:
+    for run in runs:
+      print(" ".join(sweep.train_command(run, config_file, _WORKDIR.value)[1:]))
+    return
+  outcome = sweep.run_local(runs, config_file, _WORKDIR.value)
+  print(sweep.status_table(runs, _WORKDIR.value))
+  if any(state != "done" for state in outcome.values()):
+    sys.exit(1)
+
+
+def status_main():
+  sweep, _, runs = sweep_runs()
+  print(sweep.status_table(runs, _WORKDIR.value))
+
+
 def summary_main():
   from vgg_jax import summary
   print(summary.summary(_RESOLUTION.value))
 
 
 COMMANDS = {"summary": summary_main, "train": train_main, "eval": eval_main,
-            "convert": convert_main}
+            "convert": convert_main, "sweep": sweep_main, "status": status_main}
 POSITIONAL = {"convert": 1}  # commands that take a FILE after the command name
 
 
@@ -123,5 +155,14 @@ def main(argv):
   COMMANDS[command](*argv[2:])
 
 
+def parse_flags(argv):
+  """A sweep's --config names its sweep(ARG), not a get_config(ARG): for `sweep` and
+  `status` it is read as --sweep, so that ml_collections does not load it as a config."""
+  if len(argv) > 1 and argv[1] in ("sweep", "status"):
+    argv = [a.replace("--config", "--sweep", 1) if a.startswith("--config") else a
+            for a in argv]
+  return flags.FLAGS(argv)
+
+
 if __name__ == "__main__":
-  app.run(main, argv=sys.argv)
+  app.run(main, argv=sys.argv, flags_parser=parse_flags)

@@ -17,6 +17,7 @@ Should give (A, default arguments, 6 epochs, 2 CPU cores, 2026-11-28): 8.9% top-
 """
 
 from vgg_jax import config as config_lib
+from vgg_jax import sweep as sweep_lib
 
 
 def get_config(arg: str = ""):
@@ -37,3 +38,14 @@ def get_config(arg: str = ""):
     c.model.width = 1 / 8
     c.optim.max_steps = 300
   return c
+
+
+def sweep(arg: str = ""):
+  """Table 3's runs with the paper's chain (`chain=glorot`: no warm start, Glorot init),
+  `seeds` of each, `quick` passed on to every run:
+  python launch.py sweep --config THIS_FILE:seeds=3 --workdir ROOT"""
+  arg = config_lib.parse_arg(arg, seeds=1, chain="paper", quick=False)
+  return sweep_lib.paper_chain(
+      sweep_lib.TABLE3, range(arg.seeds), warm_start=arg.chain == "paper",
+      scales={"256": "32", "384": "40", "256-512": "32-48"},
+      extra=",quick" if arg.quick else "")

@@ -13,6 +13,7 @@ from S=256): e.g. A/256 29.6% top-1, 10.4% top-5 at Q=256 with dense evaluation.
 """
 
 from vgg_jax import config as config_lib
+from vgg_jax import sweep as sweep_lib
 
 
 def get_config(arg: str = ""):
@@ -32,3 +33,14 @@ def get_config(arg: str = ""):
     c.optim.update(batch_size=16, max_steps=20)
     c.log_every_steps = 5
   return c
+
+
+def sweep(arg: str = ""):
+  """Table 3's runs with the paper's chain (`chain=glorot`: no warm start, Glorot init),
+  `seeds` of each, `runlocal` passed on to every run:
+  python launch.py sweep --config THIS_FILE:seeds=3 --workdir ROOT"""
+  arg = config_lib.parse_arg(arg, seeds=1, chain="paper", runlocal=False)
+  return sweep_lib.paper_chain(
+      sweep_lib.TABLE3, range(arg.seeds), warm_start=arg.chain == "paper",
+      scales={"256": "256", "384": "384", "256-512": "256-512"},
+      extra=",runlocal" if arg.runlocal else "")

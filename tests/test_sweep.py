@@ -1,0 +1,111 @@
+"""Sweeps: the paper's chain as data, dependency order, failures, resumption."""
+
+import os
+import subprocess
+
+import pytest
+
+from vgg_jax import metrics, sweep
+from vgg_jax.config import load_experiment_module
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION = os.path.join(ROOT, "experiments", "fashion_mnist.py")
+
+
+def test_paper_chain_expands_table3_per_seed_parents_first():
+  runs = sweep.expand(load_experiment_module("fashion_mnist").sweep("seeds=2"))
+  assert len(runs) == 24
+  by_name = {r.name: r for r in runs}
+  order = [r.name for r in runs]
+  for run in runs:
+    if run.parent:
+      assert order.index(run.parent) < order.index(run.name)
+  assert by_name["A_S32_seed1"].parent is None and by_name["A-LRN_S32_seed0"].parent is None
+  d = by_name["D_S32_seed1"]
+  assert (d.parent, d.layers, d.arg) == ("A_S32_seed1", "paper", "model=D,S=32,seed=1")
+  d384, jitter = by_name["D_S40_seed0"], by_name["D_S32-48_seed0"]
+  assert (d384.parent, d384.layers, dict(d384.overrides)) == ("D_S32_seed0", "all",
+                                                              {"optim.lr": 1e-3})
+  assert jitter.parent == "D_S40_seed0" and jitter.arg.startswith("model=D,S=32-48")
+  assert {r.name.split("_")[0] for r in runs} == {"A", "A-LRN", "B", "C", "D", "E"}
+
+
+def test_glorot_chain_has_no_warm_start_from_a():
+  runs = sweep.expand(load_experiment_module("paper").sweep("chain=glorot"))
+  b = next(r for r in runs if r.name == "B_S256_seed0")
+  assert b.parent is None and b.arg.endswith("init=glorot")
+  assert next(r for r in runs if r.name == "E_S384_seed0").parent == "E_S256_seed0"
+
+
+def test_bad_sweeps_are_clear_errors():
+  with pytest.raises(ValueError, match="parent 'X', which is not in the sweep"):
+    sweep.expand([dict(name="a", arg="", parent="X")])
+  with pytest.raises(ValueError, match="cycle: a -> b -> a"):
+    sweep.expand([dict(name="a", arg="", parent="b"), dict(name="b", arg="", parent="a")])
+  with pytest.raises(ValueError, match="unknown keys \\['seed'\\]"):
+    sweep.expand([dict(name="a", arg="", seed=1)])
+
+
+def fake(fail: set[str], calls: list[str]):
+  """An executor that records each run and fails those named in `fail`."""
+  def execute(command):
+    name = os.path.basename(next(a for a in command if a.startswith("--workdir=")))
+    calls.append(name)
+    return subprocess.CompletedProcess(command, 1 if name in fail else 0, "", "boom")
+  return execute
+
+
+def test_failed_parent_blocks_its_children_and_a_rerun_runs_only_what_is_left(tmp_path):
+  runs = sweep.expand([dict(name="A", arg=""), dict(name="B", arg="", parent="A"),
+                       dict(name="C", arg="", parent="B"), dict(name="Z", arg="")])
+  calls, messages = [], []
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=fake({"A"}, calls),
+                            log=messages.append)
+  assert outcome == {"A": "failed", "B": "blocked", "C": "blocked", "Z": "done"}
+  assert calls == ["A", "Z"]
+  assert any("B: blocked, parent A is failed" in m for m in messages)
+  assert "boom" in open(tmp_path / "A" / sweep.FAILED).read()
+  calls.clear()
+  assert set(sweep.run_local(runs, FASHION, str(tmp_path), execute=fake(set(), calls),
+                             log=messages.append).values()) == {"done"}
+  assert calls == ["A", "B", "C"]  # Z was done
+  calls.clear()
+  sweep.run_local(runs, FASHION, str(tmp_path), execute=fake(set(), calls), log=print)
+  assert calls == []  # a finished sweep runs nothing
+
+
+TINY = {"model.width": 0.0625, "optim.batch_size": 32, "optim.max_steps": 4,
+        "data.eval_split": "test[:64]", "mesh": (("data", 1), ("model", 1))}
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
+                    reason="needs `apt-get install dataset-fashion-mnist`")
+def test_a_real_sweep_warm_starts_and_resumes_a_killed_run(tmp_path):
+  """A then B warm-started from it, for real; A was 'killed' after 2 of its 4 steps
+  (its checkpoint is there, no done marker), so the sweep resumes it."""
+  from vgg_jax import config as config_lib, train
+  runs = sweep.expand([dict(name="A", arg="quick,backend=numpy", overrides=TINY),
+                       dict(name="B", arg="quick,backend=numpy,model=B", parent="A",
+                            overrides=TINY)])
+  interrupted = config_lib.experiment_config("fashion_mnist", "quick,backend=numpy")
+  for key, value in TINY.items():
+    section, _, field = key.rpartition(".")
+    (interrupted[section] if section else interrupted)[field] = value
+  interrupted.optim.max_steps = 2
+  train.train_and_evaluate(interrupted, str(tmp_path / "A"))
+  assert sweep.state(runs[0], str(tmp_path)) == "started"
+  outputs = []
+
+  def execute(command):
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    outputs.append(result.stdout + result.stderr)
+    return result
+
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=execute, log=print)
+  assert outcome == {"A": "done", "B": "done"}, outputs[-1][-3000:]
+  assert "resumed from step 2" in outputs[0]
+  assert "warm start from" in outputs[1] and "fc6/kernel" in outputs[1]
+  assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "B"))
+          if "val_top1_err" in r] == [4]
+  table = sweep.status_table(runs, str(tmp_path))
+  assert "| A | done | - | 4 |" in table and "| B | done | A | 4 |" in table

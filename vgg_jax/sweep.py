@@ -1,0 +1,186 @@
+"""Sweeps: many training runs as data, run in dependency order, resumable.
+
+An experiment file may define `sweep(arg)` beside `get_config(arg)`: a list of runs,
+each a dict with
+  name      the run's directory under the sweep root (e.g. "D_S256_seed0");
+  arg       the `get_config` argument of this run (e.g. "model=D,S=256,seed=0");
+  parent    (optional) the run whose finished weights start this one;
+  layers    (optional) which of the parent's layers: "paper" or "all" (see
+            `weights.warm_start_tensors`);
+  overrides (optional) more {config field: value}, e.g. {"optim.lr": 1e-3}.
+`paper_chain` builds the paper's (Section 3.1): A from random init, B-E warm-started
+from A, S=384 from S=256 with LR 1e-3, multi-scale from S=384.
+
+The local backend runs each run as `launch.py train` in a subprocess, parents first.
+A run that finished leaves ROOT/NAME/sweep_done.json and is skipped next time; a run
+that failed leaves sweep_failed.txt, and its descendants are not started ("blocked").
+A run that was killed simply runs again and resumes from its checkpoints.
+"""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from typing import Callable, Sequence
+
+from vgg_jax import config as config_lib
+from vgg_jax import metrics as metrics_lib
+
+DONE, FAILED = "sweep_done.json", "sweep_failed.txt"
+LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "launch.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  arg: str
+  parent: str | None = None
+  layers: str = "paper"
+  overrides: tuple[tuple[str, object], ...] = ()
+
+
+# Table 3's (configuration, training scale) pairs.
+TABLE3 = (("A", "256"), ("A-LRN", "256"), ("B", "256"),
+          ("C", "256"), ("C", "384"), ("C", "256-512"),
+          ("D", "256"), ("D", "384"), ("D", "256-512"),
+          ("E", "256"), ("E", "384"), ("E", "256-512"))
+
+
+def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
+                warm_start: bool = True, scales: dict[str, str], extra: str = ""
+                ) -> list[dict]:
+  """Runs for the (config, S) pairs of `table` per seed; `scales` maps the paper's S
+  ("256", "384", "256-512") to this data set's. With `warm_start`, the paper's chain;
+  without, every run starts from Glorot init (the paper's note)."""
+  runs = []
+  for seed in seeds:
+    name = lambda model, scale: f"{model}_S{scales[scale]}_seed{seed}"  # noqa: E731
+    for model, scale in table:
+      run = dict(name=name(model, scale),
+                 arg=f"model={model},S={scales[scale]},seed={seed}{extra}")
+      previous = {"384": "256", "256-512": "384"}.get(scale)
+      if previous:  # fine-tune the same config's net trained at the previous scale
+        run.update(parent=name(model, previous), layers="all",
+                   overrides={"optim.lr": 1e-3})
+      elif model not in ("A", "A-LRN") and warm_start:
+        run.update(parent=name("A", "256"), layers="paper")
+      elif not warm_start:
+        run["arg"] += ",init=glorot"
+      runs.append(run)
+  return runs
+
+
+def expand(specs: Sequence[dict]) -> list[Run]:
+  """Checks a sweep's runs and puts parents before children."""
+  runs = {}
+  for spec in specs:
+    unknown = set(spec) - {f.name for f in dataclasses.fields(Run)}
+    if unknown:
+      raise ValueError(f"run {spec.get('name')!r}: unknown keys {sorted(unknown)}")
+    if spec["name"] in runs:
+      raise ValueError(f"two runs are named {spec['name']!r}")
+    runs[spec["name"]] = Run(**dict(spec, overrides=tuple(spec.get("overrides", {}).items())))
+  ordered, placed = [], set()
+
+  def place(run: Run, path: tuple[str, ...]):
+    if run.name in placed:
+      return
+    if run.name in path:
+      raise ValueError(f"the sweep's parents form a cycle: {' -> '.join(path + (run.name,))}")
+    if run.parent is not None:
+      if run.parent not in runs:
+        raise ValueError(f"run {run.name!r} has parent {run.parent!r}, which is not in the sweep")
+      place(runs[run.parent], path + (run.name,))
+    placed.add(run.name)
+    ordered.append(run)
+
+  for run in runs.values():
+    place(run, ())
+  return ordered
+
+
+def train_command(run: Run, config_file: str, root: str) -> list[str]:
+  """The `launch.py train` command line of one run."""
+  command = [sys.executable, LAUNCH, "train", f"--config={config_file}:{run.arg}",
+             f"--workdir={os.path.join(root, run.name)}"]
+  if run.parent:
+    command += [f"--config.warm_start.workdir={os.path.join(root, run.parent)}",
+                f"--config.warm_start.layers={run.layers}"]
+  return command + [f"--config.{key}={value}" for key, value in run.overrides]
+
+
+def state(run: Run, root: str) -> str:
+  workdir = os.path.join(root, run.name)
+  for marker, name in ((DONE, "done"), (FAILED, "failed")):
+    if os.path.exists(os.path.join(workdir, marker)):
+      return name
+  return "started" if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else "pending"
+
+
+def run_local(runs: Sequence[Run], config_file: str, root: str, *,
+              execute: Callable[[list[str]], subprocess.CompletedProcess] | None = None,
+              log: Callable[[str], None] = print) -> dict[str, str]:
+  """Runs what is not done, parents first, one after another; returns each run's final
+  state. A failed run's descendants are "blocked" and never start."""
+  execute = execute or (lambda command: subprocess.run(
+      command, capture_output=True, text=True, check=False))
+  outcome = {}
+  for run in runs:
+    workdir = os.path.join(root, run.name)
+    if state(run, root) == "done":
+      outcome[run.name] = "done"
+      continue
+    if run.parent and outcome.get(run.parent) != "done":
+      outcome[run.name] = "blocked"
+      log(f"{run.name}: blocked, parent {run.parent} is {outcome.get(run.parent)}"
+          f" (see {os.path.join(root, run.parent)})")
+      continue
+    os.makedirs(workdir, exist_ok=True)
+    if os.path.exists(os.path.join(workdir, FAILED)):
+      os.remove(os.path.join(workdir, FAILED))  # tried again: it resumes
+    log(f"{run.name}: {' '.join(train_command(run, config_file, root)[1:])}")
+    result = execute(train_command(run, config_file, root))
+    if result.returncode == 0:
+      with open(os.path.join(workdir, DONE), "w") as f:
+        json.dump(last_metrics(workdir), f)
+      outcome[run.name] = "done"
+    else:
+      with open(os.path.join(workdir, FAILED), "w") as f:
+        f.write((result.stdout or "") + (result.stderr or ""))
+      outcome[run.name] = "failed"
+      log(f"{run.name}: failed, exit code {result.returncode}; its output is in "
+          f"{os.path.join(workdir, FAILED)}")
+  return outcome
+
+
+def last_metrics(workdir: str) -> dict:
+  """The newest validation record of a run, or {}."""
+  evals = [r for r in metrics_lib.read_metrics(workdir) if "val_top1_err" in r]
+  return evals[-1] if evals else {}
+
+
+def status_table(runs: Sequence[Run], root: str) -> str:
+  from vgg_jax.summary import markdown_table  # pylint: disable=import-outside-toplevel
+  rows = []
+  for run in runs:
+    last = last_metrics(os.path.join(root, run.name))
+    rows.append([run.name, state(run, root), run.parent or "-",
+                 last.get("step", "-"), _percent(last.get("val_top1_err")),
+                 _percent(last.get("val_top5_err"))])
+  return markdown_table(["run", "state", "parent", "step", "val top-1 %", "val top-5 %"], rows)
+
+
+def _percent(value) -> str:
+  return "-" if value is None else f"{100 * value:.2f}"
+
+
+def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
+  """"experiments/FILE.py:ARG" -> (the file, its `sweep(ARG)` expanded)."""
+  config_file, _, arg = config_spec.partition(":")
+  config_file = os.path.abspath(config_file)
+  module = config_lib.load_experiment_module(config_file)
+  if not hasattr(module, "sweep"):
+    raise ValueError(f"{config_file} has no sweep(arg)")
+  return config_file, expand(module.sweep(arg))
