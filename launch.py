@@ -14,6 +14,9 @@
   sweep    --config experiments/FILE.py:ARG --workdir ROOT [--dry_run]: the runs of the
            file's sweep(ARG), parents first, each in ROOT/NAME; finished runs are
            skipped, killed ones resume, a failed run's children do not start.
+           --backend slurm writes ROOT/slurm/*.sbatch and submits them with afterok
+           dependencies; --backend tpu --tpu NAME --zone Z starts each run on every
+           host of a Cloud TPU VM pod (gcloud ... --worker=all).
   status   --config experiments/FILE.py:ARG --workdir ROOT: each run's state and
            last validation metrics.
   convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
@@ -22,6 +25,7 @@
 """
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,6 +56,14 @@ _BUCKET = flags.DEFINE_integer("bucket", 32, "eval: cut dense views to multiples
 _SWEEP = flags.DEFINE_string("sweep", None, "sweep, status: experiments/FILE.py:ARG, "
                              "also accepted as --config (see parse_flags).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print the commands, run nothing.")
+_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"],
+                             "sweep: run here, submit sbatch scripts, or start on a TPU pod.")
+_REPO = flags.DEFINE_string("repo", os.path.dirname(os.path.abspath(__file__)),
+                            "sweep: where the code is on the cluster's hosts.")
+_NODES = flags.DEFINE_integer("nodes", 1, "sweep --backend slurm: hosts per run.")
+_GPUS = flags.DEFINE_integer("gpus_per_node", 8, "sweep --backend slurm: GPUs per host.")
+_TPU = flags.DEFINE_string("tpu", None, "sweep --backend tpu: the TPU VM's name.")
+_ZONE = flags.DEFINE_string("zone", None, "sweep --backend tpu: its zone.")
 _FROM = flags.DEFINE_enum("from", None, ["torchvision", "keras"],
                           "convert: the format of the positional FILE.")
 _TO = flags.DEFINE_string("to", None, "convert: the directory to write.")
@@ -122,14 +134,34 @@ def sweep_runs():
 
 def sweep_main():
   sweep, config_file, runs = sweep_runs()
-  if _DRY_RUN.value:
+  root = _WORKDIR.value
+  if _BACKEND.value == "slurm":
+    scripts = sweep.slurm_scripts(runs, config_file, root, repo=_REPO.value,
+                                  nodes=_NODES.value, gpus_per_node=_GPUS.value)
+    if _DRY_RUN.value:
+      print("\n".join(f"# {name}\n{text}" for name, text in scripts.items()))
+      return
+    os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
+    for name, text in scripts.items():
+      with open(os.path.join(root, "slurm", name), "w") as f:
+        f.write(text)
+    subprocess.run(["bash", os.path.join(root, "slurm", "submit.sh")], check=True)
+  elif _BACKEND.value == "tpu":
+    if not (_TPU.value and _ZONE.value):
+      raise app.UsageError("sweep --backend tpu needs --tpu NAME --zone ZONE")
+    for command in sweep.tpu_commands(runs, config_file, root, repo=_REPO.value,
+                                      tpu=_TPU.value, zone=_ZONE.value):
+      print(command)
+      if not _DRY_RUN.value:
+        subprocess.run(command, shell=True, check=True)
+  elif _DRY_RUN.value:
     for run in runs:
-      print(" ".join(sweep.train_command(run, config_file, _WORKDIR.value)[1:]))
-    return
-  outcome = sweep.run_local(runs, config_file, _WORKDIR.value)
-  print(sweep.status_table(runs, _WORKDIR.value))
-  if any(state != "done" for state in outcome.values()):
-    sys.exit(1)
+      print(" ".join(sweep.train_command(run, config_file, root)[1:]))
+  else:
+    outcome = sweep.run_local(runs, config_file, root)
+    print(sweep.status_table(runs, root))
+    if any(state != "done" for state in outcome.values()):
+      sys.exit(1)
 
 
 def status_main():

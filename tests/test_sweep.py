@@ -109,3 +109,35 @@ def test_a_real_sweep_warm_starts_and_resumes_a_killed_run(tmp_path):
           if "val_top1_err" in r] == [4]
   table = sweep.status_table(runs, str(tmp_path))
   assert "| A | done | - | 4 |" in table and "| B | done | A | 4 |" in table
+
+
+def golden_sweep():
+  """Three runs with a parent, a warm start of every layer and a quoted override."""
+  return sweep.expand([
+      dict(name="A_S32_seed0", arg="model=A,S=32,seed=0"),
+      dict(name="D_S32_seed0", arg="model=D,S=32,seed=0", parent="A_S32_seed0"),
+      dict(name="D_S40_seed0", arg="model=D,S=40,seed=0", parent="D_S32_seed0",
+           layers="all", overrides={"optim.lr": 1e-3,
+                                    "mesh": (("data", -1), ("model", 2))})])
+
+
+def golden(name: str) -> str:
+  with open(os.path.join(ROOT, "tests", "golden", name)) as f:
+    return f.read()
+
+
+def test_slurm_scripts_match_the_golden_file():
+  """One sbatch per run (one task per host, srun, --distributed), submitted with afterok
+  dependencies on the parent's job. Overwrite the golden file only after reading the
+  diff."""
+  scripts = sweep.slurm_scripts(golden_sweep(), FASHION, "/ckpt/sweep", repo="/src/vgg_jax",
+                                nodes=2, gpus_per_node=4)
+  assert "".join(f"# {n}\n{t}" for n, t in scripts.items()) == golden("slurm.txt")
+  assert "--dependency=afterok:${job_D_S32_seed0}" in scripts["submit.sh"]
+
+
+def test_tpu_commands_match_the_golden_file():
+  commands = sweep.tpu_commands(golden_sweep(), FASHION, "/ckpt/sweep", repo="/src/vgg_jax",
+                                tpu="v4-32", zone="us-central2-b")
+  assert "\n".join(commands) + "\n" == golden("tpu.txt")
+  assert all("--worker=all" in c and "--distributed" in c for c in commands)

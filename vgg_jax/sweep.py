@@ -20,6 +20,7 @@ A run that was killed simply runs again and resumes from its checkpoints.
 import dataclasses
 import json
 import os
+import shlex
 import subprocess
 import sys
 from typing import Callable, Sequence
@@ -184,3 +185,54 @@ def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
   if not hasattr(module, "sweep"):
     raise ValueError(f"{config_file} has no sweep(arg)")
   return config_file, expand(module.sweep(arg))
+
+
+# ------------------------------------------------------------------- cluster backends
+
+
+def cluster_command(run: Run, config_file: str, root: str, repo: str) -> str:
+  """One run's training command on a cluster host, as a shell line: every host runs
+  the same program and `--distributed` has JAX find the others (SLURM or Cloud TPU).
+  Paths inside this checkout become paths inside `repo`, the checkout on the hosts."""
+  here = os.path.dirname(LAUNCH)
+  remote_config = os.path.join(repo, os.path.relpath(config_file, here))
+  args = train_command(run, remote_config, root)[2:]  # not this python and launch.py
+  return shlex.join(["python3", os.path.join(repo, "launch.py"), *args, "--distributed"])
+
+
+def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str,
+                  nodes: int = 1, gpus_per_node: int = 8, time: str = "72:00:00"
+                  ) -> dict[str, str]:
+  """sbatch scripts, one per run (one task per host), and `submit.sh`, which submits
+  them with afterok dependencies so a run starts only when its parent succeeded."""
+  scripts, submit = {}, ["#!/bin/bash", "set -euo pipefail"]
+  for run in runs:
+    workdir = os.path.join(root, run.name)
+    scripts[f"{run.name}.sbatch"] = "\n".join([
+        "#!/bin/bash",
+        f"#SBATCH --job-name={run.name}",
+        f"#SBATCH --nodes={nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={gpus_per_node}",
+        f"#SBATCH --time={time}",
+        f"#SBATCH --output={workdir}/slurm-%j.out",
+        f"mkdir -p {workdir}",
+        f"srun {cluster_command(run, config_file, root, repo)}", ""])
+    after = f" --dependency=afterok:${{job_{_shell(run.parent)}}}" if run.parent else ""
+    submit.append(f"job_{_shell(run.name)}=$(sbatch --parsable{after} "
+                  f"{os.path.join(root, 'slurm', run.name)}.sbatch)")
+  scripts["submit.sh"] = "\n".join(submit + [""])
+  return scripts
+
+
+def tpu_commands(runs: Sequence[Run], config_file: str, root: str, *, repo: str,
+                 tpu: str, zone: str) -> list[str]:
+  """gcloud commands that start each run on every host of a Cloud TPU VM pod, parents
+  first (as big_vision's README does); run them one after another."""
+  return [f"gcloud compute tpus tpu-vm ssh {tpu} --zone={zone} --worker=all "
+          f"--command={shlex.quote(cluster_command(run, config_file, root, repo))}"
+          for run in runs]
+
+
+def _shell(name: str) -> str:
+  return "".join(c if c.isalnum() else "_" for c in name)
