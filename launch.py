@@ -19,6 +19,9 @@
            host of a Cloud TPU VM pod (gcloud ... --worker=all).
   status   --config experiments/FILE.py:ARG --workdir ROOT: each run's state and
            last validation metrics.
+  report   ROOT: Tables 3-5 of a sweep's evaluations (mean +- std over seeds) beside the
+           paper's numbers, as Markdown and CSV, the error-vs-depth figure and each
+           run's training curves, in ROOT/report/; prints the Markdown.
   convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
            (.pth: vgg11/13/16/19 and _bn) or a Keras VGG16/VGG19 (.keras/.h5) and
            writes it as a vgg_jax orbax checkpoint (read it with weights.load_orbax).
@@ -169,14 +172,21 @@ def status_main():
   print(sweep.status_table(runs, _WORKDIR.value))
 
 
+def report_main(root):
+  from vgg_jax import report
+  text, written = report.report(root)
+  print(text + "\nwritten:" + "\n  ".join([""] + written))
+
+
 def summary_main():
   from vgg_jax import summary
   print(summary.summary(_RESOLUTION.value))
 
 
 COMMANDS = {"summary": summary_main, "train": train_main, "eval": eval_main,
-            "convert": convert_main, "sweep": sweep_main, "status": status_main}
-POSITIONAL = {"convert": 1}  # commands that take a FILE after the command name
+            "convert": convert_main, "sweep": sweep_main, "status": status_main,
+            "report": report_main}
+POSITIONAL = {"convert": 1, "report": 1}  # commands that take a path after their name
 
 
 def main(argv):

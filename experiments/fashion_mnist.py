@@ -41,11 +41,7 @@ def get_config(arg: str = ""):
 
 
 def sweep(arg: str = ""):
-  """Table 3's runs with the paper's chain (`chain=glorot`: no warm start, Glorot init),
-  `seeds` of each, `quick` passed on to every run:
+  """Table 3's runs, chained as in the paper (see `sweep_lib.table3_sweep`):
   python launch.py sweep --config THIS_FILE:seeds=3 --workdir ROOT"""
-  arg = config_lib.parse_arg(arg, seeds=1, chain="paper", quick=False)
-  return sweep_lib.paper_chain(
-      sweep_lib.TABLE3, range(arg.seeds), warm_start=arg.chain == "paper",
-      scales={"256": "32", "384": "40", "256-512": "32-48"},
-      extra=",quick" if arg.quick else "")
+  return sweep_lib.table3_sweep(arg, scales=sweep_lib.PAPER_SCALES["fashion_mnist"],
+                                passthrough="quick")

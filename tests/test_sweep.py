@@ -46,13 +46,22 @@ def test_bad_sweeps_are_clear_errors():
     sweep.expand([dict(name="a", arg="", seed=1)])
 
 
-def fake(fail: set[str], calls: list[str]):
-  """An executor that records each run and fails those named in `fail`."""
+def fake(fail: set[str], calls: list[tuple[str, str]]):
+  """An executor that records each (command, run), fails the commands of the runs
+  named in `fail` and, as training does, leaves the run's config.json."""
   def execute(command):
-    name = os.path.basename(next(a for a in command if a.startswith("--workdir=")))
-    calls.append(name)
+    workdir = next(a for a in command if a.startswith("--workdir=")).partition("=")[2]
+    name = os.path.basename(workdir)
+    calls.append((command[2], name))
+    if command[2] == "train" and name not in fail:
+      with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write('{"data": {"scale": %s}}' % ("[32, 48]" if name == "J" else "32"))
     return subprocess.CompletedProcess(command, 1 if name in fail else 0, "", "boom")
   return execute
+
+
+def runs_of(calls: list[tuple[str, str]], command: str) -> list[str]:
+  return [name for kind, name in calls if kind == command]
 
 
 def test_failed_parent_blocks_its_children_and_a_rerun_runs_only_what_is_left(tmp_path):
@@ -62,16 +71,43 @@ def test_failed_parent_blocks_its_children_and_a_rerun_runs_only_what_is_left(tm
   outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=fake({"A"}, calls),
                             log=messages.append)
   assert outcome == {"A": "failed", "B": "blocked", "C": "blocked", "Z": "done"}
-  assert calls == ["A", "Z"]
+  assert runs_of(calls, "train") == ["A", "Z"] and runs_of(calls, "eval") == ["Z", "Z"]
   assert any("B: blocked, parent A is failed" in m for m in messages)
   assert "boom" in open(tmp_path / "A" / sweep.FAILED).read()
   calls.clear()
   assert set(sweep.run_local(runs, FASHION, str(tmp_path), execute=fake(set(), calls),
                              log=messages.append).values()) == {"done"}
-  assert calls == ["A", "B", "C"]  # Z was done
+  assert runs_of(calls, "train") == ["A", "B", "C"]  # Z was done
   calls.clear()
   sweep.run_local(runs, FASHION, str(tmp_path), execute=fake(set(), calls), log=print)
   assert calls == []  # a finished sweep runs nothing
+
+
+def test_each_run_is_evaluated_for_the_tables_and_a_failed_evaluation_is_redone(tmp_path):
+  """Dense at Q = S and at Table 4's scales; a jittered S also multi-crop (Table 5).
+  A run whose evaluation failed is evaluated again, not trained again."""
+  runs = sweep.expand([dict(name="A", arg=""), dict(name="J", arg="", parent="A")])
+  calls = []
+  execute = fake(set(), calls)
+
+  def failing_eval(command):
+    result = execute(command)
+    return result if command[2] == "train" else subprocess.CompletedProcess(command, 1)
+
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=failing_eval, log=print)
+  assert outcome == {"A": "failed", "J": "blocked"}
+  assert sweep.state(runs[0], str(tmp_path)) == "failed"
+  calls.clear()
+  assert sweep.run_local(runs, FASHION, str(tmp_path), execute=execute,
+                         log=print) == {"A": "done", "J": "done"}
+  assert runs_of(calls, "train") == ["J"]
+  evals = [c for c in calls if c[0] == "eval"]
+  assert evals == [("eval", "A")] * 2 + [("eval", "J")] * 4
+  assert [c[-2:] for c in sweep.eval_commands(runs[1], str(tmp_path))] == [
+      ["--protocol=dense", "--scales="], ["--protocol=dense", "--scales=table4"],
+      ["--protocol=multicrop", "--scales=table4"],
+      ["--protocol=multicrop+dense", "--scales=table4"]]
+  assert os.path.exists(tmp_path / "J" / sweep.EVALUATED)
 
 
 TINY = {"model.width": 0.0625, "optim.batch_size": 32, "optim.max_steps": 4,
@@ -98,13 +134,16 @@ def test_a_real_sweep_warm_starts_and_resumes_a_killed_run(tmp_path):
 
   def execute(command):
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    outputs.append(result.stdout + result.stderr)
+    outputs.append((command[2], result.stdout + result.stderr))
     return result
 
   outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=execute, log=print)
-  assert outcome == {"A": "done", "B": "done"}, outputs[-1][-3000:]
-  assert "resumed from step 2" in outputs[0]
-  assert "warm start from" in outputs[1] and "fc6/kernel" in outputs[1]
+  assert outcome == {"A": "done", "B": "done"}, outputs[-1][1][-3000:]
+  trains = [output for command, output in outputs if command == "train"]
+  assert "resumed from step 2" in trains[0]
+  assert "warm start from" in trains[1] and "fc6/kernel" in trains[1]
+  assert sorted(os.listdir(tmp_path / "B" / "eval")) == ["test_64_dense_Q32-37.json",
+                                                         "test_64_dense_Q32.json"]
   assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "B"))
           if "val_top1_err" in r] == [4]
   table = sweep.status_table(runs, str(tmp_path))

@@ -12,9 +12,12 @@ each a dict with
 from A, S=384 from S=256 with LR 1e-3, multi-scale from S=384.
 
 The local backend runs each run as `launch.py train` in a subprocess, parents first.
-A run that finished leaves ROOT/NAME/sweep_done.json and is skipped next time; a run
-that failed leaves sweep_failed.txt, and its descendants are not started ("blocked").
-A run that was killed simply runs again and resumes from its checkpoints.
+A run that trained leaves ROOT/NAME/sweep_done.json; the sweep then evaluates it for
+the paper's tables (`eval_commands`: `launch.py eval`, into ROOT/NAME/eval/) and leaves
+sweep_evaluated.json, after which the run is "done" and skipped next time. A run that
+failed (training or evaluation) leaves sweep_failed.txt, and its descendants are not
+started ("blocked"). A run that was killed simply runs again and resumes from its
+checkpoints; one killed while evaluating is only evaluated again.
 """
 
 import dataclasses
@@ -26,9 +29,10 @@ import sys
 from typing import Callable, Sequence
 
 from vgg_jax import config as config_lib
+from vgg_jax import data as data_lib
 from vgg_jax import metrics as metrics_lib
 
-DONE, FAILED = "sweep_done.json", "sweep_failed.txt"
+DONE, EVALUATED, FAILED = "sweep_done.json", "sweep_evaluated.json", "sweep_failed.txt"
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "launch.py")
 
@@ -41,6 +45,11 @@ class Run:
   layers: str = "paper"
   overrides: tuple[tuple[str, object], ...] = ()
 
+
+# The training scales that stand for the paper's S = 256, 384 and [256, 512], per data
+# set (Fashion-MNIST's 32x32 crops scale S down by 7).
+PAPER_SCALES = {"imagenet2012": {"256": "256", "384": "384", "256-512": "256-512"},
+                "fashion_mnist": {"256": "32", "384": "40", "256-512": "32-48"}}
 
 # Table 3's (configuration, training scale) pairs.
 TABLE3 = (("A", "256"), ("A-LRN", "256"), ("B", "256"),
@@ -71,6 +80,15 @@ def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
         run["arg"] += ",init=glorot"
       runs.append(run)
   return runs
+
+
+def table3_sweep(arg: str, scales: dict[str, str], passthrough: str) -> list[dict]:
+  """An experiment's `sweep(arg)`: Table 3's runs with the paper's chain (arg
+  `chain=glorot`: no warm start, Glorot init), `seeds=N` of each, and the boolean
+  `passthrough` argument (e.g. `quick`) handed on to every run."""
+  parsed = config_lib.parse_arg(arg, seeds=1, chain="paper", **{passthrough: False})
+  return paper_chain(TABLE3, range(parsed.seeds), warm_start=parsed.chain == "paper",
+                     scales=scales, extra=f",{passthrough}" if parsed[passthrough] else "")
 
 
 def expand(specs: Sequence[dict]) -> list[Run]:
@@ -114,17 +132,34 @@ def train_command(run: Run, config_file: str, root: str) -> list[str]:
 
 def state(run: Run, root: str) -> str:
   workdir = os.path.join(root, run.name)
-  for marker, name in ((DONE, "done"), (FAILED, "failed")):
+  for marker, name in ((EVALUATED, "done"), (FAILED, "failed"), (DONE, "trained")):
     if os.path.exists(os.path.join(workdir, marker)):
       return name
   return "started" if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else "pending"
 
 
+# The `launch.py eval` (protocol, scales) behind the paper's tables: dense at the run's
+# own test scale (Table 3) and at Table 4's scales; for a jittered S also Table 5's
+# multi-crop and multi-crop & dense.
+TABLE_EVALS = (("dense", ""), ("dense", "table4"))
+JITTERED_EVALS = (("multicrop", "table4"), ("multicrop+dense", "table4"))
+
+
+def eval_commands(run: Run, root: str) -> list[list[str]]:
+  """The evaluations of a trained run, which has written its config.json."""
+  workdir = os.path.join(root, run.name)
+  with open(os.path.join(workdir, "config.json")) as f:
+    lo, hi = data_lib.scale_range(json.load(f)["data"]["scale"])
+  return [[sys.executable, LAUNCH, "eval", f"--workdir={workdir}", f"--protocol={protocol}",
+           f"--scales={scales}"]
+          for protocol, scales in TABLE_EVALS + (JITTERED_EVALS if lo != hi else ())]
+
+
 def run_local(runs: Sequence[Run], config_file: str, root: str, *,
               execute: Callable[[list[str]], subprocess.CompletedProcess] | None = None,
               log: Callable[[str], None] = print) -> dict[str, str]:
-  """Runs what is not done, parents first, one after another; returns each run's final
-  state. A failed run's descendants are "blocked" and never start."""
+  """Trains and evaluates what is not done, parents first, one after another; returns
+  each run's final state. A failed run's descendants are "blocked" and never start."""
   execute = execute or (lambda command: subprocess.run(
       command, capture_output=True, text=True, check=False))
   outcome = {}
@@ -141,19 +176,32 @@ def run_local(runs: Sequence[Run], config_file: str, root: str, *,
     os.makedirs(workdir, exist_ok=True)
     if os.path.exists(os.path.join(workdir, FAILED)):
       os.remove(os.path.join(workdir, FAILED))  # tried again: it resumes
-    log(f"{run.name}: {' '.join(train_command(run, config_file, root)[1:])}")
-    result = execute(train_command(run, config_file, root))
-    if result.returncode == 0:
-      with open(os.path.join(workdir, DONE), "w") as f:
-        json.dump(last_metrics(workdir), f)
-      outcome[run.name] = "done"
-    else:
+    trained = (os.path.exists(os.path.join(workdir, DONE))
+               or attempt(run, root, [train_command(run, config_file, root)], DONE, execute,
+                          log))
+    done = trained and attempt(run, root, eval_commands(run, root), EVALUATED, execute, log)
+    outcome[run.name] = "done" if done else "failed"
+  return outcome
+
+
+def attempt(run: Run, root: str, commands: list[list[str]], marker: str,
+            execute: Callable[[list[str]], subprocess.CompletedProcess],
+            log: Callable[[str], None]) -> bool:
+  """Runs `commands` until one fails, which leaves FAILED with its output; when all
+  succeed, leaves `marker` with the run's last validation metrics."""
+  workdir = os.path.join(root, run.name)
+  for command in commands:
+    log(f"{run.name}: {' '.join(command[1:])}")
+    result = execute(command)
+    if result.returncode:
       with open(os.path.join(workdir, FAILED), "w") as f:
         f.write((result.stdout or "") + (result.stderr or ""))
-      outcome[run.name] = "failed"
       log(f"{run.name}: failed, exit code {result.returncode}; its output is in "
           f"{os.path.join(workdir, FAILED)}")
-  return outcome
+      return False
+  with open(os.path.join(workdir, marker), "w") as f:
+    json.dump(last_metrics(workdir), f)
+  return True
 
 
 def last_metrics(workdir: str) -> dict:

@@ -1,0 +1,115 @@
+"""The report: Tables 3-5 over seeds beside the paper's numbers, CSV, figures."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from vgg_jax import report, sweep
+from test_sweep import FASHION, ROOT, TINY
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(root, name: str, seed: int, results: list[dict]):
+  """A run directory as a sweep leaves it: config.json and eval/*.json."""
+  os.makedirs(root / name / "eval")
+  (root / name / "config.json").write_text(json.dumps(
+      dict(seed=seed, data=dict(name="fashion_mnist"))))
+  for i, result in enumerate(results):
+    (root / name / "eval" / f"{i}.json").write_text(json.dumps(result))
+
+
+def result(config: str, s: str, q: list[int], protocol: str, top1: float, top5: float,
+           models: int = 1) -> dict:
+  return dict(models=[dict(config=config, S=s, Q=q)] * models, protocol=protocol,
+              split="test", top1_err=top1, top5_err=top5)
+
+
+def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
+  for seed, (top1, top5) in enumerate([(0.10, 0.02), (0.14, 0.03)]):
+    write_run(tmp_path, f"A_S32_seed{seed}", seed, [
+        result("A", "32", [32], "dense", top1, top5),
+        result("A", "32", [32, 37], "dense", top1 - 0.01, top5),
+        result("A", "32", [32], "dense", 0.5, 0.5, models=2)])  # an ensemble: not ours
+  write_run(tmp_path, "D_S32-48_seed0", 0, [
+      result("D", "[32,48]", [40], "dense", 0.08, 0.01),
+      result("D", "[32,48]", [32, 40, 48], "dense", 0.07, 0.01),
+      result("D", "[32,48]", [32, 40, 48], "multicrop", 0.06, 0.01)])
+  rows = report.tables(report.collect(str(tmp_path)))
+  a3, d3 = rows[3]
+  assert (a3["config"], a3["S"], a3["paper_S"], a3["Q"], a3["n"]) == ("A", "32", "256", "32", 2)
+  assert a3["top1_mean"] == pytest.approx(12.0)
+  assert a3["top1_std"] == pytest.approx(np.std([10.0, 14.0], ddof=1))
+  assert (a3["top5_mean"], a3["paper_top1"], a3["paper_top5"]) == (pytest.approx(2.5), 29.6, 10.4)
+  assert (d3["paper_S"], d3["Q"], d3["n"], d3["top1_std"]) == ("256-512", "40", 1, 0.0)
+  assert (d3["paper_top1"], d3["paper_top5"]) == (25.6, 8.1)
+  assert [(r["config"], r["Q"], r["paper_top1"]) for r in rows[4]] == [
+      ("A", "32,37", None), ("D", "32,40,48", 24.8)]
+  assert [(r["protocol"], r["paper_top1"]) for r in rows[5]] == [("dense", 24.8),
+                                                                 ("multicrop", 24.6)]
+  text = report.tables_markdown(rows)
+  assert ("| A | 32 | 256 | 32 | dense | test | 2 | 12.00 ± 2.83 | 2.50 ± 0.71 | 29.6 | 10.4 |"
+          in text)
+
+
+def test_report_writes_tables_and_a_figure_with_configs_of_equal_depth(tmp_path):
+  for config, top1 in (("A", 0.2), ("A-LRN", 0.21), ("C", 0.15), ("D", 0.14)):
+    write_run(tmp_path, f"{config}_S32_seed0", 0,
+              [result(config, "32", [32], "dense", top1, 0.05)])
+  text, written = report.report(str(tmp_path))
+  out = tmp_path / "report"
+  assert written == [str(out / name) for name in (
+      "tables.md", "table3.csv", "table4.csv", "table5.csv", "depth_vs_error.png")]
+  assert (out / "tables.md").read_text() == text
+  assert [r["config"] for r in read_csv(out / "table3.csv")] == ["A", "A-LRN", "C", "D"]
+  read_png(out / "depth_vs_error.png")
+
+
+def read_csv(path) -> list[dict]:
+  with open(path) as f:
+    return list(csv.DictReader(f))
+
+
+def read_png(path: str) -> bytes:
+  with open(path, "rb") as f:
+    data = f.read()
+  assert data.startswith(PNG) and len(data) > len(PNG), path
+  return data
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
+                    reason="needs `apt-get install dataset-fashion-mnist`")
+def test_a_real_sweep_is_evaluated_and_reported(tmp_path):
+  """A and B (warm-started from A), two seeds, for real; then `launch.py report`."""
+  specs = sweep.paper_chain((("A", "256"), ("B", "256")), range(2), scales={"256": "32"},
+                            extra=",quick,backend=numpy")
+  runs = sweep.expand([dict(spec, overrides=TINY) for spec in specs])
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=print)
+  assert set(outcome.values()) == {"done"}, outcome
+  printed = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "report",
+                            str(tmp_path)], capture_output=True, text=True, check=True,
+                           cwd=ROOT).stdout
+  out = tmp_path / "report"
+  assert printed.startswith((out / "tables.md").read_text())
+  table3 = read_csv(out / "table3.csv")
+  assert [(r["config"], r["S"], r["Q"], r["n"]) for r in table3] == [("A", "32", "32", "2"),
+                                                                     ("B", "32", "32", "2")]
+  assert [(r["paper_top1"], r["paper_top5"]) for r in table3] == [("29.6", "10.4"),
+                                                                  ("28.7", "9.9")]
+  for row in table3:
+    seeds = [json.loads((tmp_path / f"{row['config']}_S32_seed{s}" / "eval" /
+                         "test_64_dense_Q32.json").read_text()) for s in range(2)]
+    for metric in ("top1", "top5"):
+      errors = [100 * r[f"{metric}_err"] for r in seeds]
+      assert float(row[f"{metric}_mean"]) == pytest.approx(np.mean(errors))
+      assert float(row[f"{metric}_std"]) == pytest.approx(np.std(errors, ddof=1))
+  assert [r["Q"] for r in read_csv(out / "table4.csv")] == ["32,37", "32,37"]
+  read_png(out / "depth_vs_error.png")
+  for run in runs:
+    read_png(out / "curves" / f"{run.name}.png")
+    assert str(out / "curves" / f"{run.name}.png") in printed

@@ -1,0 +1,254 @@
+"""Tables 3-5 and figures from a sweep's evaluations, beside the paper's ImageNet numbers.
+
+`collect` reads every run's eval/*.json under a sweep root (single networks; ensembles
+are Table 6's business) with the run's seed and dataset from its config.json; `tables`
+averages them over seeds per (config, S, Q, protocol) as the paper's Tables 3, 4 and 5;
+`report` writes ROOT/report/: tables.md, table3.csv ... table5.csv, depth_vs_error.png
+and curves/NAME.png (each run's training curves).
+
+  python launch.py report ROOT
+"""
+
+import csv
+import glob
+import io
+import json
+import os
+
+import numpy as np
+
+from vgg_jax import architectures
+from vgg_jax import metrics as metrics_lib
+from vgg_jax import sweep
+from vgg_jax.summary import markdown_table
+
+# The paper's S regimes ("256", "384", "256-512") per dataset, in the experiment's
+# notation (experiments/fashion_mnist.py); ImageNet's S are the regimes themselves.
+REGIMES = {dataset: {ours: paper for paper, ours in scales.items()}
+           for dataset, scales in sweep.PAPER_SCALES.items()}
+REGIME_ORDER = ("256", "384", "256-512")
+
+# The paper's top-1 / top-5 validation error (%) on ILSVRC-2012, dense evaluation.
+PAPER_TABLE3 = {  # at a single test scale
+    ("A", "256"): (29.6, 10.4), ("A-LRN", "256"): (29.7, 10.5), ("B", "256"): (28.7, 9.9),
+    ("C", "256"): (28.1, 9.4), ("C", "384"): (28.1, 9.3), ("C", "256-512"): (27.3, 8.8),
+    ("D", "256"): (27.0, 8.8), ("D", "384"): (26.8, 8.7), ("D", "256-512"): (25.6, 8.1),
+    ("E", "256"): (27.3, 9.0), ("E", "384"): (26.9, 8.7), ("E", "256-512"): (25.5, 8.0)}
+PAPER_TABLE4 = {  # at three test scales
+    ("B", "256"): (28.2, 9.6),
+    ("C", "256"): (27.7, 9.2), ("C", "384"): (27.8, 9.2), ("C", "256-512"): (26.3, 8.2),
+    ("D", "256"): (26.6, 8.6), ("D", "384"): (26.5, 8.6), ("D", "256-512"): (24.8, 7.5),
+    ("E", "256"): (26.9, 8.7), ("E", "384"): (26.7, 8.6), ("E", "256-512"): (24.8, 7.5)}
+PAPER_TABLE5 = {  # jittered S, Q = {256, 384, 512}, by protocol
+    ("D", "dense"): (24.8, 7.5), ("D", "multicrop"): (24.6, 7.5),
+    ("D", "multicrop+dense"): (24.4, 7.2),
+    ("E", "dense"): (24.8, 7.5), ("E", "multicrop"): (24.6, 7.4),
+    ("E", "multicrop+dense"): (24.4, 7.1)}
+PROTOCOL_ORDER = ("dense", "multicrop", "multicrop+dense")
+TITLES = {3: "Table 3: single test scale (dense)",
+          4: "Table 4: multiple test scales (dense)",
+          5: "Table 5: jittered S, multiple test scales, by protocol"}
+HEADER = ["config", "S", "paper S", "Q", "protocol", "split", "n", "top-1 %", "top-5 %",
+          "paper top-1", "paper top-5"]
+CSV_HEADER = ["config", "S", "paper_S", "Q", "protocol", "split", "n", "top1_mean",
+              "top1_std", "top5_mean", "top5_std", "paper_top1", "paper_top5"]
+
+
+def regime(dataset: str, scale: str) -> str:
+  """A run's S ("32", "[32,48]") -> the paper's regime it stands for ("256-512")."""
+  s = scale.strip("[]").replace(",", "-")
+  return REGIMES.get(dataset, {}).get(s, s)
+
+
+def collect(root: str) -> list[dict]:
+  """One record per single-network evaluation under ROOT/*/eval/."""
+  records = []
+  for config_path in sorted(glob.glob(os.path.join(root, "*", "config.json"))):
+    workdir = os.path.dirname(config_path)
+    with open(config_path) as f:
+      config = json.load(f)
+    for path in sorted(glob.glob(os.path.join(workdir, "eval", "*.json"))):
+      with open(path) as f:
+        result = json.load(f)
+      if len(result["models"]) != 1:
+        continue
+      model, = result["models"]
+      records.append(dict(
+          run=os.path.basename(workdir), seed=config["seed"], config=model["config"],
+          S=model["S"], regime=regime(config["data"]["name"], model["S"]),
+          Q=",".join(map(str, model["Q"])), protocol=result["protocol"],
+          split=result["split"], top1_err=result["top1_err"], top5_err=result["top5_err"]))
+  return records
+
+
+def table_of(record: dict) -> set[int]:
+  """The paper's tables a record belongs to: a dense single-scale result to Table 3, a
+  dense multi-scale one to Table 4, a multi-scale one of a jittered S to Table 5."""
+  multi, jittered = "," in record["Q"], record["S"].startswith("[")
+  tables = set()
+  if record["protocol"] == "dense":
+    tables.add(4 if multi else 3)
+  if multi and jittered and record["protocol"] in PROTOCOL_ORDER:
+    tables.add(5)
+  return tables
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+  """Mean and sample standard deviation (0 for one value), in %."""
+  values = 100 * np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def paper_numbers(table: int, config: str, paper_s: str, protocol: str):
+  if table == 5:
+    return PAPER_TABLE5.get((config, protocol)) if paper_s == "256-512" else None
+  return (PAPER_TABLE3 if table == 3 else PAPER_TABLE4).get((config, paper_s))
+
+
+def aggregate(records: list[dict], table: int) -> list[dict]:
+  """Table `table`'s rows: records grouped over seeds, in the paper's order."""
+  groups = {}
+  for r in records:
+    if table in table_of(r):
+      key = (r["config"], r["S"], r["regime"], r["Q"], r["protocol"], r["split"])
+      groups.setdefault(key, []).append(r)
+  rows = []
+  for (config, s, paper_s, q, protocol, split), members in groups.items():
+    top1, top5 = (mean_std([m[k] for m in members]) for k in ("top1_err", "top5_err"))
+    paper = paper_numbers(table, config, paper_s, protocol) or (None, None)
+    rows.append(dict(config=config, S=s, paper_S=paper_s, Q=q, protocol=protocol,
+                     split=split, n=len(members), top1_mean=top1[0], top1_std=top1[1],
+                     top5_mean=top5[0], top5_std=top5[1], paper_top1=paper[0],
+                     paper_top5=paper[1]))
+  return sorted(rows, key=_order)
+
+
+def _order(row: dict):
+  return (_index(tuple(architectures.TABLE1), row["config"]),
+          _index(REGIME_ORDER, row["paper_S"]), row["S"], row["Q"],
+          _index(PROTOCOL_ORDER, row["protocol"]), row["split"])
+
+
+def _index(order: tuple, item) -> int:
+  return order.index(item) if item in order else len(order)
+
+
+def _number(value) -> str:
+  return "-" if value is None else f"{value:.1f}"
+
+
+def markdown(rows: list[dict]) -> str:
+  return markdown_table(HEADER, [
+      [r["config"], r["S"], r["paper_S"], r["Q"], r["protocol"], r["split"], r["n"],
+       f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
+       f"{r['top5_mean']:.2f} ± {r['top5_std']:.2f}",
+       _number(r["paper_top1"]), _number(r["paper_top5"])] for r in rows])
+
+
+def to_csv(rows: list[dict]) -> str:
+  out = io.StringIO()
+  writer = csv.DictWriter(out, CSV_HEADER, lineterminator="\n")
+  writer.writeheader()
+  writer.writerows(rows)
+  return out.getvalue()
+
+
+def tables(records: list[dict]) -> dict[int, list[dict]]:
+  """Each table's rows, by table number."""
+  return {table: aggregate(records, table) for table in TITLES}
+
+
+def tables_markdown(rows: dict[int, list[dict]]) -> str:
+  """Our top-1/top-5 error (%) as mean ± std over n seeds; the paper's is ILSVRC-2012."""
+  return "\n\n".join(f"## {TITLES[t]}\n\n{markdown(rows[t])}" for t in TITLES) + "\n"
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+def depth_figure(rows: list[dict], path: str) -> str:
+  """Table 3's top-1 and top-5 error against depth, a line per S regime with error
+  bars over seeds; the paper's points (dashed, hollow) on the right-hand axis."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+  depths = {}
+  for config in architectures.TABLE1:
+    depths.setdefault(architectures.weight_layers(config), []).append(config)
+  colours = dict(zip(REGIME_ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+  for ax, metric, which in ((axes[0], "top1", 0), (axes[1], "top5", 1)):
+    paper_ax = ax.twinx()
+    for paper_s in REGIME_ORDER:
+      ours = sorted((r for r in rows if r["paper_S"] == paper_s),
+                    key=lambda r: (architectures.weight_layers(r["config"]), r["config"]))
+      if ours:
+        ax.errorbar([architectures.weight_layers(r["config"]) for r in ours],
+                    [r[f"{metric}_mean"] for r in ours],
+                    yerr=[r[f"{metric}_std"] for r in ours], marker="o", capsize=3,
+                    color=colours[paper_s], label=f"ours, S ~ {paper_s}")
+      paper = sorted((architectures.weight_layers(c), v[which])
+                     for (c, s), v in PAPER_TABLE3.items() if s == paper_s)
+      paper_ax.plot(*zip(*paper), "--o", mfc="none", color=colours[paper_s], alpha=0.6,
+                    label=f"paper, S = {paper_s}")
+    ax.set_xticks(list(depths), [f"{d}\n{', '.join(c)}" for d, c in depths.items()])
+    ax.set(xlabel="weight layers", ylabel=f"our {metric} error (%)",
+           title=f"{metric} error vs depth (Table 3)")
+    paper_ax.set_ylabel(f"paper {metric} error (%), ILSVRC-2012")
+    ax.legend(loc="upper left", fontsize=8)
+    paper_ax.legend(loc="upper right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def curve_figure(workdir: str, path: str) -> str:
+  """A run's training loss and validation top-1 error against step."""
+  plt = _pyplot()
+  records = metrics_lib.read_metrics(workdir)
+  train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+  val = [(r["step"], 100 * r["val_top1_err"]) for r in records if "val_top1_err" in r]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  if train:
+    ax.plot(*zip(*train), ".-", color="C0", label="train loss")
+  ax.set(xlabel="step", ylabel="train loss", title=os.path.basename(workdir))
+  val_ax = ax.twinx()
+  if val:
+    val_ax.plot(*zip(*val), "o-", color="C1", label="val top-1 error")
+  val_ax.set_ylabel("val top-1 error (%)")
+  fig.legend(loc="upper right", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def report(root: str) -> tuple[str, list[str]]:
+  """Writes ROOT/report/; returns the Markdown and the paths written."""
+  out = os.path.join(root, "report")
+  os.makedirs(os.path.join(out, "curves"), exist_ok=True)
+  rows = tables(collect(root))
+  text = tables_markdown(rows)
+  written = [_write(os.path.join(out, "tables.md"), text)]
+  written += [_write(os.path.join(out, f"table{t}.csv"), to_csv(rows[t])) for t in rows]
+  written.append(depth_figure(rows[3], os.path.join(out, "depth_vs_error.png")))
+  for metrics_path in sorted(glob.glob(os.path.join(root, "*", "metrics.jsonl"))):
+    workdir = os.path.dirname(metrics_path)
+    written.append(curve_figure(workdir, os.path.join(
+        out, "curves", os.path.basename(workdir) + ".png")))
+  return text, written
+
+
+def _write(path: str, text: str) -> str:
+  with open(path, "w") as f:
+    f.write(text)
+  return path
