@@ -63,6 +63,10 @@ _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"],
                              "sweep: run here, submit sbatch scripts, or start on a TPU pod.")
 _REPO = flags.DEFINE_string("repo", os.path.dirname(os.path.abspath(__file__)),
                             "sweep: where the code is on the cluster's hosts.")
+_ACCELERATOR = flags.DEFINE_string("accelerator", "h100", "sweep: the chip the forecast "
+                                   "assumes (h100, h200, a100, tpu-v4, tpu-v5p).")
+_MFU = flags.DEFINE_float("mfu", 0.4, "sweep: the fraction of the chip's bf16 peak the "
+                          "forecast assumes.")
 _NODES = flags.DEFINE_integer("nodes", 1, "sweep --backend slurm: hosts per run.")
 _GPUS = flags.DEFINE_integer("gpus_per_node", 8, "sweep --backend slurm: GPUs per host.")
 _TPU = flags.DEFINE_string("tpu", None, "sweep --backend tpu: the TPU VM's name.")
@@ -138,6 +142,7 @@ def sweep_runs():
 def sweep_main():
   sweep, config_file, runs = sweep_runs()
   root = _WORKDIR.value
+  print(sweep.forecast(runs, config_file, _ACCELERATOR.value, _MFU.value), flush=True)
   if _BACKEND.value == "slurm":
     scripts = sweep.slurm_scripts(runs, config_file, root, repo=_REPO.value,
                                   nodes=_NODES.value, gpus_per_node=_GPUS.value)

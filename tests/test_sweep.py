@@ -180,3 +180,15 @@ def test_tpu_commands_match_the_golden_file():
                                 tpu="v4-32", zone="us-central2-b")
   assert "\n".join(commands) + "\n" == golden("tpu.txt")
   assert all("--worker=all" in c and "--distributed" in c for c in commands)
+
+
+def test_forecast_counts_the_papers_92_8_gflop_per_training_image():
+  runs = sweep.expand(load_experiment_module("paper").sweep(""))
+  d = next(r for r in runs if r.name == "D_S256_seed0")
+  config = sweep.run_config(d, os.path.join(ROOT, "experiments", "paper.py"))
+  images = 1_281_167 // 256 * 256 * 74
+  assert sweep.training_flops(config) / images / 1e9 == pytest.approx(92.8, rel=2e-3)
+  text = sweep.forecast([d], os.path.join(ROOT, "experiments", "paper.py"), "h100", 0.5)
+  hours = sweep.training_flops(config) / (989e12 * 0.5) / 3600
+  assert f"| D_S256_seed0 | {sweep.training_flops(config):.3g} | {hours:.3g} |" in text
+  assert "At 50% of h100's 989 TFLOP/s" in text

@@ -235,6 +235,56 @@ def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
   return config_file, expand(module.sweep(arg))
 
 
+# ------------------------------------------------------------------------ forecast
+
+
+# (train images, classes, channels) of the data sets a sweep may use, for the forecast.
+DATASETS = {"imagenet2012": (1_281_167, 1000, 3), "fashion_mnist": (60_000, 10, 1),
+            "cifar10": (50_000, 10, 3), "cifar100": (50_000, 100, 3),
+            "imagenette": (9_469, 10, 3)}
+# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
+PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu-v4": 275e12,
+              "tpu-v5p": 459e12}
+
+
+def run_config(run: Run, config_file: str):
+  """The run's resolved config, as `launch.py train` will see it."""
+  config = config_lib.experiment_config(config_file, run.arg)
+  for key, value in run.overrides:
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  return config
+
+
+def training_flops(config) -> float:
+  """Forward multiply-adds of the model at the training crop, x2 for FLOPs, x3 for the
+  backward pass, x the images the run trains on."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from vgg_jax import model as model_lib, train  # pylint: disable=import-outside-toplevel
+  images, classes, channels = DATASETS[config.data.name]
+  cfg = train.model_config(config, num_classes=classes, in_channels=channels)
+  macs = model_lib.count_macs(nnx.eval_shape(lambda: model_lib.VGG(cfg, rngs=nnx.Rngs(0))),
+                              config.data.crop)
+  per_epoch = images // config.optim.batch_size
+  steps = config.optim.max_steps or config.optim.epochs * per_epoch
+  return 6.0 * macs * steps * config.optim.batch_size
+
+
+def forecast(runs: Sequence[Run], config_file: str, accelerator: str, mfu: float) -> str:
+  """Per run: training FLOPs and device-hours on `accelerator` at `mfu` of its peak."""
+  from vgg_jax.summary import markdown_table  # pylint: disable=import-outside-toplevel
+  rows, total = [], 0.0
+  for run in runs:
+    flops = training_flops(run_config(run, config_file))
+    hours = flops / (PEAK_FLOPS[accelerator] * mfu) / 3600
+    total += hours
+    rows.append([run.name, f"{flops:.3g}", f"{hours:.3g}"])
+  rows.append(["total", "", f"{total:.3g}"])
+  return (markdown_table(["run", "training FLOPs", f"{accelerator}-hours"], rows)
+          + f"\n\nAt {mfu:.0%} of {accelerator}'s {PEAK_FLOPS[accelerator] / 1e12:.0f} "
+          f"TFLOP/s bf16 peak; evaluation not included.")
+
+
 # ------------------------------------------------------------------- cluster backends
 
 
