@@ -63,6 +63,8 @@ _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"],
                              "sweep: run here, submit sbatch scripts, or start on a TPU pod.")
 _REPO = flags.DEFINE_string("repo", os.path.dirname(os.path.abspath(__file__)),
                             "sweep: where the code is on the cluster's hosts.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: local runs at a time (each "
+                                 "starts once its parent is done).")
 _ACCELERATOR = flags.DEFINE_string("accelerator", "h100", "sweep: the chip the forecast "
                                    "assumes (h100, h200, a100, tpu-v4, tpu-v5p).")
 _MFU = flags.DEFINE_float("mfu", 0.4, "sweep: the fraction of the chip's bf16 peak the "
@@ -166,7 +168,7 @@ def sweep_main():
     for run in runs:
       print(" ".join(sweep.train_command(run, config_file, root)[1:]))
   else:
-    outcome = sweep.run_local(runs, config_file, root)
+    outcome = sweep.run_local(runs, config_file, root, parallel=_PARALLEL.value)
     print(sweep.status_table(runs, root))
     if any(state != "done" for state in outcome.values()):
       sys.exit(1)

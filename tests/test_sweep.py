@@ -192,3 +192,31 @@ def test_forecast_counts_the_papers_92_8_gflop_per_training_image():
   hours = sweep.training_flops(config) / (989e12 * 0.5) / 3600
   assert f"| D_S256_seed0 | {sweep.training_flops(config):.3g} | {hours:.3g} |" in text
   assert "At 50% of h100's 989 TFLOP/s" in text
+
+
+def test_parallel_runs_start_when_their_parents_are_done(tmp_path):
+  """Two at a time: A and Z run together; B waits for A, whatever Z does."""
+  import threading
+  import time
+  runs = sweep.expand([dict(name="A", arg=""), dict(name="B", arg="", parent="A"),
+                       dict(name="Z", arg="")])
+  calls, events, lock = [], [], threading.Lock()
+  execute = fake(set(), calls)
+
+  def timed(command):
+    name = os.path.basename(command[4].partition("=")[2]) if command[2] == "train" else None
+    if name:
+      with lock:
+        events.append(("start", name))
+      time.sleep(0.3)
+    result = execute(command)
+    if name:
+      with lock:
+        events.append(("end", name))
+    return result
+
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), parallel=2, execute=timed,
+                            log=lambda m: None)
+  assert outcome == {"A": "done", "B": "done", "Z": "done"}
+  assert events[:2] == [("start", "A"), ("start", "Z")]  # both before either ended
+  assert events.index(("end", "A")) < events.index(("start", "B"))

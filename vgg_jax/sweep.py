@@ -20,6 +20,7 @@ started ("blocked"). A run that was killed simply runs again and resumes from it
 checkpoints; one killed while evaluating is only evaluated again.
 """
 
+import concurrent.futures
 import dataclasses
 import json
 import os
@@ -155,33 +156,48 @@ def eval_commands(run: Run, root: str) -> list[list[str]]:
           for protocol, scales in TABLE_EVALS + (JITTERED_EVALS if lo != hi else ())]
 
 
-def run_local(runs: Sequence[Run], config_file: str, root: str, *,
+def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int = 1,
               execute: Callable[[list[str]], subprocess.CompletedProcess] | None = None,
               log: Callable[[str], None] = print) -> dict[str, str]:
-  """Trains and evaluates what is not done, parents first, one after another; returns
-  each run's final state. A failed run's descendants are "blocked" and never start."""
+  """Trains and evaluates what is not done, up to `parallel` runs at a time, each as
+  soon as its parent is done; returns each run's final state. A failed run's
+  descendants are "blocked" and never start."""
   execute = execute or (lambda command: subprocess.run(
       command, capture_output=True, text=True, check=False))
-  outcome = {}
-  for run in runs:
-    workdir = os.path.join(root, run.name)
-    if state(run, root) == "done":
-      outcome[run.name] = "done"
-      continue
-    if run.parent and outcome.get(run.parent) != "done":
-      outcome[run.name] = "blocked"
-      log(f"{run.name}: blocked, parent {run.parent} is {outcome.get(run.parent)}"
-          f" (see {os.path.join(root, run.parent)})")
-      continue
-    os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(os.path.join(workdir, FAILED)):
-      os.remove(os.path.join(workdir, FAILED))  # tried again: it resumes
-    trained = (os.path.exists(os.path.join(workdir, DONE))
-               or attempt(run, root, [train_command(run, config_file, root)], DONE, execute,
-                          log))
-    done = trained and attempt(run, root, eval_commands(run, root), EVALUATED, execute, log)
-    outcome[run.name] = "done" if done else "failed"
-  return outcome
+  outcome = {run.name: "done" for run in runs if state(run, root) == "done"}
+  pending = [run for run in runs if run.name not in outcome]  # parents first
+  running = {}
+  with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+    while pending or running:
+      for run in list(pending):
+        parent = outcome.get(run.parent, "pending") if run.parent else "done"
+        if parent in ("failed", "blocked"):
+          outcome[run.name] = "blocked"
+          log(f"{run.name}: blocked, parent {run.parent} is {parent}"
+              f" (see {os.path.join(root, run.parent)})")
+          pending.remove(run)
+        elif parent == "done" and len(running) < max(1, parallel):
+          running[pool.submit(train_and_evaluate_run, run, config_file, root, execute,
+                              log)] = run
+          pending.remove(run)
+      finished, _ = concurrent.futures.wait(
+          running, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in finished:
+        outcome[running.pop(future).name] = future.result()
+  return {run.name: outcome[run.name] for run in runs}
+
+
+def train_and_evaluate_run(run: Run, config_file: str, root: str, execute, log) -> str:
+  """One run's training (unless already trained) and evaluations: "done" or "failed"."""
+  workdir = os.path.join(root, run.name)
+  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(os.path.join(workdir, FAILED)):
+    os.remove(os.path.join(workdir, FAILED))  # tried again: it resumes
+  trained = (os.path.exists(os.path.join(workdir, DONE))
+             or attempt(run, root, [train_command(run, config_file, root)], DONE, execute,
+                        log))
+  done = trained and attempt(run, root, eval_commands(run, root), EVALUATED, execute, log)
+  return "done" if done else "failed"
 
 
 def attempt(run: Run, root: str, commands: list[list[str]], marker: str,
