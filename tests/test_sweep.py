@@ -119,14 +119,11 @@ TINY = {"model.width": 0.0625, "optim.batch_size": 32, "optim.max_steps": 4,
 def test_a_real_sweep_warm_starts_and_resumes_a_killed_run(tmp_path):
   """A then B warm-started from it, for real; A was 'killed' after 2 of its 4 steps
   (its checkpoint is there, no done marker), so the sweep resumes it."""
-  from vgg_jax import config as config_lib, train
+  from vgg_jax import train
   runs = sweep.expand([dict(name="A", arg="quick,backend=numpy", overrides=TINY),
                        dict(name="B", arg="quick,backend=numpy,model=B", parent="A",
                             overrides=TINY)])
-  interrupted = config_lib.experiment_config("fashion_mnist", "quick,backend=numpy")
-  for key, value in TINY.items():
-    section, _, field = key.rpartition(".")
-    (interrupted[section] if section else interrupted)[field] = value
+  interrupted = sweep.run_config(runs[0], FASHION)
   interrupted.optim.max_steps = 2
   train.train_and_evaluate(interrupted, str(tmp_path / "A"))
   assert sweep.state(runs[0], str(tmp_path)) == "started"
