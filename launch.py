@@ -11,6 +11,7 @@
            [--scales table4|32,40,48] [--ensemble DIR2,DIR3] [--step N]
            [--eval_split test] evaluates DIR's best checkpoint (else its newest) with
            the paper's test protocols; prints a table row, writes DIR/eval/*.json.
+           --configured runs all of the run's config.evaluations in one pass.
   sweep    --config experiments/FILE.py:ARG --workdir ROOT [--dry_run]: the runs of the
            file's sweep(ARG), parents first, each in ROOT/NAME; finished runs are
            skipped, killed ones resume, a failed run's children do not start.
@@ -47,6 +48,8 @@ _PROTOCOL = flags.DEFINE_enum("protocol", "dense",
                               "eval: the test protocol (Section 3.2).")
 _SCALES = flags.DEFINE_string("scales", "", "eval: test scales Q, '32,40,48' or 'table4' "
                               "(default: the run's validation Q).")
+_CONFIGURED = flags.DEFINE_bool("configured", False, "eval: every evaluation in the run's "
+                                "config.evaluations, in one process (what a sweep runs).")
 _ENSEMBLE = flags.DEFINE_list("ensemble", [], "eval: more workdirs to average with --workdir.")
 _STEP = flags.DEFINE_integer("step", None, "eval: this checkpoint of --workdir, not the best.")
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "", "eval: the split (default: the run's).")
@@ -114,12 +117,18 @@ def eval_main():
   from vgg_jax import evaluate
   models = [evaluate.load_trained(_WORKDIR.value, _STEP.value)]
   models += [evaluate.load_trained(workdir) for workdir in _ENSEMBLE.value]
-  result = evaluate.evaluate(models, _PROTOCOL.value, _SCALES.value,
-                             split=_EVAL_SPLIT.value, batch_size=_EVAL_BATCH.value,
-                             bucket=_BUCKET.value, chunk=_EVAL_CHUNK.value)
-  path = evaluate.write_result(result)
-  print(f"{evaluate.TABLE_HEADER}\n{evaluate.table_row(result)}\n{result['count']} images, "
-        f"{result['compilations']} compiled programs; written to {path}")
+  if _CONFIGURED.value:
+    from vgg_jax import config as config_lib
+    evaluations = [config_lib.parse_evaluation(spec)
+                   for spec in models[0].config.get("evaluations", ("dense",))]
+  else:
+    evaluations = [(_PROTOCOL.value, _SCALES.value, _EVAL_SPLIT.value)]
+  results = evaluate.evaluate_many(models, evaluations, batch_size=_EVAL_BATCH.value,
+                                   bucket=_BUCKET.value, chunk=_EVAL_CHUNK.value)
+  paths = [evaluate.write_result(result) for result in results]
+  print("\n".join([evaluate.TABLE_HEADER] + [evaluate.table_row(r) for r in results]))
+  print("\n".join(f"{r['count']} {r['split']} images: {path}" for r, path in zip(results, paths)))
+  print(f"{results[-1]['compilations']} compiled programs")
 
 
 def convert_main(path):

@@ -26,6 +26,7 @@ def get_config(arg: str = ""):
   lo, hi = config_lib.parse_scale(arg.S)
   c.data.update(name="imagenet2012", data_dir=arg.data_dir, scale=(lo, hi), crop=224,
                 eval_scale=(lo + hi) // 2, eval_crop=224)  # Q = S, or 384 for [256,512]
+  c.evaluations = config_lib.paper_evaluations((lo, hi))  # on ILSVRC's validation set
   if lo == 384 and hi == 384:
     c.optim.lr = 1e-3  # S=384 is fine-tuned from S=256 with a lower initial LR
   if arg.runlocal:  # a minute-long smoke run of the same program
@@ -39,4 +40,4 @@ def sweep(arg: str = ""):
   """Table 3's runs, chained as in the paper (see `sweep_lib.table3_sweep`):
   python launch.py sweep --config THIS_FILE:seeds=3 --workdir ROOT"""
   return sweep_lib.table3_sweep(arg, scales=sweep_lib.PAPER_SCALES["imagenet2012"],
-                                passthrough="runlocal")
+                                runlocal=False)

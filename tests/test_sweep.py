@@ -22,10 +22,11 @@ def test_paper_chain_expands_table3_per_seed_parents_first():
       assert order.index(run.parent) < order.index(run.name)
   assert by_name["A_S32_seed1"].parent is None and by_name["A-LRN_S32_seed0"].parent is None
   d = by_name["D_S32_seed1"]
-  assert (d.parent, d.layers, d.arg) == ("A_S32_seed1", "paper", "model=D,S=32,seed=1")
+  assert (d.parent, d.layers, d.arg) == (
+      "A_S32_seed1", "paper", "model=D,S=32,seed=1,width=0.125,epochs=2,holdout=5000,quick=False")
   d384, jitter = by_name["D_S40_seed0"], by_name["D_S32-48_seed0"]
-  assert (d384.parent, d384.layers, dict(d384.overrides)) == ("D_S32_seed0", "all",
-                                                              {"optim.lr": 1e-3})
+  assert (d384.parent, d384.layers, dict(d384.overrides)) == (
+      "D_S32_seed0", "all", {"optim.lr": 1e-3, "optim.epochs": 1})
   assert jitter.parent == "D_S40_seed0" and jitter.arg.startswith("model=D,S=32-48")
   assert {r.name.split("_")[0] for r in runs} == {"A", "A-LRN", "B", "C", "D", "E"}
 
@@ -34,7 +35,16 @@ def test_glorot_chain_has_no_warm_start_from_a():
   runs = sweep.expand(load_experiment_module("paper").sweep("chain=glorot"))
   b = next(r for r in runs if r.name == "B_S256_seed0")
   assert b.parent is None and b.arg.endswith("init=glorot")
-  assert next(r for r in runs if r.name == "E_S384_seed0").parent == "E_S256_seed0"
+  e384 = next(r for r in runs if r.name == "E_S384_seed0")
+  assert e384.parent == "E_S256_seed0" and dict(e384.overrides) == {"optim.lr": 1e-3}
+
+
+def test_sweep_arguments_reach_every_run_and_unknown_ones_fail():
+  runs = load_experiment_module("fashion_mnist").sweep("width=0.25,finetune_epochs=0")
+  assert all(",width=0.25," in r["arg"] for r in runs)
+  assert all("optim.epochs" not in r.get("overrides", {}) for r in runs)
+  with pytest.raises(ValueError, match="unknown config argument 'depth'"):
+    load_experiment_module("fashion_mnist").sweep("depth=3")
 
 
 def test_bad_sweeps_are_clear_errors():
@@ -71,7 +81,7 @@ def test_failed_parent_blocks_its_children_and_a_rerun_runs_only_what_is_left(tm
   outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=fake({"A"}, calls),
                             log=messages.append)
   assert outcome == {"A": "failed", "B": "blocked", "C": "blocked", "Z": "done"}
-  assert runs_of(calls, "train") == ["A", "Z"] and runs_of(calls, "eval") == ["Z", "Z"]
+  assert runs_of(calls, "train") == ["A", "Z"] and runs_of(calls, "eval") == ["Z"]
   assert any("B: blocked, parent A is failed" in m for m in messages)
   assert "boom" in open(tmp_path / "A" / sweep.FAILED).read()
   calls.clear()
@@ -83,9 +93,10 @@ def test_failed_parent_blocks_its_children_and_a_rerun_runs_only_what_is_left(tm
   assert calls == []  # a finished sweep runs nothing
 
 
-def test_each_run_is_evaluated_for_the_tables_and_a_failed_evaluation_is_redone(tmp_path):
-  """Dense at Q = S and at Table 4's scales; a jittered S also multi-crop (Table 5).
-  A run whose evaluation failed is evaluated again, not trained again."""
+def test_each_run_is_evaluated_once_and_a_failed_evaluation_is_redone(tmp_path):
+  """One `launch.py eval --configured` per run (its config.evaluations: the tables'
+  protocols, see test_config). A run whose evaluation failed is evaluated again, not
+  trained again."""
   runs = sweep.expand([dict(name="A", arg=""), dict(name="J", arg="", parent="A")])
   calls = []
   execute = fake(set(), calls)
@@ -101,17 +112,15 @@ def test_each_run_is_evaluated_for_the_tables_and_a_failed_evaluation_is_redone(
   assert sweep.run_local(runs, FASHION, str(tmp_path), execute=execute,
                          log=print) == {"A": "done", "J": "done"}
   assert runs_of(calls, "train") == ["J"]
-  evals = [c for c in calls if c[0] == "eval"]
-  assert evals == [("eval", "A")] * 2 + [("eval", "J")] * 4
-  assert [c[-2:] for c in sweep.eval_commands(runs[1], str(tmp_path))] == [
-      ["--protocol=dense", "--scales="], ["--protocol=dense", "--scales=table4"],
-      ["--protocol=multicrop", "--scales=table4"],
-      ["--protocol=multicrop+dense", "--scales=table4"]]
+  assert [c for c in calls if c[0] == "eval"] == [("eval", "A"), ("eval", "J")]
+  assert sweep.eval_command(runs[1], str(tmp_path))[2:] == [
+      "eval", f"--workdir={tmp_path / 'J'}", "--configured"]
   assert os.path.exists(tmp_path / "J" / sweep.EVALUATED)
 
 
 TINY = {"model.width": 0.0625, "optim.batch_size": 32, "optim.max_steps": 4,
-        "data.eval_split": "test[:64]", "mesh": (("data", 1), ("model", 1))}
+        "data.eval_split": "test[:64]", "mesh": (("data", 1), ("model", 1)),
+        "evaluations": ("dense@@test[:64]", "dense@table4@test[:64]")}
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),

@@ -45,6 +45,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding = "replicated"  # a preset of vgg_jax.sharding.PRESETS ...
   c.sharding_rules = ()      # ... or, when given, rules ((regex, spec), ...) instead
 
+  # What `launch.py eval --configured` (and so a sweep) evaluates once a run has
+  # trained: "PROTOCOL[@SCALES[@SPLIT]]" (see `parse_evaluation`).
+  c.evaluations = ("dense",)
+
   c.checkpoint = dict(every_steps=1000, keep=3, keep_best=True)
   c.log_every_steps = 50
   c.eval_every_epochs = 1
@@ -98,6 +102,33 @@ def scale_name(scale) -> str:
   return str(lo) if lo == hi else f"[{lo},{hi}]"
 
 
+PROTOCOLS = ("single", "dense", "multicrop", "multicrop+dense")
+
+
+def parse_evaluation(spec: str) -> tuple[str, str, str]:
+  """"multicrop@table4@test[:2000]" -> (protocol, scales, split); scales "" is the run's
+  own Q and split "" its eval split (see `evaluate.resolve_scales`)."""
+  protocol, scales, split, *rest = spec.split("@") + ["", ""]
+  if protocol not in PROTOCOLS or any(rest):
+    raise ValueError(f"evaluation {spec!r} is not PROTOCOL[@SCALES[@SPLIT]] with PROTOCOL "
+                     f"one of {', '.join(PROTOCOLS)}")
+  return protocol, scales, split
+
+
+def paper_evaluations(scale, split: str = "", table5_split: str = "") -> tuple[str, ...]:
+  """The evaluations behind the paper's tables for a run trained at S = `scale`: dense
+  at its own Q (Table 3) and at Table 4's three scales; for a jittered S also Table 5's
+  three protocols at those scales, on `table5_split` (multi-crop costs 50 views an image
+  per scale, so a small data set's sweep may take a subset; "" : `split`)."""
+  spec = lambda protocol, scales, on: "@".join((protocol, scales, on)).rstrip("@")  # noqa: E731
+  evaluations = (spec("dense", "", split), spec("dense", "table4", split))
+  lo, hi = scale
+  if lo != hi:
+    evaluations += tuple(spec(protocol, "table4", table5_split or split)
+                         for protocol in ("dense", "multicrop", "multicrop+dense"))
+  return tuple(dict.fromkeys(evaluations))  # table5_split == split: dense@table4 once
+
+
 def validate(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   """Checks what would otherwise fail late, or silently, before any compute."""
   unknown = set(_paths(config)) - set(_paths(base_config()))
@@ -114,6 +145,8 @@ def validate(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   if config.data.eval_scale < config.data.crop:
     raise ValueError(f"eval_scale Q={config.data.eval_scale} is below the crop "
                      f"{config.data.crop}")
+  for spec in config.evaluations:
+    parse_evaluation(spec)
 
 
 def _paths(config, prefix=""):

@@ -60,7 +60,7 @@ from vgg_jax import config as config_lib
 from vgg_jax import data, sharding, train
 from vgg_jax.model import VGGConfig
 
-PROTOCOLS = ("single", "dense", "multicrop", "multicrop+dense")
+PROTOCOLS = config_lib.PROTOCOLS
 VIEWS = {"single": 1, "dense": 2, "multicrop": 50}
 GRID = 5  # multi-crop windows per side
 CHUNK = 1024  # images read, rescaled and predicted at a time
@@ -314,14 +314,22 @@ class Runner:
   def logits(self, images: np.ndarray, dense: bool) -> np.ndarray:
     return self.fetch(self.dispatch(images, dense))
 
-  def predict(self, images: Sequence[np.ndarray], protocol: str,
-              scales: Sequence[int], bucket: int = 32) -> np.ndarray:
-    """Soft-max [N, classes] of raw images under a protocol, averaged over `scales`."""
+  def predict(self, images: Sequence[np.ndarray], protocol: str, scales: Sequence[int],
+              bucket: int = 32, scans: dict | None = None) -> np.ndarray:
+    """Soft-max [N, classes] of raw images under a protocol, averaged over `scales`.
+    `scans` keeps each (view kind, Q)'s soft-max for other protocols on the same images
+    (multi-crop & dense reuses dense's and multi-crop's)."""
     if min(scales) < self.crop:
       raise ValueError(f"scales {list(scales)} must be at least the crop {self.crop}")
-    padded = [data.pad_images(x[None], self.pad_to)[0] for x in images]
-    return np.mean([self.scan(padded, kind, q, bucket)
-                    for kind in view_kinds(protocol) for q in scales], 0)
+    scans = {} if scans is None else scans
+    padded = None
+    for kind, q in itertools.product(view_kinds(protocol), scales):
+      if (kind, q) not in scans:
+        if padded is None:
+          padded = [data.pad_images(x[None], self.pad_to)[0] for x in images]
+        scans[kind, q] = self.scan(padded, kind, q, bucket)
+    return np.mean([scans[kind, q]
+                    for kind, q in itertools.product(view_kinds(protocol), scales)], 0)
 
   def scan(self, images: Sequence[np.ndarray], kind: str, short_side: int,
            bucket: int) -> np.ndarray:
@@ -405,38 +413,59 @@ def score(sums: np.ndarray) -> dict:
 
 
 def predict(runners: Sequence[Runner], images: Sequence[np.ndarray], protocol: str,
-            scales: Sequence[Sequence[int]], bucket: int = 32) -> np.ndarray:
+            scales: Sequence[Sequence[int]], bucket: int = 32,
+            scans: Sequence[dict] | None = None) -> np.ndarray:
   """An ensemble's soft-max [N, classes]: the average of its members', each at its own
-  scales."""
-  return np.mean([r.predict(images, protocol, q, bucket) for r, q in zip(runners, scales)], 0)
+  scales (`scans`: each member's memo, see `Runner.predict`)."""
+  scans = scans or [{} for _ in runners]
+  return np.mean([r.predict(images, protocol, q, bucket, memo)
+                  for r, q, memo in zip(runners, scales, scans)], 0)
 
 
 def evaluate(models: Sequence[Trained], protocol: str = "dense", scales: str = "", *,
-             split: str = "", batch_size: int | None = None, bucket: int = 32,
-             chunk: int = CHUNK, process_index: int | None = None,
-             process_count: int | None = None) -> dict:
+             split: str = "", **kwargs) -> dict:
   """One network, or the soft-max average of several (an ensemble), on `split` (default:
   the first model's eval split) under `protocol` at `scales` (see `resolve_scales`,
-  resolved per model), `chunk` images at a time. The process arguments simulate a share
-  of the split."""
+  resolved per model); the keyword arguments are `evaluate_many`'s."""
+  return evaluate_many(models, [(protocol, scales, split)], **kwargs)[0]
+
+
+def evaluate_many(models: Sequence[Trained], evaluations: Sequence[tuple[str, str, str]], *,
+                  batch_size: int | None = None, bucket: int = 32, chunk: int = CHUNK,
+                  process_index: int | None = None, process_count: int | None = None
+                  ) -> list[dict]:
+  """Several (protocol, scales, split) evaluations of one network or ensemble in one
+  pass per split, `chunk` images at a time: the compiled programs are shared, and each
+  (view kind, Q) is predicted once per image however many protocols use it. The
+  process arguments simulate a share of the split."""
   datasets = {m.config.data.name for m in models}
   if len(datasets) > 1:
     raise ValueError(f"an ensemble's models must share a dataset, got {sorted(datasets)}")
   runners = [Runner(m, batch_size) for m in models]
-  per_model = [resolve_scales(scales, m.config) for m in models]
-  sums = np.zeros(3, np.int64)
-  for images, labels in agreed_chunks(read_split(models[0].config.data, split,
-                                                 process_index, process_count, chunk)):
-    sums += hits(predict(runners, images, protocol, per_model, bucket), labels)
-  return dict(
-      score(sums), protocol=protocol, split=split or models[0].config.data.eval_split,
-      models=[dict(workdir=m.workdir, step=m.step, checkpoint=m.checkpoint,
-                   config=m.model.name, S=config_lib.scale_name(
-                       data.scale_range(m.config.data.scale)), Q=list(q))
-              for m, q in zip(models, per_model)],
-      views_per_image=[sum(VIEWS[k] for k in view_kinds(protocol)) * len(q)
-                       for q in per_model],
-      compilations=sum(len(r.programs) for r in runners), bucket=bucket)
+  by_split = collections.defaultdict(list)
+  for index, (protocol, scales, split) in enumerate(evaluations):
+    view_kinds(protocol)  # an unknown protocol fails before any compute
+    by_split[split or models[0].config.data.eval_split].append(
+        (index, protocol, [resolve_scales(scales, m.config) for m in models]))
+  results = [None] * len(evaluations)
+  for split, group in by_split.items():
+    sums = np.zeros((len(group), 3), np.int64)
+    for images, labels in agreed_chunks(read_split(models[0].config.data, split,
+                                                   process_index, process_count, chunk)):
+      scans = [{} for _ in runners]
+      for i, (_, protocol, per_model) in enumerate(group):
+        sums[i] += hits(predict(runners, images, protocol, per_model, bucket, scans), labels)
+    for total, (index, protocol, per_model) in zip(sums, group):
+      results[index] = dict(
+          score(total), protocol=protocol, split=split,
+          models=[dict(workdir=m.workdir, step=m.step, checkpoint=m.checkpoint,
+                       config=m.model.name, S=config_lib.scale_name(
+                           data.scale_range(m.config.data.scale)), Q=list(q))
+                  for m, q in zip(models, per_model)],
+          views_per_image=[sum(VIEWS[k] for k in view_kinds(protocol)) * len(q)
+                           for q in per_model],
+          compilations=sum(len(r.programs) for r in runners), bucket=bucket)
+  return results
 
 
 def table_row(result: dict) -> str:

@@ -13,7 +13,8 @@ from A, S=384 from S=256 with LR 1e-3, multi-scale from S=384.
 
 The local backend runs each run as `launch.py train` in a subprocess, parents first.
 A run that trained leaves ROOT/NAME/sweep_done.json; the sweep then evaluates it for
-the paper's tables (`eval_commands`: `launch.py eval`, into ROOT/NAME/eval/) and leaves
+the paper's tables (`eval_command`: `launch.py eval --configured`, into ROOT/NAME/eval/)
+and leaves
 sweep_evaluated.json, after which the run is "done" and skipped next time. A run that
 failed (training or evaluation) leaves sweep_failed.txt, and its descendants are not
 started ("blocked"). A run that was killed simply runs again and resumes from its
@@ -30,7 +31,6 @@ import sys
 from typing import Callable, Sequence
 
 from vgg_jax import config as config_lib
-from vgg_jax import data as data_lib
 from vgg_jax import metrics as metrics_lib
 
 DONE, EVALUATED, FAILED = "sweep_done.json", "sweep_evaluated.json", "sweep_failed.txt"
@@ -60,11 +60,12 @@ TABLE3 = (("A", "256"), ("A-LRN", "256"), ("B", "256"),
 
 
 def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
-                warm_start: bool = True, scales: dict[str, str], extra: str = ""
-                ) -> list[dict]:
+                warm_start: bool = True, scales: dict[str, str], extra: str = "",
+                finetune: dict | None = None) -> list[dict]:
   """Runs for the (config, S) pairs of `table` per seed; `scales` maps the paper's S
-  ("256", "384", "256-512") to this data set's. With `warm_start`, the paper's chain;
-  without, every run starts from Glorot init (the paper's note)."""
+  ("256", "384", "256-512") to this data set's, `extra` is appended to every run's arg
+  and `finetune` (overrides) to the fine-tuned runs'. With `warm_start`, the paper's
+  chain; without, every run starts from Glorot init (the paper's note)."""
   runs = []
   for seed in seeds:
     name = lambda model, scale: f"{model}_S{scales[scale]}_seed{seed}"  # noqa: E731
@@ -74,7 +75,7 @@ def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
       previous = {"384": "256", "256-512": "384"}.get(scale)
       if previous:  # fine-tune the same config's net trained at the previous scale
         run.update(parent=name(model, previous), layers="all",
-                   overrides={"optim.lr": 1e-3})
+                   overrides={"optim.lr": 1e-3, **(finetune or {})})
       elif model not in ("A", "A-LRN") and warm_start:
         run.update(parent=name("A", "256"), layers="paper")
       elif not warm_start:
@@ -83,13 +84,19 @@ def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
   return runs
 
 
-def table3_sweep(arg: str, scales: dict[str, str], passthrough: str) -> list[dict]:
-  """An experiment's `sweep(arg)`: Table 3's runs with the paper's chain (arg
-  `chain=glorot`: no warm start, Glorot init), `seeds=N` of each, and the boolean
-  `passthrough` argument (e.g. `quick`) handed on to every run."""
-  parsed = config_lib.parse_arg(arg, seeds=1, chain="paper", **{passthrough: False})
-  return paper_chain(TABLE3, range(parsed.seeds), warm_start=parsed.chain == "paper",
-                     scales=scales, extra=f",{passthrough}" if parsed[passthrough] else "")
+def table3_sweep(arg: str, scales: dict[str, str], finetune_epochs: int = 0,
+                 **run_args) -> list[dict]:
+  """An experiment's `sweep(arg)`: Table 3's runs with the paper's chain (`chain=glorot`:
+  no warm start, Glorot init), `seeds=N` of each, the fine-tuned runs (S=384 and
+  multi-scale, whose length the paper does not give) trained for `finetune_epochs=N`
+  (default as given; 0: as the others). `run_args` are more arguments, with their defaults, handed on to
+  every run's `get_config` (e.g. `quick=False`, `width=0.125`)."""
+  parsed = config_lib.parse_arg(arg, seeds=1, chain="paper", finetune_epochs=finetune_epochs,
+                                **run_args)
+  return paper_chain(
+      TABLE3, range(parsed.seeds), warm_start=parsed.chain == "paper", scales=scales,
+      extra="".join(f",{key}={parsed[key]}" for key in run_args),
+      finetune={"optim.epochs": parsed.finetune_epochs} if parsed.finetune_epochs else {})
 
 
 def expand(specs: Sequence[dict]) -> list[Run]:
@@ -139,21 +146,11 @@ def state(run: Run, root: str) -> str:
   return "started" if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else "pending"
 
 
-# The `launch.py eval` (protocol, scales) behind the paper's tables: dense at the run's
-# own test scale (Table 3) and at Table 4's scales; for a jittered S also Table 5's
-# multi-crop and multi-crop & dense.
-TABLE_EVALS = (("dense", ""), ("dense", "table4"))
-JITTERED_EVALS = (("multicrop", "table4"), ("multicrop+dense", "table4"))
-
-
-def eval_commands(run: Run, root: str) -> list[list[str]]:
-  """The evaluations of a trained run, which has written its config.json."""
-  workdir = os.path.join(root, run.name)
-  with open(os.path.join(workdir, "config.json")) as f:
-    lo, hi = data_lib.scale_range(json.load(f)["data"]["scale"])
-  return [[sys.executable, LAUNCH, "eval", f"--workdir={workdir}", f"--protocol={protocol}",
-           f"--scales={scales}"]
-          for protocol, scales in TABLE_EVALS + (JITTERED_EVALS if lo != hi else ())]
+def eval_command(run: Run, root: str) -> list[str]:
+  """The `launch.py eval` of a trained run: all its config.evaluations (the paper's
+  tables, see `config.paper_evaluations`) in one process."""
+  return [sys.executable, LAUNCH, "eval", f"--workdir={os.path.join(root, run.name)}",
+          "--configured"]
 
 
 def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int = 1,
@@ -196,7 +193,7 @@ def train_and_evaluate_run(run: Run, config_file: str, root: str, execute, log) 
   trained = (os.path.exists(os.path.join(workdir, DONE))
              or attempt(run, root, [train_command(run, config_file, root)], DONE, execute,
                         log))
-  done = trained and attempt(run, root, eval_commands(run, root), EVALUATED, execute, log)
+  done = trained and attempt(run, root, [eval_command(run, root)], EVALUATED, execute, log)
   return "done" if done else "failed"
 
 
@@ -304,14 +301,16 @@ def forecast(runs: Sequence[Run], config_file: str, accelerator: str, mfu: float
 # ------------------------------------------------------------------- cluster backends
 
 
-def cluster_command(run: Run, config_file: str, root: str, repo: str) -> str:
-  """One run's training command on a cluster host, as a shell line: every host runs
-  the same program and `--distributed` has JAX find the others (SLURM or Cloud TPU).
-  Paths inside this checkout become paths inside `repo`, the checkout on the hosts."""
+def cluster_commands(run: Run, config_file: str, root: str, repo: str) -> tuple[str, str]:
+  """One run's training and evaluation commands on a cluster host, as shell lines:
+  every host runs the same program and `--distributed` has JAX find the others (SLURM
+  or Cloud TPU). Paths inside this checkout become paths inside `repo`, the checkout
+  on the hosts."""
   here = os.path.dirname(LAUNCH)
   remote_config = os.path.join(repo, os.path.relpath(config_file, here))
-  args = train_command(run, remote_config, root)[2:]  # not this python and launch.py
-  return shlex.join(["python3", os.path.join(repo, "launch.py"), *args, "--distributed"])
+  return tuple(  # each without this python and launch.py
+      shlex.join(["python3", os.path.join(repo, "launch.py"), *command[2:], "--distributed"])
+      for command in (train_command(run, remote_config, root), eval_command(run, root)))
 
 
 def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str,
@@ -330,8 +329,10 @@ def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str
         f"#SBATCH --gpus-per-node={gpus_per_node}",
         f"#SBATCH --time={time}",
         f"#SBATCH --output={workdir}/slurm-%j.out",
+        "set -euo pipefail",  # a failed training is not evaluated, and fails the job
         f"mkdir -p {workdir}",
-        f"srun {cluster_command(run, config_file, root, repo)}", ""])
+        *(f"srun {command}" for command in cluster_commands(run, config_file, root, repo)),
+        ""])
     after = f" --dependency=afterok:${{job_{_shell(run.parent)}}}" if run.parent else ""
     submit.append(f"job_{_shell(run.name)}=$(sbatch --parsable{after} "
                   f"{os.path.join(root, 'slurm', run.name)}.sbatch)")
@@ -344,7 +345,7 @@ def tpu_commands(runs: Sequence[Run], config_file: str, root: str, *, repo: str,
   """gcloud commands that start each run on every host of a Cloud TPU VM pod, parents
   first (as big_vision's README does); run them one after another."""
   return [f"gcloud compute tpus tpu-vm ssh {tpu} --zone={zone} --worker=all "
-          f"--command={shlex.quote(cluster_command(run, config_file, root, repo))}"
+          f"--command={shlex.quote(' && '.join(cluster_commands(run, config_file, root, repo)))}"
           for run in runs]
 
 
