@@ -27,6 +27,22 @@ def test_fashion_mnist_scales_map_onto_the_papers():
   assert quick.optim.max_steps > 0 and quick.data.crop == 32 and quick.data.pad_to == 32
 
 
+def test_paper_evaluations_are_the_tables_protocols():
+  fixed = config_lib.paper_evaluations((32, 32), split="test")
+  assert [config_lib.parse_evaluation(e) for e in fixed] == [
+      ("dense", "", "test"), ("dense", "table4", "test")]  # Tables 3 and 4
+  jittered = config_lib.paper_evaluations((32, 48), split="test", table5_split="test[:9]")
+  assert [config_lib.parse_evaluation(e) for e in jittered][2:] == [
+      ("dense", "table4", "test[:9]"), ("multicrop", "table4", "test[:9]"),
+      ("multicrop+dense", "table4", "test[:9]")]  # Table 5's three, on one subset
+  assert experiment_config("paper", "S=256-512").evaluations == (
+      "dense", "dense@table4", "multicrop@table4", "multicrop+dense@table4")
+  held_out = experiment_config("fashion_mnist", "holdout=5000")
+  assert (held_out.data.train_split, held_out.data.eval_split) == ("train[:55000]",
+                                                                    "train[55000:]")
+  assert held_out.evaluations == ("dense@@test", "dense@table4@test")  # never the holdout
+
+
 def test_every_experiment_validates():
   for name, arg in [("paper", ""), ("paper", "model=A-LRN,S=384"), ("fashion_mnist", ""),
                     ("fashion_mnist", "quick,model=E,S=32-48")]:
@@ -53,6 +69,8 @@ def test_unknown_field_is_an_error():
     (lambda c: c.optim.update(batch_size=100), "batch_size 100 is not divisible by the 8"),
     (lambda c: c.data.update(scale=(200, 200)), "S=200 must be at least the crop 224"),
     (lambda c: c.data.update(eval_scale=128), "Q=128 is below the crop"),
+    (lambda c: setattr(c, "evaluations", ("tencrop@table4",)), "'tencrop@table4' is not PROTOCOL"),
+    (lambda c: setattr(c, "evaluations", ("dense@table4@test@x",)), "is not PROTOCOL"),
 ])
 def test_bad_values_are_clear_errors(edit, message):
   c = experiment_config("paper", "")

@@ -143,6 +143,30 @@ def test_multicrop_and_dense_counts_views_per_scale(trained):
   assert result["models"][0]["Q"] == [32, 40, 48]
 
 
+def test_many_evaluations_in_one_pass_equal_each_alone(trained, monkeypatch):
+  """`evaluate_many` (what `launch.py eval --configured` runs) predicts each (view
+  kind, Q) once per image, whichever protocols share it, and gives each evaluation the
+  counts it has alone, in the order asked."""
+  asked = [("multicrop+dense", "32,40", "test[:6]"), ("dense", "32,40", "test[:6]"),
+           ("multicrop", "32,40", "test[:6]"), ("dense", "", "test[:10]")]
+  scans, scan = [], evaluate.Runner.scan
+
+  def counted(self, images, kind, q, bucket):
+    scans.append((len(images), kind, q))
+    return scan(self, images, kind, q, bucket)
+
+  monkeypatch.setattr(evaluate.Runner, "scan", counted)
+  together = evaluate.evaluate_many([trained], asked)
+  monkeypatch.undo()
+  own_q = trained.config.data.eval_scale
+  assert sorted(scans) == sorted([(6, "multicrop", 32), (6, "multicrop", 40), (6, "dense", 32),
+                                  (6, "dense", 40), (10, "dense", own_q)])
+  keys = ("protocol", "split", "count", "top1_hits", "top5_hits", "views_per_image", "models")
+  for result, (protocol, scales, split) in zip(together, asked):
+    alone = evaluate.evaluate([trained], protocol, scales, split=split)
+    assert {k: result[k] for k in keys} == {k: alone[k] for k in keys}
+
+
 def test_flip_averaging_of_a_symmetric_image_changes_nothing():
   trained = built()
   runner = evaluate.Runner(trained, batch_size=1)

@@ -70,6 +70,12 @@ def test_report_writes_tables_and_a_figure_with_configs_of_equal_depth(tmp_path)
   read_png(out / "depth_vs_error.png")
 
 
+def test_configs_of_equal_depth_get_distinct_positions_around_their_depth():
+  x = report.depth_positions(spread=0.5)
+  assert len(set(x.values())) == 6 and x["E"] == 19 and x["B"] == 13
+  assert (x["A"], x["A-LRN"], x["C"], x["D"]) == (10.75, 11.25, 15.75, 16.25)
+
+
 def read_csv(path) -> list[dict]:
   with open(path) as f:
     return list(csv.DictReader(f))

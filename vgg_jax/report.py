@@ -173,31 +173,37 @@ def _pyplot():
   return plt
 
 
+def depth_positions(spread: float = 0.5) -> dict[str, float]:
+  """Each config's x in the depth figure: its weight layers, configs of equal depth (A
+  and A-LRN at 11, C and D at 16) spread `spread` apart so none hides another."""
+  by_depth = {}
+  for config in architectures.TABLE1:
+    by_depth.setdefault(architectures.weight_layers(config), []).append(config)
+  return {config: depth + spread * (i - (len(group) - 1) / 2)
+          for depth, group in by_depth.items() for i, config in enumerate(group)}
+
+
 def depth_figure(rows: list[dict], path: str) -> str:
   """Table 3's top-1 and top-5 error against depth, a line per S regime with error
   bars over seeds; the paper's points (dashed, hollow) on the right-hand axis."""
   plt = _pyplot()
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-  depths = {}
-  for config in architectures.TABLE1:
-    depths.setdefault(architectures.weight_layers(config), []).append(config)
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+  x = depth_positions()
   colours = dict(zip(REGIME_ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
   for ax, metric, which in ((axes[0], "top1", 0), (axes[1], "top5", 1)):
     paper_ax = ax.twinx()
     for paper_s in REGIME_ORDER:
-      ours = sorted((r for r in rows if r["paper_S"] == paper_s),
-                    key=lambda r: (architectures.weight_layers(r["config"]), r["config"]))
+      ours = sorted((r for r in rows if r["paper_S"] == paper_s), key=lambda r: x[r["config"]])
       if ours:
-        ax.errorbar([architectures.weight_layers(r["config"]) for r in ours],
-                    [r[f"{metric}_mean"] for r in ours],
+        ax.errorbar([x[r["config"]] for r in ours], [r[f"{metric}_mean"] for r in ours],
                     yerr=[r[f"{metric}_std"] for r in ours], marker="o", capsize=3,
                     color=colours[paper_s], label=f"ours, S ~ {paper_s}")
-      paper = sorted((architectures.weight_layers(c), v[which])
-                     for (c, s), v in PAPER_TABLE3.items() if s == paper_s)
+      paper = sorted((x[c], v[which]) for (c, s), v in PAPER_TABLE3.items() if s == paper_s)
       paper_ax.plot(*zip(*paper), "--o", mfc="none", color=colours[paper_s], alpha=0.6,
                     label=f"paper, S = {paper_s}")
-    ax.set_xticks(list(depths), [f"{d}\n{', '.join(c)}" for d, c in depths.items()])
-    ax.set(xlabel="weight layers", ylabel=f"our {metric} error (%)",
+    ax.set_xticks(list(x.values()),
+                  [f"{c}\n{architectures.weight_layers(c)}" for c in x], fontsize=8)
+    ax.set(xlabel="configuration, weight layers", ylabel=f"our {metric} error (%)",
            title=f"{metric} error vs depth (Table 3)")
     paper_ax.set_ylabel(f"paper {metric} error (%), ILSVRC-2012")
     ax.legend(loc="upper left", fontsize=8)
