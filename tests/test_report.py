@@ -25,9 +25,9 @@ def write_run(root, name: str, seed: int, results: list[dict]):
 
 
 def result(config: str, s: str, q: list[int], protocol: str, top1: float, top5: float,
-           models: int = 1) -> dict:
+           models: int = 1, split: str = "test", count: int = 10_000) -> dict:
   return dict(models=[dict(config=config, S=s, Q=q)] * models, protocol=protocol,
-              split="test", top1_err=top1, top5_err=top5)
+              split=split, count=count, top1_err=top1, top5_err=top5)
 
 
 def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
@@ -39,7 +39,10 @@ def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
   write_run(tmp_path, "D_S32-48_seed0", 0, [
       result("D", "[32,48]", [40], "dense", 0.08, 0.01),
       result("D", "[32,48]", [32, 40, 48], "dense", 0.07, 0.01),
-      result("D", "[32,48]", [32, 40, 48], "multicrop", 0.06, 0.01)])
+      result("D", "[32,48]", [32, 40, 48], "multicrop", 0.06, 0.01),
+      result("D", "[32,48]", [32, 40, 48], "dense", 0.075, 0.01, split="test[:20]", count=20),
+      result("D", "[32,48]", [32, 40, 48], "multicrop", 0.065, 0.01, split="test[:20]",
+             count=20)])
   rows = report.tables(report.collect(str(tmp_path)))
   a3, d3 = rows[3]
   assert (a3["config"], a3["S"], a3["paper_S"], a3["Q"], a3["n"]) == ("A", "32", "256", "32", 2)
@@ -50,8 +53,9 @@ def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
   assert (d3["paper_top1"], d3["paper_top5"]) == (25.6, 8.1)
   assert [(r["config"], r["Q"], r["paper_top1"]) for r in rows[4]] == [
       ("A", "32,37", None), ("D", "32,40,48", 24.8)]
-  assert [(r["protocol"], r["paper_top1"]) for r in rows[5]] == [("dense", 24.8),
-                                                                 ("multicrop", 24.6)]
+  assert [(r["protocol"], r["split"], r["paper_top1"]) for r in rows[5]] == [
+      ("dense", "test", 24.8), ("multicrop", "test", 24.6), ("dense", "test[:20]", 24.8),
+      ("multicrop", "test[:20]", 24.6)]  # Table 4 above has the test set's alone
   text = report.tables_markdown(rows)
   assert ("| A | 32 | 256 | 32 | dense | test | 2 | 12.00 ± 2.83 | 2.50 ± 0.71 | 29.6 | 10.4 |"
           in text)
