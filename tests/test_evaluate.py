@@ -315,7 +315,7 @@ def test_two_processes_evaluate_as_one(tmp_path):
        "--scales=32,37", "--eval_split=test[:201]", f"--coordinator_address=127.0.0.1:{port}",
        "--num_processes=2", f"--process_id={i}"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  assert "201 images" in [finish(w, timeout=120) for w in workers][0]
+  assert "201 test[:201] images" in [finish(w, timeout=120) for w in workers][0]
   with open(os.path.join(workdir, "eval", "test_201_dense_Q32-37.json")) as f:
     two = json.load(f)
   one = evaluate.evaluate([evaluate.load_trained(workdir)], "dense", "32,37",

@@ -3,19 +3,22 @@
 One SPMD program on a `jax.make_mesh` mesh: the batch is split over the `data` axis,
 parameters are placed by the sharding rules (`vgg_jax.sharding`), the train state is
 created already sharded (jit with out_shardings) and donated to every step. The loop
-logs the previous step's metrics, so it never waits on the device.
+logs the previous step's metrics, so it never waits on the device, and a thread keeps the
+next batches ready on the devices, so it never waits on the input pipeline either.
 
 `train_and_evaluate(config, workdir)` reads as one linear story, section by section:
 setup, input, model and optimiser, restore, the loop, the end.
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import functools
 import json
 import math
 import os
 import signal
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +136,29 @@ def evaluate(program: "Program", state: dict, pipeline: data_lib.Pipeline) -> di
   return dict(val_top1_err=1 - top1 / count, val_top5_err=1 - top5 / count,
               val_top1_acc=top1 / count, val_loss=loss / count,
               val_count=int(count))
+
+
+# ------------------------------------------------------------------------ the input
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+  """`iterator`'s items, a thread computing the next `size` while the caller works: the
+  input pipeline's host work then overlaps the step instead of delaying the next dispatch.
+  On a CPU it matters most: the NumPy pipeline's augmentation waits behind the running
+  step on the same device, and without the thread the loop waited with it (Fashion-MNIST
+  on 2 cores: 92% of the bare step's speed without, 99% with; benchmarks/README.md)."""
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)  # one worker keeps the order
+  try:
+    pending = collections.deque(pool.submit(next, iterator) for _ in range(size))
+    while True:
+      pending.append(pool.submit(next, iterator))
+      try:
+        item = pending.popleft().result()
+      except StopIteration:
+        return
+      yield item
+  finally:
+    pool.shutdown(cancel_futures=True)
 
 
 # ---------------------------------------------------------------------- preemption
@@ -286,7 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
   if copied:
     progress.write(f"warm start from {config.warm_start.workdir}: {', '.join(copied)}")
-  batches = iter(train_data.iter_from(start_step))
+  batches = prefetch(data_lib.to_global(batch, program.batch_sharding)
+                     for batch in train_data.iter_from(start_step))
   previous = None  # (step, metrics on device) of the step before
 
   def log(step, metrics):
@@ -306,8 +333,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   last_eval = evaluate(program, state, eval_data) if start_step >= total_steps else {}
   try:
     for step in range(start_step + 1, total_steps + 1):
-      batch = data_lib.to_global(next(batches), program.batch_sharding)
-      state, metrics = program.step(state, batch)
+      state, metrics = program.step(state, next(batches))
       if previous is not None:
         log(*previous)
       previous = (step, metrics)
@@ -342,6 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         progress.write(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
         break
   finally:
+    batches.close()
     preemption.restore()
     checkpoints.wait()
     checkpoints.close()

@@ -1,0 +1,147 @@
+"""The benchmarks at toy sizes: what they report is complete and sane, not how fast it is.
+
+Throughput runs A and C at 1/8 width on 32x32 crops, two steps each; the torch baseline
+runs torchvision's vgg11 eagerly (full width, which torchvision needs) on a batch of two.
+The slow test runs the CPU command of benchmarks/README.md as a fresh clone would.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from benchmarks import loop_efficiency, throughput
+from vgg_jax import config as config_lib
+from vgg_jax import data, train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--resolution", "32", "--dtype", "float32", "--warmup", "1", "--steps", "2",
+        "--windows", "1"]
+
+
+def has_torch() -> bool:
+  return not throughput.torch_baselines("torch", True)[1]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A and C at 1/8 width on 1 and 2 devices, torch asked for (it has no such nets)."""
+  args = throughput.parse_args(["--configs", "A,C", "--width", "0.125", "--batch", "8",
+                                "--devices", "1,2", "--baseline", "torch", *TINY])
+  return throughput.benchmark(args)
+
+
+def test_rows_report_speed_flops_memory_and_compile_time(tiny):
+  ours = [r for r in tiny["rows"] if r["framework"] == "vgg_jax"]
+  assert [(r["config"], r["chips"]) for r in ours] == [("A", 1), ("A", 2), ("C", 1), ("C", 2)]
+  for row in ours:
+    assert math.isfinite(row["img_s"]) and row["img_s"] > 0
+    assert row["img_s_per_chip"] == pytest.approx(row["img_s"] / row["chips"])
+    assert row["step_s"] > 0 and row["compile_s"] > 0 and row["xla_bytes"] > 0
+    # XLA's count of the whole step against 6 x the model's own multiply-adds.
+    assert 0.5 < row["flops_per_image"] / row["model_flops_per_image"] < 2
+    assert row["mfu"] is None  # no peak FLOP/s for a CPU
+
+
+def test_markdown_has_a_row_per_config_and_framework(tiny):
+  table = throughput.markdown(tiny)
+  for config in ("A", "C"):
+    assert sum(line.startswith(f"| vgg_jax | {config} |") for line in table.splitlines()) == 2
+  assert "MFU n/a" in table
+  assert [(s["config"], s["chips"]) for s in tiny["scaling"]] == [("A", 2), ("C", 2)]
+  assert all(s["efficiency"] > 0 for s in tiny["scaling"])
+  json.dumps(tiny)  # what --out writes
+
+
+@pytest.mark.skipif(not has_torch(), reason="torch/torchvision not installed")
+def test_torch_rows_say_why_they_were_not_run(tiny):
+  notes = {(r["framework"], r["config"]): r["note"] for r in tiny["rows"]}
+  assert notes["torch eager", "A"] == notes["torch.compile", "A"] == (
+      "torchvision has full-width nets only")
+  assert notes["torch eager", "C"] == "no torchvision model for C"
+
+
+@pytest.mark.skipif(not has_torch(), reason="torch/torchvision not installed")
+def test_torch_eager_baseline_and_ratio():
+  args = throughput.parse_args(["--configs", "A", "--batch", "2", "--baseline", "torch",
+                                "--no_torch_compile", *TINY])
+  ours, eager = throughput.benchmark(args)["rows"]
+  assert (ours["framework"], eager["framework"]) == ("vgg_jax", "torch eager")
+  assert eager["note"] == "vgg11" and eager["img_s"] > 0
+  assert ours["vs_torch_eager"] == pytest.approx(ours["img_s_per_chip"] / eager["img_s"])
+  assert "vs_torch_compile" not in ours
+
+
+def test_without_torch_the_baseline_is_skipped_with_a_message(monkeypatch, tiny):
+  monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+  frameworks, message = throughput.torch_baselines("torch", True)
+  assert frameworks == [] and message.startswith("torch baseline skipped")
+  assert message in throughput.markdown(dict(tiny, notes=[message]))
+
+
+@pytest.mark.parametrize("kind,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
+                                       ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v4", 275e12),
+                                       ("TPU v5", 459e12), ("TPU v5p", 459e12),
+                                       ("TPU v5 lite", None), ("cpu", None)])
+def test_peak_flops_by_device_kind(kind, peak):
+  assert throughput.peak_flops(kind) == peak
+
+
+@pytest.mark.parametrize("synthetic", [
+    pytest.param(False, marks=pytest.mark.skipif(
+        not os.path.exists(os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
+        reason="needs `apt-get install dataset-fashion-mnist`")),
+    pytest.param(True, marks=pytest.mark.slow)])  # the GPU route; the loop is the same
+def test_loop_efficiency_is_a_ratio(tmp_path, synthetic):
+  config = config_lib.experiment_config("fashion_mnist", "quick,backend=numpy")
+  config.model.width = 1 / 16
+  config.optim.batch_size = 32
+  config.data.eval_split = "test[:64]"
+  config.checkpoint.every_steps = 5
+  result = loop_efficiency.measure(config, warmup=2, steps=8, synthetic=synthetic,
+                                   workdir=str(tmp_path / "run"), bare_steps=4,
+                                   bare_windows=1)
+  assert 0 < result["ratio"] <= 1.5
+  assert result["checkpoints"] == [5, 10]
+  assert "ratio" in loop_efficiency.report(result)
+
+
+def test_the_loops_prefetch_keeps_order_ends_and_raises():
+  """`train.prefetch`, the loop's fix that loop_efficiency measures (--no_prefetch)."""
+  assert list(train.prefetch(iter(range(7)), size=2)) == list(range(7))
+
+  def failing():
+    yield 1
+    raise ValueError("pipeline broke")
+
+  batches = train.prefetch(failing())
+  assert next(batches) == 1
+  with pytest.raises(ValueError, match="pipeline broke"):
+    next(batches)
+
+
+@pytest.mark.slow
+def test_cpu_command_from_a_fresh_clone_prints_the_table_in_two_minutes(tmp_path):
+  """benchmarks/README.md's CPU command in a new process, as on a fresh machine: one
+  device, and torch.compile with an empty cache (it keeps compiled kernels on disk)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
+  start = time.perf_counter()
+  out = subprocess.run(
+      [sys.executable, "benchmarks/throughput.py", "--configs", "A", "--batch", "8",
+       "--resolution", "32", "--dtype", "float32", "--baseline", "torch", "--warmup", "1",
+       "--steps", "3", "--windows", "2", "--out", str(tmp_path / "out")],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  seconds = time.perf_counter() - start
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert seconds < 120, seconds
+  assert "| vgg_jax | A |" in out.stdout
+  if has_torch():
+    assert "| torch eager | A |" in out.stdout and "| torch.compile | A |" in out.stdout
+  else:
+    assert "torch baseline skipped" in out.stdout
+  assert json.load(open(tmp_path / "out" / "throughput.json"))["rows"]
