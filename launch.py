@@ -119,8 +119,8 @@ def eval_main():
   models += [evaluate.load_trained(workdir) for workdir in _ENSEMBLE.value]
   if _CONFIGURED.value:
     from vgg_jax import config as config_lib
-    evaluations = [config_lib.parse_evaluation(spec)
-                   for spec in models[0].config.get("evaluations", ("dense",))]
+    evaluations = [config_lib.parse_evaluation(spec) for spec in models[0].config.get(
+        "evaluations", config_lib.base_config().evaluations)]  # runs from before the field
   else:
     evaluations = [(_PROTOCOL.value, _SCALES.value, _EVAL_SPLIT.value)]
   results = evaluate.evaluate_many(models, evaluations, batch_size=_EVAL_BATCH.value,

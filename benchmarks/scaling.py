@@ -30,7 +30,8 @@ from flax import nnx  # noqa: E402
 
 from benchmarks import throughput  # noqa: E402
 from vgg_jax import architectures, sharding as sharding_lib, train  # noqa: E402
-from vgg_jax.model import count_macs, count_params, create_model  # noqa: E402
+from vgg_jax.model import (count_params, create_model,  # noqa: E402
+                           training_flops_per_image)
 from vgg_jax.summary import markdown_table  # noqa: E402
 from vgg_jax.sweep import PEAK_FLOPS  # noqa: E402
 
@@ -62,7 +63,7 @@ def paper_rows(batch_per_chip: int, mfu: float) -> tuple[list[list], list[list]]
     model = nnx.eval_shape(lambda: create_model(name))
     params = count_params(model)
     fc67 = sum(getattr(model, layer).kernel.size for layer in ("fc6", "fc7"))
-    flops = 6 * count_macs(model, 224)
+    flops = training_flops_per_image(model, 224)
     grad = params * GRADIENT_BYTES
     configs.append([name, f"{params / 1e6:.1f}", f"{fc67 / params:.0%}", f"{grad / 1e6:.0f}",
                     f"{flops / 1e9:.1f}"])

@@ -65,7 +65,7 @@ from flax import nnx  # noqa: E402
 from vgg_jax import architectures, train  # noqa: E402
 from vgg_jax import config as config_lib  # noqa: E402
 from vgg_jax import sharding as sharding_lib  # noqa: E402
-from vgg_jax.model import VGG, count_macs  # noqa: E402
+from vgg_jax.model import VGG, training_flops_per_image  # noqa: E402
 from vgg_jax.summary import markdown_table  # noqa: E402
 from vgg_jax.sweep import PEAK_FLOPS  # noqa: E402
 
@@ -208,12 +208,12 @@ def bench_vgg_jax(config: ml_collections.ConfigDict, *, num_classes: int = NUM_C
 
   step_s = seconds_per_step(run, warmup=warmup, steps=steps, windows=windows)
   chips, flops = mesh.devices.size, xla_flops(step)
-  macs = count_macs(nnx.eval_shape(lambda: VGG(program.model, rngs=nnx.Rngs(0))), resolution)
+  model = nnx.eval_shape(lambda: VGG(program.model, rngs=nnx.Rngs(0)))
   return with_rates(row_for(
       "vgg_jax", config, chips=chips, step_s=step_s, compile_s=compile_s,
       flops_per_image=flops * chips / batch_size if flops else None,
-      model_flops_per_image=6.0 * macs, xla_bytes=xla_bytes(step),
-      collective_bytes=collective_bytes(step),
+      model_flops_per_image=training_flops_per_image(model, resolution),
+      xla_bytes=xla_bytes(step), collective_bytes=collective_bytes(step),
       peak_bytes=peak_bytes_in_use(mesh.devices.flat)), peak)
 
 

@@ -89,8 +89,8 @@ def table3_sweep(arg: str, scales: dict[str, str], finetune_epochs: int = 0,
   """An experiment's `sweep(arg)`: Table 3's runs with the paper's chain (`chain=glorot`:
   no warm start, Glorot init), `seeds=N` of each, the fine-tuned runs (S=384 and
   multi-scale, whose length the paper does not give) trained for `finetune_epochs=N`
-  (default as given; 0: as the others). `run_args` are more arguments, with their defaults, handed on to
-  every run's `get_config` (e.g. `quick=False`, `width=0.125`)."""
+  (default as given; 0: as the others). `run_args` are more arguments, with their
+  defaults, handed on to every run's `get_config` (e.g. `quick=False`, `width=0.125`)."""
   parsed = config_lib.parse_arg(arg, seeds=1, chain="paper", finetune_epochs=finetune_epochs,
                                 **run_args)
   return paper_chain(
@@ -270,17 +270,17 @@ def run_config(run: Run, config_file: str):
 
 
 def training_flops(config) -> float:
-  """Forward multiply-adds of the model at the training crop, x2 for FLOPs, x3 for the
-  backward pass, x the images the run trains on."""
+  """FLOPs to train the model at the training crop (see `model.training_flops_per_image`),
+  x the images the run trains on."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from vgg_jax import model as model_lib, train  # pylint: disable=import-outside-toplevel
   images, classes, channels = DATASETS[config.data.name]
   cfg = train.model_config(config, num_classes=classes, in_channels=channels)
-  macs = model_lib.count_macs(nnx.eval_shape(lambda: model_lib.VGG(cfg, rngs=nnx.Rngs(0))),
-                              config.data.crop)
+  per_image = model_lib.training_flops_per_image(
+      nnx.eval_shape(lambda: model_lib.VGG(cfg, rngs=nnx.Rngs(0))), config.data.crop)
   per_epoch = images // config.optim.batch_size
   steps = config.optim.max_steps or config.optim.epochs * per_epoch
-  return 6.0 * macs * steps * config.optim.batch_size
+  return per_image * steps * config.optim.batch_size
 
 
 def forecast(runs: Sequence[Run], config_file: str, accelerator: str, mfu: float) -> str:
