@@ -212,18 +212,25 @@ def wait_for_step(workdir, step, process, timeout=120):
 
 
 def test_sigterm_saves_and_resume_is_exact(tmp_path):
-  """Straight 30 steps == a run stopped by SIGTERM in a subprocess, then resumed."""
-  straight, _ = train.train_and_evaluate(tiny_config(steps=30), str(tmp_path / "straight"))
+  """A run stopped by SIGTERM, then resumed == the same 30 steps straight through, bit
+  for bit. Like is compared with like: all three runs are `launch.py train` processes
+  with one CPU device, so both sides use the same XLA configuration (another device
+  count, or the pytest process's 8 devices, sums in another order)."""
+  one_device = ("--config.optim.max_steps=30", "--config.mesh=(('data', 1), ('model', 1))")
+  straight = launch(tmp_path / "straight", "quick,backend=numpy", *one_device)
+  finish(straight)
   workdir = tmp_path / "interrupted"
-  process = launch(workdir, "quick,backend=numpy", "--config.optim.max_steps=30",
-                   "--config.mesh=(('data', 1), ('model', 1))")
+  process = launch(workdir, "quick,backend=numpy", *one_device)
   wait_for_step(workdir, 3, process)
   process.send_signal(signal.SIGTERM)
   out = finish(process)
   stopped_at = int(out.split("SIGTERM: saved step ")[1].split()[0])
   assert 3 <= stopped_at < 30, out[-2000:]
-  resumed, _ = train.train_and_evaluate(tiny_config(steps=30), str(workdir))
-  assert_same_state(resumed, straight, rtol=0)  # bit for bit
+  out = finish(launch(workdir, "quick,backend=numpy", *one_device))
+  assert f"resumed from step {stopped_at}" in out, out[-2000:]
+  config = tiny_config(steps=30)
+  assert_same_state(restore(config, str(workdir)), restore(config, str(tmp_path / "straight")),
+                    rtol=0)
 
 
 @pytest.mark.parametrize("devices", [4, 1])
