@@ -13,7 +13,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vgg_jax import data, data_tf
+from vgg_jax import data
+from vgg_jax.data import tfds_backend as data_tf
 
 FM_MISSING = not all(os.path.exists(os.path.join(data.FASHION_MNIST_DIR, f))
                      for files in data.FASHION_MNIST_FILES.values() for f in files)
@@ -423,15 +424,23 @@ def test_missing_fashion_mnist_files_say_apt_get(tmp_path):
       data.make_pipeline(cfg, train=False, global_batch_size=8, split="test")
 
 
-@needs_fashion_mnist
-def test_numpy_backend_never_imports_tensorflow():
-  code = ("import sys\nfrom vgg_jax import data\n"
-          "cfg = data.default_config(name='fashion_mnist', backend='numpy', scale=(32, 48),"
-          " crop=32, pad_to=32)\n"
-          "batch = next(iter(data.make_pipeline(cfg, train=True, global_batch_size=8,"
-          " split='train[:64]')))\n"
-          "assert batch['image'].shape == (8, 32, 32, 1)\n"
-          "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n")
+def run_without_tensorflow(code: str):
+  """`code` in a fresh interpreter where importing TensorFlow fails, as on the GPU
+  machine; it must not have been imported at the end either."""
+  code = ("import sys\nsys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
+          + code + "\nassert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "PYTHONPATH": root}
-  subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root)
+  subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root, timeout=300)
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("backend", ["numpy"])
+def test_numpy_backend_never_imports_tensorflow(backend):
+  run_without_tensorflow(
+      "from vgg_jax import data\n"
+      f"cfg = data.default_config(name='fashion_mnist', backend='{backend}', scale=(32, 48),"
+      " crop=32, pad_to=32)\n"
+      "batch = next(iter(data.make_pipeline(cfg, train=True, global_batch_size=8,"
+      " split='train[:64]')))\n"
+      "assert batch['image'].shape == (8, 32, 32, 1)\n")

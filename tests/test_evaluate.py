@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from tests.test_train import ROOT, finish, free_port, needs_fashion_mnist, tiny_config
-from vgg_jax import evaluate, sharding, train
+from vgg_jax import data, evaluate, sharding, train
 from vgg_jax.model import VGG, VGGConfig
 
 pytestmark = needs_fashion_mnist
@@ -42,7 +42,7 @@ def trained(run):
 
 @pytest.fixture(scope="module")
 def images():
-  return next(evaluate.read_split(tiny_config().data, "test[:6]"))
+  return next(data.read_split(tiny_config().data, "test[:6]"))
 
 
 def built(image_size=32, width=1 / 16) -> evaluate.Trained:
@@ -178,7 +178,7 @@ def test_flip_averaging_of_a_symmetric_image_changes_nothing():
     """Soft-max of the one image, no flip, averaged over the two scales."""
     padded = np.pad(raw, ((2, 2), (2, 2), (0, 0)))[None]
     return np.mean([evaluate.softmax(runner.logits(
-        evaluate.views(np.asarray(evaluate.rescale(padded, runner.mean, short_side=q))[0],
+        evaluate.views(data.rescale_images(trained.config.data, padded, q)[0],
                        "dense", 32, 32)[:1], dense=True)) for q in (32, 40)], 0)
 
   np.testing.assert_allclose(runner.predict([symmetric], "dense", [32, 40]),
@@ -237,7 +237,7 @@ def test_both_backends_give_a_process_the_same_chunks_and_views():
   trained = built()
   with_tf = dataclasses.replace(trained, config=trained.config.copy_and_resolve_references())
   with_tf.config.data.backend = "tfds"
-  shares = [list(evaluate.read_split(t.config.data, "test[:7]", 1, 2, chunk=2))
+  shares = [list(data.read_split(t.config.data, "test[:7]", 1, 2, chunk=2))
             for t in (trained, with_tf)]
   assert [[len(labels) for _, labels in share] for share in shares] == [[2, 1]] * 2
   (numpy_images, numpy_labels), (tfds_images, tfds_labels) = [
@@ -257,7 +257,7 @@ def test_compilations_are_bounded_over_many_image_sizes():
   sizes = [(32, 33), (33, 60), (40, 90), (45, 100), (32, 64), (32, 100)]
   sizes += [(w, h) for h, w in sizes]
   raw = [np.full((h, w, 1), 7, np.uint8) for h, w in sizes]
-  assert len({evaluate.rescaled_shape(h, w, 32) for h, w in sizes}) == 12
+  assert len({data.rescaled_shape(h, w, 32) for h, w in sizes}) == 12
   runner = evaluate.Runner(built(), batch_size=8)
   probs = runner.predict(raw, "dense", [32])
   assert probs.shape == (12, 10) and np.allclose(probs.sum(1), 1)

@@ -22,8 +22,8 @@ five pools drop the remainder anyway (a 300-pixel side gives 9 pool5 positions f
 first 288 pixels), so bucketing moves the dropped pixels from the bottom/right edge to
 both edges, and the programs per scale number at most the distinct long sides / 32 in
 each orientation (one for a dataset of squares). `bucket=0` runs every shape exactly.
-Rescaling runs on the host: in JAX for the numpy backend (one compiled resize per raw
-image size; Fashion-MNIST has one), in TensorFlow for tfds.
+Reading and rescaling are the data backend's (`data.read_split`, `data.rescale_images`):
+in JAX for the numpy (host CPU) and device (accelerator) backends, in TensorFlow for tfds.
 
 Counting. Each process evaluates its share of the split (`data.shard`, nothing dropped)
 and all processes run the same batches per view shape (the largest share sets the
@@ -48,7 +48,6 @@ import re
 from typing import Any, Iterator, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -121,32 +120,6 @@ def choose_step(checkpoints: ckpt_lib.Checkpointer, step: int | None
 # ------------------------------------------------------------------------------ input
 
 
-def read_split(data_cfg: Any, split: str = "", process_index: int | None = None,
-               process_count: int | None = None, chunk: int = CHUNK
-               ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
-  """This process's share of a split (default: the eval split) as chunks of at most
-  `chunk` raw images (HWC, any sizes) and their labels, read as they are needed so
-  memory holds one chunk; the process arguments default to JAX's."""
-  cfg = data.resolve_config(data_cfg)
-  split = split or cfg.eval_split
-  index = jax.process_index() if process_index is None else process_index
-  count = jax.process_count() if process_count is None else process_count
-  if cfg.backend == "numpy":
-    images, labels = data.load_numpy_split(cfg, split)
-    mine = data.shard(len(labels), index, count, drop_remainder=False)
-    for start in range(mine.start, mine.stop, chunk):
-      stop = min(start + chunk, mine.stop)
-      yield list(images[start:stop]), labels[start:stop]
-    return
-  import tensorflow_datasets as tfds  # only the tfds backend needs TensorFlow
-  from vgg_jax import data_tf
-  examples = data_tf.prepared_builder(cfg).as_dataset(split=tfds.split_for_jax_process(
-      split, process_index=index, process_count=count, drop_remainder=False)
-  ).as_numpy_iterator()
-  while part := list(itertools.islice(examples, chunk)):
-    yield [ex["image"] for ex in part], np.array([ex["label"] for ex in part], np.int32)
-
-
 def agreed_chunks(chunks: Iterator[tuple[list[np.ndarray], np.ndarray]]
                   ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
   """The chunks, then empty ones until no process has any left, so all run the same
@@ -159,23 +132,6 @@ def agreed_chunks(chunks: Iterator[tuple[list[np.ndarray], np.ndarray]]
     if not most:
       return
     yield images, labels
-
-
-def rescaled_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
-  """As `data.rescaled_hw`: the long side truncated."""
-  return short_side * height // min(height, width), short_side * width // min(height, width)
-
-
-@functools.partial(jax.jit, static_argnames="short_side")
-def rescale(images: jax.Array, mean: jax.Array, *, short_side: int) -> jax.Array:
-  """[N, h, w, C] -> shortest side `short_side`, resampled with `data.rescale_crop`'s
-  kernel, the channel means subtracted."""
-  n, h, w, c = images.shape
-  out = rescaled_shape(h, w, short_side)
-  scale = jnp.array(out, jnp.float32) / jnp.array([h, w], jnp.float32)
-  x = jax.image.scale_and_translate(images.astype(jnp.float32), (n, *out, c), (1, 2),
-                                    scale, jnp.zeros(2), "linear", antialias=True)
-  return x - mean
 
 
 def grid_offsets(size: int, crop: int) -> np.ndarray:
@@ -197,7 +153,7 @@ def view_shape(kind: str, height: int, width: int, short_side: int, crop: int,
   """(height, width, dense) of an image's views, from its raw size alone."""
   if kind != "dense":
     return crop, crop, False
-  h, w = rescaled_shape(height, width, short_side)
+  h, w = data.rescaled_shape(height, width, short_side)
   return dense_side(h, crop, bucket), dense_side(w, crop, bucket), True
 
 
@@ -286,8 +242,7 @@ class Runner:
   def __init__(self, trained: Trained, batch_size: int | None = None):
     self.trained = trained
     cfg = data.resolve_config(trained.config.data)
-    self.backend, self.pad_to, self.crop = cfg.backend, cfg.pad_to, trained.model.image_size
-    self.mean, = data.on_cpu(data.load_stats(cfg.stats or cfg.name).mean)
+    self.data_cfg, self.pad_to, self.crop = cfg, cfg.pad_to, trained.model.image_size
     self.batch_size = batch_size or trained.config.optim.batch_size
     if self.batch_size % trained.mesh.shape["data"] or self.batch_size % jax.process_count():
       raise ValueError(f"batch {self.batch_size} does not divide between the "
@@ -349,14 +304,9 @@ class Runner:
     return probs / VIEWS[kind]
 
   def rescaled(self, images: np.ndarray, short_side: int) -> np.ndarray:
-    """Same-sized raw images [N, h, w, C] rescaled and centred: in JAX on the CPU for
-    the numpy backend, in TensorFlow for tfds (ImageNet's thousands of image sizes
-    would each compile a JAX resize); the two agree to 1e-2 (tests/test_data.py)."""
-    if self.backend == "numpy":
-      stack, = data.on_cpu(images)
-      return np.asarray(rescale(stack, self.mean, short_side=short_side))
-    from vgg_jax import data_tf
-    return data_tf.rescale(images, short_side).numpy() - np.asarray(self.mean)
+    """Same-sized raw images [N, h, w, C] rescaled and centred by the data backend (the
+    backends agree to 1e-2, tests/test_data.py)."""
+    return data.rescale_images(self.data_cfg, images, short_side)
 
   def view_chunks(self, images, members: list[int], kind: str, short_side: int,
                   bucket: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -450,8 +400,8 @@ def evaluate_many(models: Sequence[Trained], evaluations: Sequence[tuple[str, st
   results = [None] * len(evaluations)
   for split, group in by_split.items():
     sums = np.zeros((len(group), 3), np.int64)
-    for images, labels in agreed_chunks(read_split(models[0].config.data, split,
-                                                   process_index, process_count, chunk)):
+    for images, labels in agreed_chunks(data.read_split(models[0].config.data, split,
+                                                        process_index, process_count, chunk)):
       scans = [{} for _ in runners]
       for i, (_, protocol, per_model) in enumerate(group):
         sums[i] += hits(predict(runners, images, protocol, per_model, bucket, scans), labels)

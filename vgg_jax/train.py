@@ -285,9 +285,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   # --- Input. ------------------------------------------------------------------------
   batch_size = config.optim.batch_size
-  train_data = data_lib.make_pipeline(config.data, train=True, global_batch_size=batch_size,
-                                      seed=config.seed)
-  eval_data = data_lib.make_pipeline(config.data, train=False, global_batch_size=batch_size)
+  on_mesh = dict(global_batch_size=batch_size, sharding=sharding_lib.batch_sharding(mesh))
+  train_data = data_lib.make_pipeline(config.data, train=True, seed=config.seed, **on_mesh)
+  eval_data = data_lib.make_pipeline(config.data, train=False, **on_mesh)
   steps_per_epoch = train_data.steps
   total_steps = config.optim.max_steps or config.optim.epochs * steps_per_epoch
 

@@ -1,6 +1,6 @@
 """The "tfds" backend of `vgg_jax.data`: tf.data ops, the local Fashion-MNIST builder, and
-the per-process pipelines. Importing this module imports TensorFlow; the numpy backend
-never does.
+the per-process pipelines. Importing this module imports TensorFlow; no other module of
+vgg_jax does (the dispatch in `vgg_jax.data` imports it only for backend "tfds").
 
 Each op takes an image [H, W, C] and works eagerly and inside `Dataset.map`; flip, lighting
 and mean subtraction also take batches [N, H, W, C] (one draw per image), so the pipeline
@@ -10,12 +10,13 @@ in the stream, so the same seed gives the same batches.
 """
 
 import functools
+import itertools
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from vgg_jax import data
+from vgg_jax.data import core
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -28,13 +29,13 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   """
   VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f"`apt-get install dataset-fashion-mnist` puts the IDX files in {data.FASHION_MNIST_DIR}.")
+      f"`apt-get install dataset-fashion-mnist` puts the IDX files in {core.FASHION_MNIST_DIR}.")
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(names=data.FASHION_MNIST_CLASSES),
+            "label": tfds.features.ClassLabel(names=core.FASHION_MNIST_CLASSES),
         }),
         supervised_keys=("image", "label"),
         disable_shuffling=True,  # record i is IDX example i, as in the numpy backend
@@ -42,10 +43,10 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     return {split: self._generate_examples(dl_manager.manual_dir, split)
-            for split in data.FASHION_MNIST_FILES}
+            for split in core.FASHION_MNIST_FILES}
 
   def _generate_examples(self, manual_dir, split):
-    images, labels = data.load_idx_numpy(str(manual_dir), split)
+    images, labels = core.load_idx_numpy(str(manual_dir), split)
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {"image": image, "label": int(label)}
 
@@ -60,7 +61,7 @@ def prepared_builder(cfg) -> tfds.core.DatasetBuilder:
   builder = tfds.builder(name, data_dir=cfg.data_dir or None)
   manual_dir = cfg.manual_dir or None
   if name == "fashion_mnist_local" and not builder.is_prepared():
-    manual_dir = data.fashion_mnist_dir(cfg.manual_dir)
+    manual_dir = core.fashion_mnist_dir(cfg.manual_dir)
   try:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
@@ -86,13 +87,14 @@ def pad_to(image: tf.Tensor, size: int) -> tf.Tensor:
 
 def sample_scale(scale, seed: tf.Tensor) -> tf.Tensor:
   """S: fixed, or uniform over the integers S_min..S_max (both included)."""
-  lo, hi = data.scale_range(scale)
+  lo, hi = core.scale_range(scale)
   return tf.random.stateless_uniform([], seed, lo, hi + 1, dtype=tf.int32)
 
 
 def rescale(image: tf.Tensor, short_side) -> tf.Tensor:
   """Isotropic bilinear rescale so the shortest side is `short_side` (float32 out), the long
-  side truncated as in `data.rescaled_hw`; antialiased when shrinking, as `data.rescale_crop`."""
+  side truncated as in `core.rescaled_shape`; antialiased when shrinking, as
+  `augment.resample`: this backend's one resampling rule."""
   hw = tf.shape(image)[-3:-1]
   new_hw = hw * tf.cast(short_side, tf.int32) // tf.reduce_min(hw)
   # Antialiasing changes nothing when enlarging and is 5x slower, so only when shrinking.
@@ -106,7 +108,7 @@ def random_crop(image: tf.Tensor, crop: int, seed: tf.Tensor) -> tf.Tensor:
 
 
 def centre_crop(image: tf.Tensor, crop: int) -> tf.Tensor:
-  """The central crop x crop window; offsets round down as in `data.eval_batch`."""
+  """The central crop x crop window; offsets round down as in `augment.eval_batch`."""
   hw = tf.shape(image)[-3:-1]
   top, left = tf.unstack((hw - crop) // 2)
   return tf.image.crop_to_bounding_box(image, top, left, crop, crop)
@@ -118,14 +120,14 @@ def random_flip(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   return tf.where(flip[..., None, None, None], tf.reverse(images, [-2]), images)
 
 
-def lighting(images: tf.Tensor, alpha: tf.Tensor, stats: data.Stats) -> tf.Tensor:
+def lighting(images: tf.Tensor, alpha: tf.Tensor, stats: core.Stats) -> tf.Tensor:
   """AlexNet's PCA colour shift: adds eigvec @ (alpha * eigval) to every pixel; alpha is
   [..., C] with the images' leading shape."""
   shift = tf.linalg.matvec(stats.eigvec, alpha * stats.eigval)
   return images + shift[..., None, None, :]
 
 
-def random_lighting(images: tf.Tensor, std: float, stats: data.Stats,
+def random_lighting(images: tf.Tensor, std: float, stats: core.Stats,
                     seed: tf.Tensor) -> tf.Tensor:
   """`lighting` with alpha_i ~ N(0, std) drawn per image."""
   shape = tf.concat([tf.shape(images)[:-3], [len(stats.eigval)]], 0)
@@ -139,14 +141,16 @@ def subtract_mean(images: tf.Tensor, mean) -> tf.Tensor:
 # ------------------------------------------------------------------------------ pipeline
 
 
-def tfds_pipeline(*, cfg, train, local_batch_size, seed, split, process_index,
-                  process_count) -> data.Pipeline:
-  """See `data.make_pipeline`: this process's share of the split via
+def pipeline(*, cfg, train, local_batch_size, seed, split, process_index, process_count,
+             sharding=None) -> core.Pipeline:
+  """See `data.make_pipeline` (`sharding` is not needed: batches are per process): this
+  process's share of the split via
   `tfds.split_for_jax_process`, dropping the remainder in training only. Each process
   shuffles and augments its shard with its own seed drawn from the config's."""
-  seed = data.process_seed(seed, process_index)
+  del sharding
+  seed = core.process_seed(seed, process_index)
   builder = prepared_builder(cfg)
-  stats = data.Stats(*(tf.constant(a) for a in data.load_stats(cfg.stats or cfg.name)))
+  stats = core.Stats(*(tf.constant(a) for a in core.load_stats(cfg.stats or cfg.name)))
   read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
   # Ordered datasets (the local Fashion-MNIST) refuse file shuffling; the buffer still shuffles.
   shuffle_files = train and not builder.info.disable_shuffling
@@ -165,11 +169,11 @@ def tfds_pipeline(*, cfg, train, local_batch_size, seed, split, process_index,
     make = functools.partial(train_batches, ds, cfg, stats, local_batch_size, seed,
                              counts[process_index])
   else:
-    side, steps = data.eval_crop(cfg), data.eval_steps(counts, local_batch_size)
+    side, steps = core.eval_crop(cfg), core.eval_steps(counts, local_batch_size)
     ds = eval_batches(ds, cfg, stats, local_batch_size, steps, counts[process_index])
     make = ds.skip
   features = builder.info.features
-  return data.Pipeline(lambda start: make(start).prefetch(AUTOTUNE).as_numpy_iterator(),
+  return core.Pipeline(lambda start: make(start).prefetch(AUTOTUNE).as_numpy_iterator(),
                        sum(counts), steps, local_batch_size,
                        (side, side, features["image"].shape[-1]), features["label"].num_classes)
 
@@ -185,7 +189,7 @@ def train_image(image: tf.Tensor, cfg, seed: tf.Tensor) -> tf.Tensor:
   return random_crop(rescale(image, sample_scale(cfg.scale, s_scale)), cfg.crop, s_crop)
 
 
-def train_batch(images: tf.Tensor, cfg, stats: data.Stats, seed: tf.Tensor) -> tf.Tensor:
+def train_batch(images: tf.Tensor, cfg, stats: core.Stats, seed: tf.Tensor) -> tf.Tensor:
   """The per-batch half: flip, lighting, mean subtraction."""
   s_flip, s_light = tf.unstack(tf.random.split(seed, 2))
   if cfg.flip:
@@ -220,7 +224,7 @@ def train_batches(ds, cfg, stats, batch, seed, num_examples, start_step) -> tf.d
 
 def eval_batches(ds, cfg, stats, batch, steps, count) -> tf.data.Dataset:
   """Rescale to Q, centre crop, centre; then masked zero examples fill `steps` batches."""
-  crop = data.eval_crop(cfg)
+  crop = core.eval_crop(cfg)
 
   def preprocess(ex):
     image = centre_crop(rescale(ex["image"], cfg.eval_scale), crop)
@@ -236,7 +240,7 @@ def eval_batches(ds, cfg, stats, batch, steps, count) -> tf.data.Dataset:
 
 
 def pixel_moment_chunks(cfg):
-  """`data.compute_stats` input over the training split: per-image sums in TF, float64."""
+  """`core.compute_stats` input over the training split: per-image sums in TF, float64."""
   builder = prepared_builder(cfg)
   channels = builder.info.features["image"].shape[-1]
 
@@ -247,3 +251,18 @@ def pixel_moment_chunks(cfg):
   ds = builder.as_dataset(split=cfg.train_split).map(moments, num_parallel_calls=AUTOTUNE)
   for s, g, n in ds.batch(1024).prefetch(AUTOTUNE).as_numpy_iterator():
     yield s.sum(0), g.sum(0), int(np.sum(n))
+
+
+def read_split(cfg, split, process_index, process_count, chunk):
+  """See `data.read_split`: the examples of `tfds.split_for_jax_process`, as read."""
+  examples = prepared_builder(cfg).as_dataset(split=tfds.split_for_jax_process(
+      split, process_index=process_index, process_count=process_count,
+      drop_remainder=False)).as_numpy_iterator()
+  while part := list(itertools.islice(examples, chunk)):
+    yield [ex["image"] for ex in part], np.array([ex["label"] for ex in part], np.int32)
+
+
+def rescale_images(cfg, images: np.ndarray, short_side: int) -> np.ndarray:
+  """See `data.rescale_images`: `rescale` in TensorFlow (ImageNet's thousands of image sizes
+  would each compile a JAX resize)."""
+  return rescale(images, short_side).numpy() - core.load_stats(cfg.stats or cfg.name).mean
