@@ -14,6 +14,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from vgg_jax import data
+from vgg_jax import sharding as sharding_lib
 from vgg_jax.data import tfds_backend as data_tf
 
 FM_MISSING = not all(os.path.exists(os.path.join(data.FASHION_MNIST_DIR, f))
@@ -435,8 +436,8 @@ def run_without_tensorflow(code: str):
 
 
 @needs_fashion_mnist
-@pytest.mark.parametrize("backend", ["numpy"])
-def test_numpy_backend_never_imports_tensorflow(backend):
+@pytest.mark.parametrize("backend", ["numpy", "device"])
+def test_numpy_and_device_backends_never_import_tensorflow(backend):
   run_without_tensorflow(
       "from vgg_jax import data\n"
       f"cfg = data.default_config(name='fashion_mnist', backend='{backend}', scale=(32, 48),"
@@ -444,3 +445,119 @@ def test_numpy_backend_never_imports_tensorflow(backend):
       "batch = next(iter(data.make_pipeline(cfg, train=True, global_batch_size=8,"
       " split='train[:64]')))\n"
       "assert batch['image'].shape == (8, 32, 32, 1)\n")
+
+
+@needs_fashion_mnist
+def test_training_on_the_device_backend_never_imports_tensorflow(tmp_path):
+  run_without_tensorflow(
+      "from vgg_jax import config, train\n"
+      "c = config.experiment_config('fashion_mnist', 'quick,backend=device')\n"
+      "c.model.width = 1 / 16\n"
+      "c.optim.update(batch_size=32, max_steps=2)\n"
+      "c.data.eval_split = 'test[:64]'\n"
+      f"_, result = train.train_and_evaluate(c, {str(tmp_path)!r})\n"
+      "assert result['val_count'] == 64, result\n")
+
+
+# --------------------------------------------------------------------- device backend
+
+
+def device_cfg(**changes):
+  return data.default_config(name="fashion_mnist", backend="device", scale=(32, 48), crop=32,
+                             eval_scale=40, eval_crop=32, pad_to=32, **changes)
+
+
+def on_devices(n):
+  return sharding_lib.batch_sharding(sharding_lib.make_mesh((("data", n),)))
+
+
+def host(batch):
+  return {k: np.asarray(v) for k, v in batch.items()}
+
+
+@needs_fashion_mnist
+def test_device_batches_are_the_numpy_backends():
+  """Same (seed, step), same batch: the same indices, keys and jnp functions; 8 devices
+  against the host's one (another device count only regroups per-example work)."""
+  cfg = device_cfg()
+  make = functools.partial(data.make_pipeline, train=True, global_batch_size=64,
+                           split="train[:200]", seed=5)  # epochs straddle batches
+  device = make(cfg, sharding=on_devices(8))
+  numpy = make(copy(cfg, backend="numpy"))
+  assert (device.steps, device.num_examples, device.image_shape) == (
+      numpy.steps, numpy.num_examples, numpy.image_shape) == (3, 200, (32, 32, 1))
+  for step, (a, b) in enumerate(zip(device.iter_from(2), numpy.iter_from(2))):
+    assert a["image"].sharding == on_devices(8)
+    np.testing.assert_allclose(np.asarray(a["image"]), b["image"], atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(a["label"]), b["label"])
+    assert np.asarray(a["mask"]).all()
+    if step == 2:
+      break
+  evals = [list(data.make_pipeline(c, train=False, global_batch_size=64, split="test[:203]",
+                                   **kw)) for c, kw in [(cfg, dict(sharding=on_devices(8))),
+                                                        (copy(cfg, backend="numpy"), {})]]
+  assert len(evals[0]) == len(evals[1]) == 4
+  for a, b in zip(*evals):
+    for key in ("image", "label", "mask"):
+      np.testing.assert_allclose(np.asarray(a[key]), b[key], atol=1e-4)
+  assert sum(np.asarray(b["mask"]).sum() for b in evals[0]) == 203
+
+
+@needs_fashion_mnist
+def test_device_batches_do_not_depend_on_the_device_count_and_resume_anywhere():
+  make = functools.partial(data.make_pipeline, device_cfg(), train=True,
+                           global_batch_size=32, split="train[:100]", seed=2)
+  one, eight = make(sharding=on_devices(1)), make(sharding=on_devices(8))
+  run = [host(b) for _, b in zip(range(7), one)]
+  for a, b in zip(run, eight):
+    np.testing.assert_allclose(a["image"], np.asarray(b["image"]), atol=1e-4)
+    np.testing.assert_array_equal(a["label"], np.asarray(b["label"]))
+  assert not np.allclose(run[0]["image"], run[1]["image"])
+  for start in (3, 4):  # 3 steps an epoch: 3 starts an epoch, 4 is inside one
+    for a, b in zip(run[start:], eight.iter_from(start)):
+      np.testing.assert_allclose(a["image"], np.asarray(b["image"]), atol=1e-4)
+
+
+@needs_fashion_mnist
+def test_device_backend_refuses_a_split_that_does_not_fit(monkeypatch):
+  from vgg_jax.data import device_backend
+  placed = []
+  monkeypatch.setattr(device_backend, "place", lambda *args: placed.append(args))
+  monkeypatch.setattr(device_backend, "memory_limit", lambda device: 60_000 * 32 * 32)
+  with pytest.raises(MemoryError, match=r"needs 59 MiB on each chip .* 50% of its 59 MiB"):
+    data.make_pipeline(device_cfg(), train=True, global_batch_size=64,
+                       sharding=on_devices(1))
+  eight = data.make_pipeline(device_cfg(), train=True, global_batch_size=64,
+                             sharding=on_devices(8))  # an eighth of the split fits
+  assert eight.steps == 60_000 // 64 and not placed  # placed only when iterated
+  assert device_backend.split_bytes((60_000, 32, 32, 1), 8) == 7_500 * 1024
+
+
+def test_to_global_passes_global_arrays_through():
+  sharding = on_devices(8)
+  batch = {"image": jax.device_put(np.ones((16, 2), np.float32), sharding)}
+  assert data.to_global(batch, sharding)["image"] is batch["image"]
+  moved = data.to_global(batch, on_devices(4))["image"]
+  assert moved.sharding == on_devices(4)
+  np.testing.assert_array_equal(moved, batch["image"])
+
+
+@needs_fashion_mnist
+def test_device_backend_trains_as_the_numpy_backend_on_8_devices_and_2_processes(tmp_path):
+  """The trainer on device-resident input, 8 simulated devices in one process and two
+  real processes of 2 devices (127.0.0.1), against NumPy input on one device."""
+  from tests.test_train import finish, free_port, launch, losses, tiny_config
+  from vgg_jax import train
+  _, reference = train.train_and_evaluate(tiny_config(steps=4), str(tmp_path / "ref"))
+  eight = tiny_config(steps=4, devices=8, arg="quick,backend=device")
+  _, result = train.train_and_evaluate(eight, str(tmp_path / "eight"))
+  assert result["val_count"] == reference["val_count"] == 200
+  assert result["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
+  np.testing.assert_allclose(losses(tmp_path / "eight"), losses(tmp_path / "ref"), rtol=1e-4)
+  port = free_port()
+  workers = [launch(tmp_path / "two", "quick,backend=device", "--config.optim.max_steps=4",
+                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                    f"--process_id={i}", "--config.mesh=(('data', 4), ('model', 1))",
+                    devices=2) for i in range(2)]
+  assert "final: top-1 error" in [finish(w) for w in workers][0]
+  np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "ref"), rtol=1e-4)

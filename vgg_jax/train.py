@@ -146,7 +146,11 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
   input pipeline's host work then overlaps the step instead of delaying the next dispatch.
   On a CPU it matters most: the NumPy pipeline's augmentation waits behind the running
   step on the same device, and without the thread the loop waited with it (Fashion-MNIST
-  on 2 cores: 92% of the bare step's speed without, 99% with; benchmarks/README.md)."""
+  on 2 cores: 92% of the bare step's speed without, 99% with; benchmarks/README.md).
+  `size` 0 is no thread: device-resident input only dispatches, in the loop's order."""
+  if not size:
+    yield from iterator
+    return
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)  # one worker keeps the order
   try:
     pending = collections.deque(pool.submit(next, iterator) for _ in range(size))
@@ -312,8 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
   if copied:
     progress.write(f"warm start from {config.warm_start.workdir}: {', '.join(copied)}")
-  batches = prefetch(data_lib.to_global(batch, program.batch_sharding)
-                     for batch in train_data.iter_from(start_step))
+  batches = prefetch((data_lib.to_global(batch, program.batch_sharding)
+                      for batch in train_data.iter_from(start_step)), train_data.prefetch)
   previous = None  # (step, metrics on device) of the step before
 
   def log(step, metrics):

@@ -304,6 +304,9 @@ class Pipeline:
     remainder that does not divide between processes).
   steps: train: global steps per epoch (num_examples // global batch); eval: batches each
     process yields, padding included.
+  prefetch: batches a host thread may prepare ahead of the loop (`train.prefetch`); 0
+    where making a batch only dispatches device work, which must stay in the loop's
+    order: its collectives must be issued in the same order on every process.
   """
   iter_from: Callable[[int], Iterator[dict[str, Any]]]
   num_examples: int
@@ -311,6 +314,7 @@ class Pipeline:
   local_batch_size: int
   image_shape: tuple[int, int, int]
   num_classes: int
+  prefetch: int = 2
 
   def __iter__(self) -> Iterator[dict[str, Any]]:
     return self.iter_from(0)
