@@ -478,6 +478,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> list[dict] | None:
+  """The parts' outcomes (the exit status is 1 unless all are ok); None in a part's
+  own process."""
   args = parse_args(argv)
   if args.part:
     return run_part(args)
@@ -491,4 +493,5 @@ def main(argv=None) -> list[dict] | None:
 
 
 if __name__ == "__main__":
-  main()
+  outcome = main()
+  sys.exit(0 if outcome is None or all(r["status"] == "ok" for r in outcome) else 1)

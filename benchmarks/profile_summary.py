@@ -53,6 +53,10 @@ SCOPE_KINDS = (("pool", "pooling"), ("relu", "activation"), ("drop", "dropout"),
 DERIVED_LINES = {"XLA Modules", "XLA Ops", "XLA TraceMe", "Steps", "Framework Name Scope",
                  "Framework Ops", "Source code", "Launch Stats", "TensorFlow Ops",
                  "TensorFlow Name Scope"}
+# Kernel names of cuDNN / cuBLAS / CUDA where a trace event carries no HLO op.
+KERNEL_KINDS = ((r"wgrad", "conv wgrad"), (r"dgrad", "conv dgrad"),
+                (r"fprop|conv", "conv fwd"), (r"gemm|cublas|cutlass", "matmul"),
+                (r"memcpy|memset", "copies"))
 KINDS = ("conv fwd", "conv dgrad", "conv wgrad", "matmul", "pooling", "activation",
          "dropout", "normalisation", "copies", "loss", "optimiser", "other")
 
@@ -164,6 +168,14 @@ def forward_conv_dims(ops: dict[str, HloOp]) -> dict[str, list[int]]:
   return found
 
 
+def kernel_kind(name: str) -> str:
+  """The kind of an event the HLO does not name, by its GPU kernel's name."""
+  for pattern, kind in KERNEL_KINDS:
+    if re.search(pattern, name, re.I):
+      return kind
+  return "other"
+
+
 # ---------------------------------------------------------------------------- trace
 
 
@@ -264,7 +276,7 @@ def summarise(trace_dir: str, hlo_text: str = "", module: str = "train_step",
     if op is not None:
       kind, layer = classify(op, computations, forward)
     else:
-      kind, layer = ("copies" if re.search(r"memcpy|memset", e.op, re.I) else "other"), ""
+      kind, layer = kernel_kind(e.op), ""
     kinds[kind] += e.duration
     per_op[e.op] += e.duration
     named[e.op] = (kind, layer)

@@ -107,3 +107,13 @@ def test_gpu_ops_are_classified_by_cudnn_target_and_name_scope(op, kind, layer):
   ops, computations = profile_summary.parse_hlo(GPU_HLO)
   forward = profile_summary.forward_conv_dims(ops)
   assert profile_summary.classify(ops[op], computations, forward) == (kind, layer)
+
+
+@pytest.mark.parametrize("kernel,kind", [
+    ("sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv wgrad"),
+    ("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw", "conv dgrad"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv fwd"),
+    ("cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_64x4_nn_align8", "matmul"),
+    ("MemcpyD2D", "copies"), ("loop_add_fusion", "other")])
+def test_events_without_an_hlo_op_are_classified_by_kernel_name(kernel, kind):
+  assert profile_summary.kernel_kind(kernel) == kind
