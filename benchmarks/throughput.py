@@ -396,19 +396,26 @@ def environment() -> dict:
 # --------------------------------------------------------------------------- main
 
 
-def benchmark(args: argparse.Namespace) -> dict:
-  """Every row the flags ask for, ratios and scaling added: what --out writes as JSON."""
+def benchmark(args: argparse.Namespace,
+              progress: Callable[[dict], None] = lambda result: None) -> dict:
+  """Every row the flags ask for, ratios and scaling added: what --out writes as JSON.
+  `progress` gets the result so far after each config, in the order of --configs."""
   device_kind = jax.devices()[0].device_kind
   peak = args.peak_flops or peak_flops(device_kind)
   frameworks, skipped = torch_baselines(args.baseline, not args.no_torch_compile)
   timing = dict(warmup=args.warmup, steps=args.steps, windows=args.windows, peak=peak)
   size = dict(resolution=args.resolution, dtype=args.dtype, width=args.width)
+  notes = [skipped] if skipped else []
+  if peak is None:
+    notes.append(f"MFU n/a: no peak FLOP/s known for {device_kind!r} (give --peak_flops)")
   rows = []
   for name in args.configs:
     for batch in args.batch:
       ours = [bench_vgg_jax(bench_config(name, batch=batch, chips=chips, sharding=args.sharding,
                                          model_axis=args.model_axis, **size), **timing)
               for chips in args.devices]
+      progress(dict(environment=environment(), rows=rows + ours, scaling=scaling(rows + ours),
+                    notes=notes))  # before torch, which could take the process down
       theirs = [bench_torch(bench_config(name, batch=batch, **size), framework,
                             flops_per_image=ours[0]["flops_per_image"], **timing)
                 for framework in frameworks]
@@ -417,10 +424,8 @@ def benchmark(args: argparse.Namespace) -> dict:
               f"{fmt(row['img_s_per_chip'], '.1f')} img/s/chip {row['note']}",
               file=sys.stderr, flush=True)
       rows += ours + theirs
-  add_ratios(rows)
-  notes = [skipped] if skipped else []
-  if peak is None:
-    notes.append(f"MFU n/a: no peak FLOP/s known for {device_kind!r} (give --peak_flops)")
+      add_ratios(rows)
+      progress(dict(environment=environment(), rows=rows, scaling=scaling(rows), notes=notes))
   return dict(environment=environment(), rows=rows, scaling=scaling(rows), notes=notes)
 
 
@@ -462,18 +467,22 @@ def parse_args(argv=None) -> argparse.Namespace:
   return parser.parse_args(argv)
 
 
+def write(result: dict, out: str) -> None:
+  """throughput.json and throughput.md in `out`."""
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "throughput.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  with open(os.path.join(out, "throughput.md"), "w") as f:
+    f.write(markdown(result))
+
+
 def main(argv=None) -> dict:
+  """Writes --out after each config, so a run stopped early keeps the rows it has."""
   args = parse_args(argv)
-  result = benchmark(args)
-  table = markdown(result)
-  print(table)
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "throughput.json"), "w") as f:
-      json.dump(result, f, indent=2)
-    with open(os.path.join(args.out, "throughput.md"), "w") as f:
-      f.write(table)
-  assert "tensorflow" not in sys.modules, "the benchmark imported TensorFlow"
+  result = benchmark(args, (lambda partial: write(partial, args.out)) if args.out else
+                     (lambda partial: None))
+  print(markdown(result))
+  assert sys.modules.get("tensorflow") is None, "the benchmark imported TensorFlow"
   return result
 
 

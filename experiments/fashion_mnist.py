@@ -12,7 +12,8 @@ starves nets this narrow (at 1/4 width a 3x3 conv's output shrinks ~3x per layer
 A's logits start at ~1e-5 and never move). `init=paper` restores it.
 `quick` is a half-minute smoke run (300 steps, A at 1/8 width). `holdout=N` validates on
 the last N training images instead of the test set; `table5_images=N` is how many test
-images Table 5's multi-crop evaluations take; `dtype=bfloat16` computes in bf16.
+images Table 5's multi-crop evaluations take; `dtype=bfloat16` computes in bf16;
+`manual_dir=D` reads the IDX files from D (a machine without Debian's package).
 
 Should give (A, default arguments, 6 epochs, 2 CPU cores, 2026-11-28): 8.9% top-1 and
 0.12% top-5 test error on the 10,000 test images in 6.5 minutes; `quick` about 18-20%.
@@ -28,7 +29,7 @@ TRAIN_IMAGES = 60_000
 def get_config(arg: str = ""):
   arg = config_lib.parse_arg(arg, model="A", S="32", width=0.25, epochs=6, seed=0,
                              init="glorot", backend="tfds", dtype="float32", holdout=0,
-                             table5_images=2000, quick=False)
+                             table5_images=2000, quick=False, manual_dir="")
   c = config_lib.base_config()
   c.seed = arg.seed
   c.model.update(name=arg.model, width=arg.width, init=arg.init, dtype=arg.dtype)
@@ -36,7 +37,7 @@ def get_config(arg: str = ""):
   # `holdout=N` validates (LR schedule, best checkpoint) on the last N training images
   # instead of the test set, which the evaluations then see for the first time.
   keep = TRAIN_IMAGES - arg.holdout
-  c.data.update(name="fashion_mnist", backend=arg.backend,
+  c.data.update(name="fashion_mnist", backend=arg.backend, manual_dir=arg.manual_dir,
                 train_split=f"train[:{keep}]" if arg.holdout else "train",
                 eval_split=f"train[{keep}:]" if arg.holdout else "test", pad_to=32,
                 scale=(lo, hi), crop=32, eval_scale=(lo + hi) // 2,  # Q = S, or 40 for [32, 48]
@@ -61,4 +62,4 @@ def sweep(arg: str = ""):
   python launch.py sweep --config THIS_FILE:seeds=3,width=1.0,backend=numpy,dtype=bfloat16 ..."""
   return sweep_lib.table3_sweep(arg, scales=sweep_lib.PAPER_SCALES["fashion_mnist"],
                                 finetune_epochs=1, width=0.125, epochs=2, holdout=5000,
-                                backend="tfds", dtype="float32", quick=False)
+                                backend="tfds", dtype="float32", quick=False, manual_dir="")

@@ -8,12 +8,15 @@ The slow test runs the CPU command of benchmarks/README.md as a fresh clone woul
 import json
 import math
 import os
+import re
 import subprocess
 import sys
+import tarfile
 
+import jax
 import pytest
 
-from benchmarks import loop_efficiency, throughput
+from benchmarks import device_run, loop_efficiency, throughput
 from vgg_jax import config as config_lib
 from vgg_jax import data, train
 
@@ -142,3 +145,65 @@ def test_cpu_command_from_a_fresh_clone_prints_the_table(tmp_path):
   else:
     assert "torch baseline skipped" in out.stdout
   assert json.load(open(tmp_path / "out" / "throughput.json"))["rows"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.path.exists(os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
+    reason="needs `apt-get install dataset-fashion-mnist`")
+def test_device_run_smoke_writes_every_part_without_tensorflow(tmp_path):
+  """`device_run.py --smoke` as CI runs it, TensorFlow unimportable in every process it
+  starts (a sitecustomize puts None in sys.modules). The time limits are 4x the smoke's
+  shares: machines differ, and how long parts take is not the test's business."""
+  blocker = tmp_path / "no_tensorflow"
+  blocker.mkdir()
+  (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['tensorflow'] = None\n")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as on a GPU
+  env["PYTHONPATH"] = str(blocker)
+  out = tmp_path / "out"
+  shares = [f"--share={part}={4 * s}" for part, s in device_run.SMOKE_SHARES.items()]
+  result = subprocess.run(
+      [sys.executable, "benchmarks/device_run.py", "--smoke", "--out", str(out),
+       "--ablation", "tests/tiny_sweep.py", *shares],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+  log = (out / "log.txt").read_text()
+  assert result.returncode == 0, log[-5000:]
+  assert len(os.listdir(out)) <= 8  # what comes back from the GPU machine
+  for part in device_run.PARTS:
+    assert re.search(rf"^{part} +ok ", log, re.M), log
+
+  env_json = json.loads((out / "env.json").read_text())
+  assert env_json["platform"] == "cpu" and env_json["versions"]["jax"] == jax.__version__
+  rows = json.loads((out / "throughput.json").read_text())["rows"]
+  ours = [r for r in rows if r["framework"] == "vgg_jax"]
+  assert [r["config"] for r in ours] == ["D", "A"] and all(r["img_s"] > 0 for r in ours)
+  assert "torch.compile not run" in (out / "throughput.md").read_text()
+
+  profile = (out / "profile.md").read_text()
+  assert re.search(r"^\| conv fwd \| \d+\.\d+ \|", profile, re.M)
+  assert re.search(r"^\| conv5_3 \|", profile, re.M)
+  with tarfile.open(out / "profile.tar.gz") as tar:
+    names = tar.getnames()
+  assert "profile/step_hlo.txt" in names and "profile/summary.json" in names
+  assert any(name.endswith(".xplane.pb") for name in names)
+
+  levers = (out / "levers.md").read_text()
+  assert re.search(r"^\| today \| \d+\.\d+ \| \d+\.\d+ \| 1\.000 \|", levers, re.M)
+  assert re.search(r"^\| pool=reshape, relu_grad=output \| \d+\.\d+ \|", levers, re.M)
+  assert "skipped: XLA GPU option, not a GPU" in levers
+
+  with tarfile.open(out / "ablation.tar.gz") as tar:
+    names = tar.getnames()
+  assert "ablation/report/tables.md" in names
+  for run in ("A_S32_seed0", "B_S32_seed0"):
+    assert f"ablation/{run}/metrics.jsonl" in names
+  assert not any("checkpoints" in name for name in names)
+
+
+def test_device_run_gives_each_part_its_share_and_what_earlier_parts_left():
+  parts, shares = ["env", "throughput", "ablation"], dict(env=10, throughput=100, ablation=50)
+  assert device_run.part_limits(parts, shares, 160, "env") == 10
+  assert device_run.part_limits(parts, shares, 155, "throughput") == 105  # env left 5 s
+  assert device_run.part_limits(parts, shares, 70, "ablation") == 70
+  assert device_run.with_arg("x.py", "a=1") == "x.py:a=1"
+  assert device_run.with_arg("x.py:gpu", "a=1") == "x.py:gpu,a=1"

@@ -1,5 +1,7 @@
 """The six networks against the paper: structure, counts, LRN, the two classifier uses."""
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ from flax import nnx
 
 import vgg_jax
 from vgg_jax import architectures
+from vgg_jax import model as model_lib
 
 FULL_SIZE_PARAMS = {  # PAPER.md; A, B, D, E are also torchvision's vgg11/13/16/19
     "A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848,
@@ -306,3 +309,75 @@ def test_features_at_any_size_without_the_classifier():
   feats = nnx.jit(lambda m, x: m.features(x))(model, jnp.ones((2, 100, 70, 3)))
   assert feats["relu1_2"].shape == (2, 100, 70, 4)
   assert feats["relu5_3"].shape == (2, 6, 4, 32)
+
+
+# ---------------------------------------------------------------- levers of the step
+
+
+def loss_and_grads(model, x, labels):
+  """The train step's loss and parameter gradients (dropout off, so runs compare)."""
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def loss_fn(params):
+    net = nnx.merge(graphdef, params)
+    net.eval()
+    logits = net(x)
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean()
+
+  return jax.value_and_grad(loss_fn), params
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 7, 9, 2)])
+def test_reshape_pool_equals_reduce_window(shape):
+  x = jax.random.normal(jax.random.key(0), shape)
+  np.testing.assert_array_equal(model_lib.max_pool_reshape(x), model_lib.max_pool(x))
+
+
+@pytest.mark.parametrize("options", [dict(pool="reshape"), dict(relu_grad="output"),
+                                     dict(pool="reshape", relu_grad="output")])
+def test_levers_give_today_s_loss_and_gradients(options):
+  x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
+  labels = jnp.arange(4) % 10
+  results = []
+  for kw in ({}, options):
+    grad_fn, params = loss_and_grads(small("D", **kw), x, labels)
+    results.append(jax.jit(grad_fn)(params))
+  (loss, grads), (lever_loss, lever_grads) = results
+  np.testing.assert_allclose(lever_loss, loss, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(lever_grads), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.abs(b).max()))
+
+
+def step_hlo(**kw) -> str:
+  """The (unoptimised) HLO of the gradient computation: what every backend starts from."""
+  grad_fn, params = loss_and_grads(small("A", **kw), jnp.ones((2, 32, 32, 3)),
+                                   jnp.zeros((2,), jnp.int32))
+  return jax.jit(grad_fn).lower(params).as_text(dialect="hlo")
+
+
+def test_reshape_pool_leaves_no_select_and_scatter():
+  assert "select-and-scatter" in step_hlo()
+  assert "select-and-scatter" not in step_hlo(pool="reshape")
+
+
+def relu_input_users(relu_grad: str) -> list[int]:
+  """For each conv ReLU of A's gradient computation (jax.nn.relu stays a custom_jvp call,
+  ours is inlined as its max), how many equations use its input, the conv + bias output."""
+  grad_fn, params = loss_and_grads(small("A", relu_grad=relu_grad), jnp.ones((2, 32, 32, 3)),
+                                   jnp.zeros((2,), jnp.int32))
+  eqns = jax.make_jaxpr(grad_fn)(params).jaxpr.eqns
+  users = collections.Counter(v for e in eqns for v in e.invars if not hasattr(v, "val"))
+  return [users[e.invars[0]] for e in eqns
+          if e.primitive.name in ("custom_jvp_call", "max") and e.invars[0].aval.ndim == 4]
+
+
+def test_relu_grad_from_output_leaves_the_conv_output_one_user():
+  assert relu_input_users("output") == [1] * 8  # A's eight convolutions
+  assert relu_input_users("input") == [2] * 8   # the ReLU and its gradient's x > 0
+
+
+def test_unknown_lever_values_are_errors():
+  with pytest.raises(ValueError, match="unknown pool"):
+    model_lib.VGGConfig(pool="avg")
+  with pytest.raises(ValueError, match="unknown relu_grad"):
+    model_lib.VGGConfig(relu_grad="leaky")

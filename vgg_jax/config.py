@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from vgg_jax import architectures, data
+from vgg_jax import architectures, data, profiling
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -23,7 +23,10 @@ def base_config() -> ml_collections.ConfigDict:
       name="A", width=1.0, fc_width=0, batch_norm=False, dropout=0.5,
       init="paper", init_std=1e-2,  # std, not variance: see VGGConfig
       lrn_alpha_over_n=False,
-      dtype="float32", param_dtype="float32")
+      dtype="float32", param_dtype="float32",
+      # How the step computes pools and ReLU gradients, same values either way (see
+      # VGGConfig): "reduce_window" | "reshape", "input" | "output".
+      pool="reduce_window", relu_grad="input")
 
   # Every field is documented in vgg_jax.data.default_config. S is always (lo, hi):
   # ConfigDict fields keep their type, and (256, 256) is a fixed S.
@@ -52,6 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint = dict(every_steps=1000, keep=3, keep_best=True)
   c.log_every_steps = 50
   c.eval_every_epochs = 1
+  # (first, last) train steps to trace with jax.profiler into WORKDIR/profile, which
+  # TensorBoard's profile tab reads; (0, 0) traces nothing (see vgg_jax.profiling).
+  c.profile_steps = (0, 0)
   c.lock()
   return c
 
@@ -147,6 +153,7 @@ def validate(config: ml_collections.ConfigDict, data_parallel: int) -> None:
                      f"{config.data.crop}")
   for spec in config.evaluations:
     parse_evaluation(spec)
+  profiling.check_steps(config.profile_steps)
 
 
 def _paths(config, prefix=""):

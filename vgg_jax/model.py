@@ -63,6 +63,13 @@ class VGGConfig:
   batch_norm: conv-BN-ReLU in every conv layer, as torchvision's vgg*_bn (not in the
     paper).
   dtype / param_dtype: compute and storage dtypes (bf16 compute, fp32 parameters).
+  pool: how the 2x2 max-pools are computed, same values either way: "reduce_window"
+    (XLA's reduce-window; its gradient is a select-and-scatter, emitted with atomics on
+    GPUs) or "reshape" (a max over the reshaped 2x2 windows; its gradient is a compare
+    and a select). Ties split the gradient there (the reshape) or give it to one input.
+  relu_grad: where ReLU's gradient mask comes from: "input" (jax.nn.relu: the
+    pre-activation, so each convolution's output has two users) or "output" (y > 0,
+    the same mask, so the convolution's output has one user and can fuse with its ReLU).
   """
   name: str = "D"
   num_classes: int = 1000
@@ -77,6 +84,8 @@ class VGGConfig:
   lrn: LRNConfig = LRNConfig()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  pool: str = "reduce_window"
+  relu_grad: str = "input"
 
   def __post_init__(self):
     object.__setattr__(self, "name", architectures.canonical_name(self.name))
@@ -92,6 +101,10 @@ class VGGConfig:
       raise ValueError(f"image_size {self.image_size} is too small: {too_small_reason()}")
     if self.init not in INITIALIZERS:
       raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITIALIZERS)}")
+    for field, choices in (("pool", POOLINGS), ("relu_grad", RELUS)):
+      if getattr(self, field) not in choices:
+        raise ValueError(f"unknown {field} {getattr(self, field)!r}; choose one of "
+                         f"{', '.join(choices)}")
 
   @property
   def head_kernel(self) -> int:
@@ -140,7 +153,33 @@ def local_response_norm(x: jax.Array, cfg: LRNConfig) -> jax.Array:
 
 
 def max_pool(x: jax.Array) -> jax.Array:
+  """2x2 stride-2 VALID max-pool by reduce-window."""
   return nnx.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+
+
+def max_pool_reshape(x: jax.Array) -> jax.Array:
+  """The same pool as a max over the reshaped 2x2 windows (an odd last row or column
+  dropped, as VALID does): its gradient has no select-and-scatter."""
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+@jax.custom_jvp
+def relu_output_grad(x: jax.Array) -> jax.Array:
+  """ReLU whose gradient mask is taken from its output (y > 0, as jax.nn.relu's x > 0),
+  so the backward pass keeps y alone and the pre-activation has one user."""
+  return jnp.maximum(x, 0)
+
+
+@relu_output_grad.defjvp
+def _relu_output_grad_jvp(primals, tangents):
+  y = jnp.maximum(primals[0], 0)
+  return y, jnp.where(y > 0, tangents[0], jnp.zeros_like(tangents[0]))
+
+
+POOLINGS = {"reduce_window": max_pool, "reshape": max_pool_reshape}
+RELUS = {"input": nnx.relu, "output": relu_output_grad}
 
 
 class VGG(nnx.Module):
@@ -202,7 +241,8 @@ class VGG(nnx.Module):
     out = {}
     x = x.astype(self.cfg.dtype)
     for name in self.plan[:last + 1]:
-      x = self._apply(name, x, dense=dense, rngs=rngs)
+      with jax.named_scope(name):  # names each op in the HLO and in profiles by its layer
+        x = self._apply(name, x, dense=dense, rngs=rngs)
       if name in wanted:
         out[name] = x
     if "fc8" in out:
@@ -217,9 +257,9 @@ class VGG(nnx.Module):
   def _apply(self, name: str, x: jax.Array, *, dense: bool, rngs) -> jax.Array:
     kind = name.rstrip("0123456789_")
     if kind == "relu":
-      return nnx.relu(x)
+      return RELUS[self.cfg.relu_grad](x)
     if kind == "pool":
-      return max_pool(x)
+      return POOLINGS[self.cfg.pool](x)
     if kind == "lrn":
       return local_response_norm(x, self.cfg.lrn)
     if kind == "drop":

@@ -33,6 +33,7 @@ from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
 from vgg_jax import data as data_lib
 from vgg_jax import metrics as metrics_lib
+from vgg_jax import profiling
 from vgg_jax import sharding as sharding_lib
 from vgg_jax import weights as weights_lib
 from vgg_jax.model import LRNConfig, VGG, VGGConfig
@@ -53,7 +54,9 @@ def model_config(config: ml_collections.ConfigDict, num_classes: int,
       batch_norm=m.batch_norm, dropout=m.dropout, image_size=config.data.crop,
       in_channels=in_channels, init=m.init, init_std=m.init_std,
       lrn=LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
-      dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype))
+      dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
+      # runs from before these fields computed both the first way
+      pool=m.get("pool", "reduce_window"), relu_grad=m.get("relu_grad", "input"))
 
 
 def model_graphdef(cfg: VGGConfig):
@@ -312,6 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   writer = metrics_lib.MetricWriter(workdir)
   progress = metrics_lib.Progress(total_steps, start_step, batch_size)
   preemption = Preemption()
+  profiler = profiling.StepProfiler(workdir, config.profile_steps)
   if start_step:
     progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
   if copied:
@@ -337,6 +341,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   last_eval = evaluate(program, state, eval_data) if start_step >= total_steps else {}
   try:
     for step in range(start_step + 1, total_steps + 1):
+      profiler.step(step, state)
       state, metrics = program.step(state, next(batches))
       if previous is not None:
         log(*previous)
@@ -372,6 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         progress.write(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
         break
   finally:
+    profiler.close(state)
     batches.close()
     preemption.restore()
     checkpoints.wait()

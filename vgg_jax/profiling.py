@@ -1,0 +1,48 @@
+"""The trainer's profiler switch: `config.profile_steps = (first, last)` traces those
+train steps with jax.profiler into WORKDIR/profile.
+
+TensorBoard reads the trace (`tensorboard --logdir WORKDIR/profile`, the profile tab,
+with the tensorboard-plugin-profile package), and so does
+`python benchmarks/profile_summary.py WORKDIR/profile`, which sums the time per layer
+and kind of op on any machine.
+"""
+
+import os
+
+import jax
+
+
+def check_steps(steps) -> None:
+  """(0, 0) is off; otherwise 1 <= first <= last."""
+  first, last = steps
+  if (first, last) != (0, 0) and not 1 <= first <= last:
+    raise ValueError(f"profile_steps must be (first, last) with 1 <= first <= last, or "
+                     f"(0, 0) for none; got {tuple(steps)}")
+
+
+class StepProfiler:
+  """Starts a trace before step `first`, once the steps before it have finished on the
+  devices, and stops it after step `last` has finished, so the trace holds exactly those
+  steps' work (two waits on the devices, nothing else changes in the loop)."""
+
+  def __init__(self, workdir: str, steps):
+    check_steps(steps)
+    self.first, self.last = steps
+    self.directory = os.path.join(workdir, "profile")
+    self.tracing = False
+
+  def step(self, step: int, state) -> None:
+    """Call before running `step`; `state` is what the previous step returned."""
+    if step == self.first and self.first:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.directory)
+      self.tracing = True
+    elif step == self.last + 1:
+      self.close(state)
+
+  def close(self, state=None) -> None:
+    """Stops a running trace (the loop ended inside the traced steps)."""
+    if self.tracing:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.tracing = False
