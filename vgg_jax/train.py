@@ -42,6 +42,13 @@ class NonFiniteLoss(FloatingPointError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class Preempted(Exception):
+  """SIGTERM stopped the run after saving: rerun it, do not count it as failed."""
+
+
+PREEMPTED_EXIT_CODE = 75  # launch.py's exit status for a preempted run (EX_TEMPFAIL)
+
+
 # ------------------------------------------------------------------- model and optimiser
 
 
