@@ -468,6 +468,13 @@ def evaluate_many(models: Sequence[Trained], evaluations: Sequence[tuple[str, st
   return results
 
 
+def configured(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+  """A run's `config.evaluations` (base_config's for runs from before the field), parsed:
+  what `launch.py eval --configured` and a sweep evaluate."""
+  return [config_lib.parse_evaluation(spec)
+          for spec in config.get("evaluations", config_lib.base_config().evaluations)]
+
+
 def table_row(result: dict) -> str:
   """The result as a row under TABLE_HEADER (errors in %, as the paper's tables)."""
   models = result["models"]
