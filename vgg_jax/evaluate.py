@@ -262,6 +262,14 @@ def forward(params, batch_stats, images, *, graphdef, dense: bool) -> jax.Array:
   return model(images, dense=dense)
 
 
+@functools.lru_cache(maxsize=None)
+def forward_program(model: VGGConfig, batch_sharding) -> Any:
+  """The jitted forward of a network: one per (model, sharding) in a process, so the
+  runs of a sweep (a config's seeds) share its compilations."""
+  return jax.jit(functools.partial(forward, graphdef=train.model_graphdef(model)),
+                 static_argnames="dense", out_shardings=batch_sharding)
+
+
 def one_ahead(items: Iterator) -> Iterator:
   """Each item once the next one exists: the device runs a batch while the host
   prepares the next and reads the one before."""
@@ -295,9 +303,7 @@ class Runner:
                        f"{jax.process_count()} processes")
     self.local_batch = self.batch_size // jax.process_count()
     self.batch_sharding = sharding.batch_sharding(trained.mesh)
-    self._forward = jax.jit(
-        functools.partial(forward, graphdef=train.model_graphdef(trained.model)),
-        static_argnames="dense", out_shardings=self.batch_sharding)
+    self._forward = forward_program(trained.model, self.batch_sharding)
     self.programs: set[tuple] = set()
 
   def dispatch(self, images: np.ndarray, dense: bool) -> jax.Array:
