@@ -351,3 +351,30 @@ def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(tmp_pa
   assert step._cache_size() == 1  # compiled once for the three trainings of A
   assert os.listdir(sweep.compilation_cache_dir(str(tmp_path)))
 
+
+
+def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
+  """Table 3's chain, He init from scratch (A, B, D, E) and 64x64 (A, B, D), 3 seeds:
+  every run's config is valid, and the forecast at 20% MFU is at most 8 minutes."""
+  from vgg_jax import config as config_lib
+  config_file, runs = sweep.load_sweep(f"{FASHION}:gpu")
+  assert len(runs) == 3 * (12 + 4 + 3)
+  by_name = {r.name: r for r in runs}
+  for seed in range(3):
+    he, he64 = by_name[f"he_E_S32_seed{seed}"], by_name[f"he64_D_S64_seed{seed}"]
+    assert he.parent is None and he64.parent is None and "init=he" in he64.arg
+    assert by_name[f"E_S32_seed{seed}"].parent == f"A_S32_seed{seed}"
+  for run in runs:
+    config = sweep.run_config(run, config_file, "/root")
+    config_lib.validate(config, 1)
+    assert (config.model.width, config.model.dtype, config.optim.batch_size) == (
+        0.5, "bfloat16", 512)
+    assert config.data.crop == (64 if run.name.startswith("he64_") else 32)
+  flops = sweep.run_flops(runs, config_file)
+  minutes = sum(flops.values()) / (sweep.PEAK_FLOPS["h200"] * 0.2) / 60
+  assert minutes <= 8
+  assert f"{minutes:.1f} h200-minutes" in sweep.forecast(runs, config_file, "h200", 0.2, flops)
+  _, smoke = sweep.load_sweep(f"{FASHION}:smoke")
+  assert [r.name for r in smoke] == ["A_S32_seed0", "B_S32_seed0"]
+  _, seeds5 = sweep.load_sweep(f"{FASHION}:gpu,seeds=5,backend=tfds")
+  assert len(seeds5) == 5 * 19 and all("backend=tfds" in r.arg for r in seeds5)

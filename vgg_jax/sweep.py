@@ -53,9 +53,10 @@ class Run:
 
 
 # The training scales that stand for the paper's S = 256, 384 and [256, 512], per data
-# set (Fashion-MNIST's 32x32 crops scale S down by 7).
+# set (Fashion-MNIST's 32x32 crops scale S down by 7; "@64": at 64x64 crops).
 PAPER_SCALES = {"imagenet2012": {"256": "256", "384": "384", "256-512": "256-512"},
-                "fashion_mnist": {"256": "32", "384": "40", "256-512": "32-48"}}
+                "fashion_mnist": {"256": "32", "384": "40", "256-512": "32-48"},
+                "fashion_mnist@64": {"256": "64", "384": "80", "256-512": "64-96"}}
 
 # Table 3's (configuration, training scale) pairs.
 TABLE3 = (("A", "256"), ("A-LRN", "256"), ("B", "256"),
@@ -66,14 +67,16 @@ TABLE3 = (("A", "256"), ("A-LRN", "256"), ("B", "256"),
 
 def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
                 warm_start: bool = True, scales: dict[str, str], extra: str = "",
-                finetune: dict | None = None) -> list[dict]:
+                finetune: dict | None = None, init: str = "glorot",
+                prefix: str = "") -> list[dict]:
   """Runs for the (config, S) pairs of `table` per seed; `scales` maps the paper's S
   ("256", "384", "256-512") to this data set's, `extra` is appended to every run's arg
   and `finetune` (overrides) to the fine-tuned runs'. With `warm_start`, the paper's
-  chain; without, every run starts from Glorot init (the paper's note)."""
+  chain; without, every run starts from `init` (Glorot's: the paper's note). `prefix`
+  starts every run's name (several arms in one sweep)."""
   runs = []
   for seed in seeds:
-    name = lambda model, scale: f"{model}_S{scales[scale]}_seed{seed}"  # noqa: E731
+    name = lambda model, scale: f"{prefix}{model}_S{scales[scale]}_seed{seed}"  # noqa: E731
     for model, scale in table:
       run = dict(name=name(model, scale),
                  arg=f"model={model},S={scales[scale]},seed={seed}{extra}")
@@ -84,7 +87,7 @@ def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
       elif model not in ("A", "A-LRN") and warm_start:
         run.update(parent=name("A", "256"), layers="paper")
       elif not warm_start:
-        run["arg"] += ",init=glorot"
+        run["arg"] += f",init={init}"
       runs.append(run)
   return runs
 
