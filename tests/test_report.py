@@ -15,11 +15,12 @@ from test_sweep import FASHION, ROOT, TINY
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(root, name: str, seed: int, results: list[dict]):
+def write_run(root, name: str, seed: int, results: list[dict], init: str = "glorot",
+              crop: int = 32):
   """A run directory as a sweep leaves it: config.json and eval/*.json."""
   os.makedirs(root / name / "eval")
   (root / name / "config.json").write_text(json.dumps(
-      dict(seed=seed, data=dict(name="fashion_mnist"))))
+      dict(seed=seed, data=dict(name="fashion_mnist", crop=crop), model=dict(init=init))))
   for i, result in enumerate(results):
     (root / name / "eval" / f"{i}.json").write_text(json.dumps(result))
 
@@ -35,7 +36,7 @@ def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
     write_run(tmp_path, f"A_S32_seed{seed}", seed, [
         result("A", "32", [32], "dense", top1, top5),
         result("A", "32", [32, 37], "dense", top1 - 0.01, top5),
-        result("A", "32", [32], "dense", 0.5, 0.5, models=2)])  # an ensemble: not ours
+        result("A", "32", [32], "dense", 0.5, 0.5, models=2)])  # an ensemble: Table 6
   write_run(tmp_path, "D_S32-48_seed0", 0, [
       result("D", "[32,48]", [40], "dense", 0.08, 0.01),
       result("D", "[32,48]", [32, 40, 48], "dense", 0.07, 0.01),
@@ -57,8 +58,9 @@ def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
       ("dense", "test", 24.8), ("multicrop", "test", 24.6), ("dense", "test[:20]", 24.8),
       ("multicrop", "test[:20]", 24.6)]  # Table 4 above has the test set's alone
   text = report.tables_markdown(rows)
-  assert ("| A | 32 | 256 | 32 | dense | test | 2 | 12.00 ± 2.83 | 2.50 ± 0.71 | 29.6 | 10.4 |"
-          in text)
+  assert ("| glorot 32px | A | 32 | 256 | 32 | dense | test | 2 | 12.00 ± 2.83 | 2.50 ± 0.71 |"
+          " 29.6 | 10.4 |" in text)
+  assert [(r["config"], r["n"], r["top1_mean"]) for r in rows[6]] == [("A+A", 2, 50.0)]
 
 
 def test_report_writes_tables_and_a_figure_with_configs_of_equal_depth(tmp_path):
@@ -68,7 +70,8 @@ def test_report_writes_tables_and_a_figure_with_configs_of_equal_depth(tmp_path)
   text, written = report.report(str(tmp_path))
   out = tmp_path / "report"
   assert written == [str(out / name) for name in (
-      "tables.md", "table3.csv", "table4.csv", "table5.csv", "depth_vs_error.png")]
+      "tables.md", "table3.csv", "table4.csv", "table5.csv", "table6.csv",
+      "depth_vs_error.png")]
   assert (out / "tables.md").read_text() == text
   assert [r["config"] for r in read_csv(out / "table3.csv")] == ["A", "A-LRN", "C", "D"]
   read_png(out / "depth_vs_error.png")
