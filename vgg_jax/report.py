@@ -1,10 +1,12 @@
 """Tables 3-5 and figures from a sweep's evaluations, beside the paper's ImageNet numbers.
 
-`collect` reads every run's eval/*.json under a sweep root (single networks; ensembles
-are Table 6's business) with the run's seed and dataset from its config.json; `tables`
-averages them over seeds per (config, S, Q, protocol) as the paper's Tables 3, 4 and 5;
-`report` writes ROOT/report/: tables.md, table3.csv ... table5.csv, depth_vs_error.png
-and curves/NAME.png (each run's training curves).
+`collect` reads every run's eval/*.json under a sweep root (single networks and
+ensembles) with the run's seed, arm and dataset from its config.json; `tables` averages
+them over seeds per (arm, config, S, Q, protocol) as the paper's Tables 3, 4, 5 and 6;
+`claims` compares paired seeds for each of the paper's claims and says whether it
+reproduced; `report` writes ROOT/report/: tables.md (Tables 3-6 and the claims),
+table3.csv ... table6.csv, claims.csv, depth_vs_error.png and curves/NAME.png (each
+run's training curves).
 
   python launch.py report ROOT
 """
@@ -164,9 +166,9 @@ def markdown(rows: list[dict]) -> str:
        _number(r["paper_top1"]), _number(r["paper_top5"])] for r in rows])
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: list[dict], header: list[str] = CSV_HEADER) -> str:
   out = io.StringIO()
-  writer = csv.DictWriter(out, CSV_HEADER, lineterminator="\n")
+  writer = csv.DictWriter(out, header, lineterminator="\n")
   writer.writeheader()
   writer.writerows(rows)
   return out.getvalue()
@@ -194,6 +196,128 @@ def tables(records: list[dict]) -> dict[int, list[dict]]:
 def tables_markdown(rows: dict[int, list[dict]]) -> str:
   """Our top-1/top-5 error (%) as mean ± std over n seeds; the paper's is ILSVRC-2012."""
   return "\n\n".join(f"## {TITLES[t]}\n\n{markdown(rows[t])}" for t in TITLES) + "\n"
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+# One side of a comparison: (config, the paper's S regime, protocol, multi-scale Q).
+Side = tuple[str, str, str, bool]
+
+
+def paper_claims() -> list[tuple[str, Side, Side]]:
+  """The paper's comparisons as (claim, baseline, other): the other side has the lower
+  top-1 error in the paper, except A-LRN (no gain from LRN: slightly higher)."""
+  single = lambda config, s="256", protocol="dense": (config, s, protocol, False)  # noqa
+  multi = lambda config, s="256-512", protocol="dense": (config, s, protocol, True)  # noqa
+  return ([(f"depth: A vs {c}", single("A"), single(c)) for c in "BDE"]
+          + [("LRN: A vs A-LRN", single("A"), single("A-LRN"))]
+          + [(f"3x3 over 1x1: C vs D, S {s}", single("C", s), single("D", s))
+             for s in REGIME_ORDER]
+          + [(f"jittered S: {c}, S {s} vs [256,512]", single(c, s), single(c, "256-512"))
+             for c in "CDE" for s in ("256", "384")]
+          + [(f"multi-scale test: {c}, S {s}, one Q vs three", single(c, s), multi(c, s))
+             for c, s in PAPER_TABLE4]
+          + [(f"multi-crop vs dense: {c}", multi(c), multi(c, protocol="multicrop"))
+             for c in "DE"]
+          + [(f"multi-crop & dense vs multi-crop: {c}", multi(c, protocol="multicrop"),
+              multi(c, protocol="multicrop+dense")) for c in "DE"])
+
+
+def paper_top1(side: Side) -> float | None:
+  config, paper_s, protocol, multi_q = side
+  if not multi_q:
+    return PAPER_TABLE3.get((config, paper_s)) and PAPER_TABLE3[config, paper_s][0]
+  table = 4 if protocol == "dense" else 5
+  numbers = paper_numbers(table, config, paper_s, protocol)
+  return numbers[0] if numbers else None
+
+
+def side_errors(records: list[dict], arm_name: str, side: Side) -> dict[int, dict]:
+  """{seed: {split: (top-1 error %, images)}} of one side's single-net records."""
+  config, paper_s, protocol, multi_q = side
+  errors = {}
+  for r in records:
+    if (not r.get("ensemble") and (r["arm"], r["config"], r["regime"], r["protocol"])
+        == (arm_name, config, paper_s, protocol) and ("," in r["Q"]) == multi_q):
+      errors.setdefault(r["seed"], {})[r["split"]] = (100 * r["top1_err"], r["count"])
+  return errors
+
+
+def paired_differences(base: dict[int, dict], other: dict[int, dict]) -> list[float]:
+  """other - base per seed that has both, on the largest split both were scored on (a
+  protocol evaluated only on Table 5's subset is compared on that subset)."""
+  diffs = []
+  for seed in sorted(set(base) & set(other)):
+    common = set(base[seed]) & set(other[seed])
+    if common:
+      split = max(common, key=lambda name: base[seed][name][1])
+      diffs.append(other[seed][split][0] - base[seed][split][0])
+  return diffs
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+  """Mean and Student-t confidence interval of the mean (nan bounds for n < 2)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  values = np.asarray(values, np.float64)
+  mean = float(values.mean())
+  if len(values) < 2:
+    return mean, float("nan"), float("nan")
+  half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(
+      len(values))
+  return mean, mean - half, mean + half
+
+
+def verdict(paper_difference: float, low: float, high: float) -> str:
+  """Reproduced when the interval excludes 0 on the paper's side, not reproduced when
+  it excludes 0 on the other side, otherwise inconclusive."""
+  if np.isnan(low):
+    return "inconclusive (n < 2)"
+  if low > 0 or high < 0:
+    return "reproduced" if (low > 0) == (paper_difference > 0) else "not reproduced"
+  return "inconclusive"
+
+
+def claims(records: list[dict], level: float = 0.95) -> list[dict]:
+  """Per arm and paper claim with paired seeds: our top-1 error difference (other -
+  base, points) with its t-interval, the paper's, and the verdict."""
+  rows = []
+  for arm_name in sorted({r["arm"] for r in records}):
+    for claim, base, other in paper_claims():
+      paper = (paper_top1(base), paper_top1(other))
+      diffs = paired_differences(side_errors(records, arm_name, base),
+                                 side_errors(records, arm_name, other))
+      if not diffs or None in paper:
+        continue
+      mean, low, high = t_interval(diffs, level)
+      rows.append(dict(arm=arm_name, claim=claim, n=len(diffs), paper_base=paper[0],
+                       paper_other=paper[1], paper_diff=round(paper[1] - paper[0], 2),
+                       diff=mean, low=low, high=high,
+                       verdict=verdict(paper[1] - paper[0], low, high)))
+  return rows
+
+
+def _interval(row: dict) -> str:
+  bounds = "" if np.isnan(row["low"]) else f" [{row['low']:+.2f}, {row['high']:+.2f}]"
+  return f"{row['diff']:+.2f}{bounds}"
+
+
+CLAIMS_HEADER = ["arm", "claim", "paper top-1 %", "paper diff", "our diff [95% CI]", "n",
+                 "verdict"]
+
+
+def claims_markdown(rows: list[dict]) -> str:
+  return ("## What reproduced: the paper's claims, paired by seed\n\n"
+          "Top-1 error of the second minus the first, in points (negative: the second is "
+          "better), mean over seeds with a 95% Student-t interval (n seeds, n - 1 degrees "
+          "of freedom). Reproduced: the interval excludes 0 on the paper's side; not "
+          "reproduced: on the other side; otherwise inconclusive. The paper's A-LRN claim "
+          "is that LRN does not help, which an inconclusive verdict is consistent with.\n\n"
+          + markdown_table(CLAIMS_HEADER, [
+              [r["arm"], r["claim"], f"{r['paper_base']:.1f} → {r['paper_other']:.1f}",
+               f"{r['paper_diff']:+.1f}",
+               _interval(r), r["n"], r["verdict"]]
+              for r in rows]) + "\n")
 
 
 # ---------------------------------------------------------------------------- figures
@@ -278,10 +402,13 @@ def report(root: str) -> tuple[str, list[str]]:
   """Writes ROOT/report/; returns the Markdown and the paths written."""
   out = os.path.join(root, "report")
   os.makedirs(os.path.join(out, "curves"), exist_ok=True)
-  rows = tables(collect(root))
-  text = tables_markdown(rows)
+  records = collect(root)
+  rows, verdicts = tables(records), claims(records)
+  text = tables_markdown(rows) + "\n" + claims_markdown(verdicts)
   written = [_write(os.path.join(out, "tables.md"), text)]
   written += [_write(os.path.join(out, f"table{t}.csv"), to_csv(rows[t])) for t in rows]
+  written.append(_write(os.path.join(out, "claims.csv"), to_csv(verdicts, list(
+      verdicts[0]) if verdicts else ["arm", "claim"])))
   written.append(depth_figure(rows[3], os.path.join(out, "depth_vs_error.png")))
   for metrics_path in sorted(glob.glob(os.path.join(root, "*", "metrics.jsonl"))):
     workdir = os.path.dirname(metrics_path)
