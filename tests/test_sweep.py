@@ -378,3 +378,32 @@ def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
   assert [r.name for r in smoke] == ["A_S32_seed0", "B_S32_seed0"]
   _, seeds5 = sweep.load_sweep(f"{FASHION}:gpu,seeds=5,backend=tfds")
   assert len(seeds5) == 5 * 19 and all("backend=tfds" in r.arg for r in seeds5)
+
+
+def test_table6_ensembles_pair_d_with_e_and_the_best_two_per_seed(tmp_path, monkeypatch):
+  """Done runs A, B, D, E of two seeds, B and D best on Table 3: the ensembles are D+E
+  and B+D of each seed, evaluated once each into the first run's eval/."""
+  from test_report import result, write_run
+  from vgg_jax import evaluate
+  top1 = {"A": 0.12, "B": 0.09, "D": 0.10, "E": 0.11}
+  specs = []
+  for seed in range(2):
+    for config, error in top1.items():
+      name = f"{config}_S32_seed{seed}"
+      specs.append(dict(name=name, arg=f"model={config},seed={seed}"))
+      write_run(tmp_path, name, seed, [result(config, "32", [32], "dense", error, 0.01)])
+      (tmp_path / name / sweep.EVALUATED).write_text("{}")
+  runs = sweep.expand(specs)
+  pairs = sweep.ensemble_pairs(runs, FASHION, str(tmp_path))
+  assert [(a.name, b.name) for a, b in pairs] == [
+      ("D_S32_seed0", "E_S32_seed0"), ("B_S32_seed0", "D_S32_seed0"),
+      ("D_S32_seed1", "E_S32_seed1"), ("B_S32_seed1", "D_S32_seed1")]
+  evaluated = []
+  monkeypatch.setattr(evaluate, "load_trained", lambda workdir: types.SimpleNamespace(
+      config=None, workdir=workdir))
+  monkeypatch.setattr(evaluate, "configured", lambda config: [("dense", "", "")])
+  monkeypatch.setattr(evaluate, "evaluate_many", lambda models, evaluations: evaluated.append(
+      tuple(os.path.basename(m.workdir) for m in models)) or [])
+  for _ in range(2):  # the second time, nothing is left to do
+    sweep.evaluate_ensembles(pairs, str(tmp_path), log=print)
+  assert evaluated == [(a.name, b.name) for a, b in pairs]

@@ -352,7 +352,63 @@ def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int
   if pending:
     log(f"{len(pending)} runs not started ({stopping or 'their parents did not finish'});"
         " run the same command again to continue")
+  elif not stopping:
+    evaluate_ensembles(ensemble_pairs(runs, config_file, root), root, log)
   return {run.name: outcome.get(run.name, "pending") for run in runs}
+
+
+def ensemble_pairs(runs: Sequence[Run], config_file: str, root: str
+                   ) -> list[tuple[Run, Run]]:
+  """Table 6's ensembles among the done runs: per arm (init, crop), S and seed, D with E,
+  and the two configs with the lowest mean Table 3 top-1 error over seeds if another
+  pair."""
+  from vgg_jax import report  # pylint: disable=import-outside-toplevel
+  groups = {}
+  for run in runs:
+    if state(run, root) == "done":
+      c = run_config(run, config_file)
+      key = (c.model.init, c.data.crop, tuple(c.data.scale))
+      groups.setdefault(key, {}).setdefault(c.seed, {})[c.model.name] = run
+  if all(len(members) < 2 for by_seed in groups.values() for members in by_seed.values()):
+    return []
+  table3 = {r["run"]: r["top1_err"] for r in report.largest_splits(report.collect(root))
+            if 3 in report.table_of(r)}
+  pairs = []
+  for by_seed in groups.values():
+    errors = {}
+    for members in by_seed.values():
+      for config, run in members.items():
+        if run.name in table3:
+          errors.setdefault(config, []).append(table3[run.name])
+    best = tuple(sorted(errors, key=lambda config: sum(errors[config]) / len(errors[config])
+                        )[:2])
+    for members in by_seed.values():
+      for pair in dict.fromkeys([("D", "E"), tuple(sorted(best))]):
+        if len(pair) == 2 and all(config in members for config in pair):
+          pairs.append(tuple(members[config] for config in pair))
+  return pairs
+
+
+def evaluate_ensembles(pairs: Sequence[tuple[Run, Run]], root: str,
+                       log: Callable[[str], None]) -> None:
+  """Each pair's soft-max average under the first run's configured evaluations (what
+  `launch.py eval --workdir FIRST --ensemble SECOND` does per protocol), written to the
+  first run's eval/ (..._with_SECOND.json, for the report's Table 6); done once."""
+  from vgg_jax import evaluate  # pylint: disable=import-outside-toplevel
+  for first, second in pairs:
+    marker = os.path.join(root, first.name, f"sweep_ensemble_{second.name}.json")
+    if os.path.exists(marker):
+      continue
+    try:
+      models = [evaluate.load_trained(os.path.join(root, run.name)) for run in (first, second)]
+      paths = [evaluate.write_result(result) for result in evaluate.evaluate_many(
+          models, evaluate.configured(models[0].config))]
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"ensemble {first.name} + {second.name} failed: {e!r}")
+      continue
+    with open(marker, "w") as f:
+      json.dump(paths, f)
+    log(f"[{time.strftime('%H:%M:%S')}] ensemble {first.name} + {second.name}: evaluated")
 
 
 def exit_status(outcome: dict[str, str]) -> int:
