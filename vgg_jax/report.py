@@ -342,7 +342,8 @@ def depth_positions(spread: float = 0.5) -> dict[str, float]:
 
 def depth_figure(rows: list[dict], path: str) -> str:
   """Table 3's top-1 and top-5 error against depth, a line per S regime (colour) and
-  arm (line style) with error bars over seeds; the paper's points (dashed, hollow) on the right-hand axis."""
+  arm (line style) with error bars over seeds; the paper's points (dashed, hollow) on
+  the right-hand axis."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
   x = depth_positions()

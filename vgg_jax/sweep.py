@@ -564,9 +564,13 @@ def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str
         f"#SBATCH --gpus-per-node={gpus_per_node}",
         f"#SBATCH --time={time}",
         f"#SBATCH --output={workdir}/slurm-%j.out",
+        "#SBATCH --requeue",
         "set -euo pipefail",  # a failed training is not evaluated, and fails the job
+        "# A preempted step (exit 75) requeues the job, which resumes from its checkpoints.",
+        f"run() {{ \"$@\" || {{ status=$?; [ $status -ne {train.PREEMPTED_EXIT_CODE} ] || "
+        "scontrol requeue \"$SLURM_JOB_ID\"; exit $status; }; }",
         f"mkdir -p {workdir}",
-        *(f"srun {command}" for command in cluster_commands(run, config_file, root, repo)),
+        *(f"run srun {command}" for command in cluster_commands(run, config_file, root, repo)),
         ""])
     after = f" --dependency=afterok:${{job_{_shell(run.parent)}}}" if run.parent else ""
     submit.append(f"job_{_shell(run.name)}=$(sbatch --parsable{after} "
@@ -578,10 +582,16 @@ def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str
 def tpu_commands(runs: Sequence[Run], config_file: str, root: str, *, repo: str,
                  tpu: str, zone: str) -> list[str]:
   """gcloud commands that start each run on every host of a Cloud TPU VM pod, parents
-  first (as big_vision's README does); run them one after another."""
-  return [f"gcloud compute tpus tpu-vm ssh {tpu} --zone={zone} --worker=all "
-          f"--command={shlex.quote(' && '.join(cluster_commands(run, config_file, root, repo)))}"
-          for run in runs]
+  first (as big_vision's README does); run them one after another. A preempted training
+  (exit 75) starts again and resumes from its checkpoints; the evaluation follows."""
+  commands = []
+  for run in runs:
+    training, evaluation = cluster_commands(run, config_file, root, repo)
+    remote = (f"until {training}; do s=$?; [ $s -eq {train.PREEMPTED_EXIT_CODE} ] || exit $s;"
+              f" done && {evaluation}")
+    commands.append(f"gcloud compute tpus tpu-vm ssh {tpu} --zone={zone} --worker=all "
+                    f"--command={shlex.quote(remote)}")
+  return commands
 
 
 def _shell(name: str) -> str:
