@@ -22,9 +22,10 @@
            host of a Cloud TPU VM pod (gcloud ... --worker=all).
   status   --config experiments/FILE.py:ARG --workdir ROOT: each run's state and
            last validation metrics.
-  report   ROOT: Tables 3-5 of a sweep's evaluations (mean +- std over seeds) beside the
-           paper's numbers, as Markdown and CSV, the error-vs-depth figure and each
-           run's training curves, in ROOT/report/; prints the Markdown.
+  report   ROOT: Tables 3-6 of a sweep's evaluations (mean +- std over seeds) beside the
+           paper's numbers and, per claim of the paper, the paired-seed difference with a
+           t-interval and whether it reproduced, as Markdown and CSV, the error-vs-depth
+           figure and each run's training curves, in ROOT/report/; prints the Markdown.
   convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
            (.pth: vgg11/13/16/19 and _bn) or a Keras VGG16/VGG19 (.keras/.h5) and
            writes it as a vgg_jax orbax checkpoint (read it with weights.load_orbax).

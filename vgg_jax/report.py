@@ -1,4 +1,5 @@
-"""Tables 3-5 and figures from a sweep's evaluations, beside the paper's ImageNet numbers.
+"""Tables 3-6, whether the paper's claims reproduced, and figures from a sweep's
+evaluations, beside the paper's ImageNet numbers.
 
 `collect` reads every run's eval/*.json under a sweep root (single networks and
 ensembles) with the run's seed, arm and dataset from its config.json; `tables` averages
