@@ -13,16 +13,19 @@
            the paper's test protocols; prints a table row, writes DIR/eval/*.json.
            --configured runs all of the run's config.evaluations in one pass.
   sweep    --config experiments/FILE.py:ARG --workdir ROOT [--dry_run]: the runs of the
-           file's sweep(ARG), parents first, each in ROOT/NAME; finished runs are
-           skipped, killed ones resume, a failed run's children do not start.
+           file's sweep(ARG), parents first, then seed-major, each in ROOT/NAME, all in
+           this process (--subprocess: one process per run); finished runs are skipped,
+           killed ones resume, a failed run's children do not start, a preempted run
+           stops the sweep (exit status 75); --time_budget_s N starts no run after N s.
            --backend slurm writes ROOT/slurm/*.sbatch and submits them with afterok
            dependencies; --backend tpu --tpu NAME --zone Z starts each run on every
            host of a Cloud TPU VM pod (gcloud ... --worker=all).
   status   --config experiments/FILE.py:ARG --workdir ROOT: each run's state and
            last validation metrics.
-  report   ROOT: Tables 3-5 of a sweep's evaluations (mean +- std over seeds) beside the
-           paper's numbers, as Markdown and CSV, the error-vs-depth figure and each
-           run's training curves, in ROOT/report/; prints the Markdown.
+  report   ROOT: Tables 3-6 of a sweep's evaluations (mean +- std over seeds) beside the
+           paper's numbers and, per claim of the paper, the paired-seed difference with a
+           t-interval and whether it reproduced, as Markdown and CSV, the error-vs-depth
+           figure and each run's training curves, in ROOT/report/; prints the Markdown.
   convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
            (.pth: vgg11/13/16/19 and _bn) or a Keras VGG16/VGG19 (.keras/.h5) and
            writes it as a vgg_jax orbax checkpoint (read it with weights.load_orbax).
@@ -68,6 +71,11 @@ _REPO = flags.DEFINE_string("repo", os.path.dirname(os.path.abspath(__file__)),
                             "sweep: where the code is on the cluster's hosts.")
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: local runs at a time (each "
                                  "starts once its parent is done).")
+_SUBPROCESS = flags.DEFINE_bool("subprocess", False, "sweep: run each run as `launch.py "
+                                "train` and `eval` subprocesses (implied by --parallel > 1) "
+                                "instead of in this process.")
+_TIME_BUDGET = flags.DEFINE_float("time_budget_s", None, "sweep: start no run after this "
+                                  "many seconds; the same command later continues.")
 _ACCELERATOR = flags.DEFINE_string("accelerator", "h100", "sweep: the chip the forecast "
                                    "assumes (h100, h200, a100, tpu-v4, tpu-v5p).")
 _MFU = flags.DEFINE_float("mfu", 0.4, "sweep: the fraction of the chip's bf16 peak the "
@@ -118,9 +126,7 @@ def eval_main():
   models = [evaluate.load_trained(_WORKDIR.value, _STEP.value)]
   models += [evaluate.load_trained(workdir) for workdir in _ENSEMBLE.value]
   if _CONFIGURED.value:
-    from vgg_jax import config as config_lib
-    evaluations = [config_lib.parse_evaluation(spec) for spec in models[0].config.get(
-        "evaluations", config_lib.base_config().evaluations)]  # runs from before the field
+    evaluations = evaluate.configured(models[0].config)
   else:
     evaluations = [(_PROTOCOL.value, _SCALES.value, _EVAL_SPLIT.value)]
   results = evaluate.evaluate_many(models, evaluations, batch_size=_EVAL_BATCH.value,
@@ -153,7 +159,8 @@ def sweep_runs():
 def sweep_main():
   sweep, config_file, runs = sweep_runs()
   root = _WORKDIR.value
-  print(sweep.forecast(runs, config_file, _ACCELERATOR.value, _MFU.value), flush=True)
+  flops = sweep.run_flops(runs, config_file)
+  print(sweep.forecast(runs, config_file, _ACCELERATOR.value, _MFU.value, flops), flush=True)
   if _BACKEND.value == "slurm":
     scripts = sweep.slurm_scripts(runs, config_file, root, repo=_REPO.value,
                                   nodes=_NODES.value, gpus_per_node=_GPUS.value)
@@ -177,10 +184,11 @@ def sweep_main():
     for run in runs:
       print(" ".join(sweep.train_command(run, config_file, root)[1:]))
   else:
-    outcome = sweep.run_local(runs, config_file, root, parallel=_PARALLEL.value)
+    outcome = sweep.run_local(runs, config_file, root, parallel=_PARALLEL.value,
+                              subprocesses=_SUBPROCESS.value, costs=flops,
+                              time_budget_s=_TIME_BUDGET.value)
     print(sweep.status_table(runs, root))
-    if any(state != "done" for state in outcome.values()):
-      sys.exit(1)
+    sys.exit(sweep.exit_status(outcome))
 
 
 def status_main():

@@ -15,8 +15,29 @@ the last N training images instead of the test set; `table5_images=N` is how man
 images Table 5's multi-crop evaluations take; `dtype=bfloat16` computes in bf16;
 `manual_dir=D` reads the IDX files from D (a machine without Debian's package).
 
+`size=64` trains on 64x64 crops (S >= 64: the padded 32x32 image upsampled), `batch`,
+`steps` (max_steps), `test_images` (evaluate on the first N test images) and `patience`
+(epochs without improvement before the LR drops) are the recipe's other knobs.
+
 Should give (A, default arguments, 6 epochs, 2 CPU cores, 2026-11-28): 8.9% top-1 and
 0.12% top-5 test error on the 10,000 test images in 6.5 minutes; `quick` about 18-20%.
+
+Sweeps sized to converge (DESIGNS; `launch.py sweep --config THIS_FILE:gpu --workdir R`):
+  gpu    one H200, 57 runs: Table 3's chain (12 runs), He init from scratch (A, B, D, E)
+         and 64x64 He (A, B, D), x 3 seeds; half width, bf16, batch 512, 20 epochs (5 to
+         fine-tune). Forecast 2.8 H200-minutes of training at 20% MFU; the steps (about
+         94k) and 57 evaluations make the wall time longer: use the device-resident input
+         (`gpu,backend=device` where it exists) and `--time_budget_s` (runs go seed by
+         seed, so what finishes is paired). Power: 3 seeds give a paired t-interval of
+         about +-2.5 sd of the per-seed difference (t 4.30, n 3); at a converged seed
+         noise of 0.1-0.2 points that resolves differences of about 0.5 points.
+  cpu    2 CPU cores in about 40 minutes: A, B and D of the chain at S=32, 1/8 width,
+         4 epochs, 3 seeds (9 runs). Not converged and weak: at its seed noise (0.5-1
+         point at 1/8 width, docs/ablation_fashion_mnist.md) a 3-seed paired interval is
+         about +-1.5 points, so only a difference of 2 points or more can show; the
+         expected B-A and D-A gains (0.3-0.8 points) will read "inconclusive".
+  smoke  the same code paths in about half a minute on an idle CPU (110 s measured with
+         the 2 cores loaded 4x): A and B, 1/16 width, 40 steps, 500 test images.
 """
 
 from vgg_jax import config as config_lib
@@ -29,7 +50,8 @@ TRAIN_IMAGES = 60_000
 def get_config(arg: str = ""):
   arg = config_lib.parse_arg(arg, model="A", S="32", width=0.25, epochs=6, seed=0,
                              init="glorot", backend="tfds", dtype="float32", holdout=0,
-                             table5_images=2000, quick=False, manual_dir="")
+                             table5_images=2000, quick=False, manual_dir="", size=32,
+                             batch=128, steps=0, test_images=0, patience=1)
   c = config_lib.base_config()
   c.seed = arg.seed
   c.model.update(name=arg.model, width=arg.width, init=arg.init, dtype=arg.dtype)
@@ -40,11 +62,14 @@ def get_config(arg: str = ""):
   c.data.update(name="fashion_mnist", backend=arg.backend, manual_dir=arg.manual_dir,
                 train_split=f"train[:{keep}]" if arg.holdout else "train",
                 eval_split=f"train[{keep}:]" if arg.holdout else "test", pad_to=32,
-                scale=(lo, hi), crop=32, eval_scale=(lo + hi) // 2,  # Q = S, or 40 for [32, 48]
-                eval_crop=32, cache=True, shuffle_buffer=TRAIN_IMAGES)
+                scale=(lo, hi), crop=arg.size, eval_scale=(lo + hi) // 2,  # Q = S, or mid
+                eval_crop=arg.size, cache=True, shuffle_buffer=TRAIN_IMAGES)
+  test = f"test[:{arg.test_images}]" if arg.test_images else "test"
   c.evaluations = config_lib.paper_evaluations(
-      (lo, hi), split="test", table5_split=f"test[:{arg.table5_images}]")
-  c.optim.update(batch_size=128, epochs=arg.epochs, plateau_patience=1)
+      (lo, hi), split=test,
+      table5_split=f"test[:{min(arg.table5_images, arg.test_images or TRAIN_IMAGES)}]")
+  c.optim.update(batch_size=arg.batch, epochs=arg.epochs, max_steps=arg.steps,
+                 plateau_patience=arg.patience)
   c.checkpoint.every_steps = 500
   c.log_every_steps = 50
   if arg.quick:
@@ -53,13 +78,61 @@ def get_config(arg: str = ""):
   return c
 
 
+# Designs sized to converge, for `sweep(DESIGN[,key=value...])`: each trains the paper's
+# chain (Table 3's runs: A from scratch, B-E warm-started from A, S=40 and [32,48]
+# fine-tuned), `he` (from scratch with He init, no warm start: the configs listed, at
+# S=32) and `he64` (the same at 64x64: 28 padded to 32, rescaled to S=64, 64 crops, so
+# the five pools leave 2x2), all with the same seeds, so each comparison is paired by
+# seed. Forecasts: `launch.py sweep --accelerator h200 --mfu 0.2 --dry_run`.
+DESIGNS = {
+    # One H200: half width, bf16, batch 256, 20 epochs (5 to fine-tune), 3 seeds.
+    "gpu": dict(chain=sweep_lib.TABLE3, he=("A", "B", "D", "E"), he64=("A", "B", "D"),
+                seeds=3, width=0.5, epochs=20, finetune_epochs=5, batch=512,
+                dtype="bfloat16", backend="numpy", holdout=5000, patience=2),
+    # 2 CPU cores in <= 45 minutes: A, B, D of the chain at S=32, 1/8 width, 3 seeds.
+    "cpu": dict(chain=(("A", "256"), ("B", "256"), ("D", "256")), he=(), he64=(),
+                seeds=3, width=0.125, epochs=4, finetune_epochs=0, batch=128,
+                dtype="float32", backend="numpy", holdout=5000, patience=1),
+    # Every code path of `gpu` in under a minute on a CPU: A and B, 1 seed, 40 steps.
+    "smoke": dict(chain=(("A", "256"), ("B", "256")), he=(), he64=(), seeds=1,
+                  width=0.0625, epochs=1, finetune_epochs=0, batch=32, dtype="float32",
+                  backend="numpy", holdout=500, patience=1, steps=40, test_images=500),
+}
+
+
 def sweep(arg: str = ""):
   """Table 3's runs, chained as in the paper (see `sweep_lib.table3_sweep`), sized for
   2 CPU cores: 1/8 width, 2 epochs (1 for the fine-tuned S=40 and [32,48] runs),
   validated on 5,000 held-out training images, evaluated on the test set
   (docs/ablation_fashion_mnist.md). On a GPU, full width in bf16 without TensorFlow:
   python launch.py sweep --config THIS_FILE:seeds=3 --workdir ROOT --parallel 2
-  python launch.py sweep --config THIS_FILE:seeds=3,width=1.0,backend=numpy,dtype=bfloat16 ..."""
+  python launch.py sweep --config THIS_FILE:seeds=3,width=1.0,backend=numpy,dtype=bfloat16 ...
+  `sweep("gpu")`, `sweep("cpu")`, `sweep("smoke")`: the designs of DESIGNS, sized to
+  converge (`design_sweep`); e.g. "gpu,seeds=5,backend=device" changes one field."""
+  name, _, rest = (arg or "").partition(",")
+  if name in DESIGNS:
+    return design_sweep(DESIGNS[name], rest)
   return sweep_lib.table3_sweep(arg, scales=sweep_lib.PAPER_SCALES["fashion_mnist"],
                                 finetune_epochs=1, width=0.125, epochs=2, holdout=5000,
                                 backend="tfds", dtype="float32", quick=False, manual_dir="")
+
+
+def design_sweep(design: dict, arg: str = "") -> list[dict]:
+  """The runs of a design (see DESIGNS), its fields overridden by `arg`."""
+  fields = {"steps": 0, "test_images": 0, "manual_dir": "", **design}
+  d = config_lib.parse_arg(arg, **{k: v for k, v in fields.items()
+                                   if k not in ("chain", "he", "he64")})
+  extra = "".join(f",{key}={d[key]}" for key in (
+      "width", "epochs", "batch", "dtype", "backend", "holdout", "patience", "steps",
+      "test_images", "manual_dir"))
+  finetune = {"optim.epochs": d.finetune_epochs} if d.finetune_epochs else {}
+  seeds = range(d.seeds)
+  fixed = lambda configs: tuple((config, "256") for config in configs)  # noqa: E731
+  return (sweep_lib.paper_chain(design["chain"], seeds, extra=extra, finetune=finetune,
+                                scales=sweep_lib.PAPER_SCALES["fashion_mnist"])
+          + sweep_lib.paper_chain(fixed(design["he"]), seeds, warm_start=False, init="he",
+                                  prefix="he_", extra=extra,
+                                  scales=sweep_lib.PAPER_SCALES["fashion_mnist"])
+          + sweep_lib.paper_chain(fixed(design["he64"]), seeds, warm_start=False, init="he",
+                                  prefix="he64_", extra=extra + ",size=64",
+                                  scales=sweep_lib.PAPER_SCALES["fashion_mnist@64"]))

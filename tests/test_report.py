@@ -15,11 +15,12 @@ from test_sweep import FASHION, ROOT, TINY
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(root, name: str, seed: int, results: list[dict]):
+def write_run(root, name: str, seed: int, results: list[dict], init: str = "glorot",
+              crop: int = 32):
   """A run directory as a sweep leaves it: config.json and eval/*.json."""
   os.makedirs(root / name / "eval")
   (root / name / "config.json").write_text(json.dumps(
-      dict(seed=seed, data=dict(name="fashion_mnist"))))
+      dict(seed=seed, data=dict(name="fashion_mnist", crop=crop), model=dict(init=init))))
   for i, result in enumerate(results):
     (root / name / "eval" / f"{i}.json").write_text(json.dumps(result))
 
@@ -35,7 +36,7 @@ def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
     write_run(tmp_path, f"A_S32_seed{seed}", seed, [
         result("A", "32", [32], "dense", top1, top5),
         result("A", "32", [32, 37], "dense", top1 - 0.01, top5),
-        result("A", "32", [32], "dense", 0.5, 0.5, models=2)])  # an ensemble: not ours
+        result("A", "32", [32], "dense", 0.5, 0.5, models=2)])  # an ensemble: Table 6
   write_run(tmp_path, "D_S32-48_seed0", 0, [
       result("D", "[32,48]", [40], "dense", 0.08, 0.01),
       result("D", "[32,48]", [32, 40, 48], "dense", 0.07, 0.01),
@@ -57,8 +58,9 @@ def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
       ("dense", "test", 24.8), ("multicrop", "test", 24.6), ("dense", "test[:20]", 24.8),
       ("multicrop", "test[:20]", 24.6)]  # Table 4 above has the test set's alone
   text = report.tables_markdown(rows)
-  assert ("| A | 32 | 256 | 32 | dense | test | 2 | 12.00 ± 2.83 | 2.50 ± 0.71 | 29.6 | 10.4 |"
-          in text)
+  assert ("| glorot 32px | A | 32 | 256 | 32 | dense | test | 2 | 12.00 ± 2.83 | 2.50 ± 0.71 |"
+          " 29.6 | 10.4 |" in text)
+  assert [(r["config"], r["n"], r["top1_mean"]) for r in rows[6]] == [("A+A", 2, 50.0)]
 
 
 def test_report_writes_tables_and_a_figure_with_configs_of_equal_depth(tmp_path):
@@ -68,7 +70,8 @@ def test_report_writes_tables_and_a_figure_with_configs_of_equal_depth(tmp_path)
   text, written = report.report(str(tmp_path))
   out = tmp_path / "report"
   assert written == [str(out / name) for name in (
-      "tables.md", "table3.csv", "table4.csv", "table5.csv", "depth_vs_error.png")]
+      "tables.md", "table3.csv", "table4.csv", "table5.csv", "table6.csv", "claims.csv",
+      "depth_vs_error.png")]
   assert (out / "tables.md").read_text() == text
   assert [r["config"] for r in read_csv(out / "table3.csv")] == ["A", "A-LRN", "C", "D"]
   read_png(out / "depth_vs_error.png")
@@ -123,3 +126,56 @@ def test_a_real_sweep_is_evaluated_and_reported(tmp_path):
   for run in runs:
     read_png(out / "curves" / f"{run.name}.png")
     assert str(out / "curves" / f"{run.name}.png") in printed
+
+
+def test_claims_pair_seeds_and_say_what_reproduced(tmp_path):
+  """Three seeds: B clearly better than A (reproduced), A-LRN clearly better than A (the
+  paper has it slightly worse: not reproduced), D within noise of A (inconclusive);
+  multi-crop only on 20 images is paired with dense on those same 20; jittered S against
+  fixed S is compared at a single Q on the test set; another arm with
+  one seed has no interval."""
+  from scipy import stats
+  a = [10.0, 11.0, 12.0]
+  errors = {"A": a, "B": [x - 1 + d for x, d in zip(a, (0.1, -0.1, 0.0))],
+            "A-LRN": [x - 2 + d for x, d in zip(a, (0.3, 0.0, -0.2))],
+            "D": [x + d for x, d in zip(a, (1.0, -1.0, 0.2))]}
+  for config, per_seed in errors.items():
+    for seed, top1 in enumerate(per_seed):
+      write_run(tmp_path, f"{config}_S32_seed{seed}", seed,
+                [result(config, "32", [32], "dense", top1 / 100, 0.01)])
+  for seed in range(3):
+    write_run(tmp_path, f"D_S32-48_seed{seed}", seed, [
+        result("D", "[32,48]", [40], "dense", 0.09, 0.01),
+        result("D", "[32,48]", [32, 40, 48], "dense", 0.09, 0.01),
+        result("D", "[32,48]", [32, 40, 48], "dense", 0.10 + seed / 100, 0.01,
+               split="test[:20]", count=20),
+        result("D", "[32,48]", [32, 40, 48], "multicrop", 0.08 + seed / 100, 0.01,
+               split="test[:20]", count=20)])
+  write_run(tmp_path, "he_A_S32_seed0", 0, [result("A", "32", [32], "dense", 0.2, 0.01)],
+            init="he")
+  write_run(tmp_path, "he_B_S32_seed0", 0, [result("B", "32", [32], "dense", 0.1, 0.01)],
+            init="he")
+  rows = {(r["arm"], r["claim"]): r for r in report.claims(report.collect(str(tmp_path)))}
+
+  def expected(base, other):
+    diffs = np.subtract(other, base)
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    return pytest.approx([diffs.mean(), diffs.mean() - half, diffs.mean() + half])
+
+  for config, verdict in (("B", "reproduced"), ("D", "inconclusive")):
+    row = rows["glorot 32px", f"depth: A vs {config}"]
+    assert [row["diff"], row["low"], row["high"]] == expected(a, errors[config])
+    assert (row["n"], row["verdict"], row["paper_diff"]) == (
+        3, verdict, round({"B": 28.7, "D": 27.0}[config] - 29.6, 2))
+  lrn = rows["glorot 32px", "LRN: A vs A-LRN"]
+  assert (lrn["verdict"], lrn["paper_diff"]) == ("not reproduced", 0.1)
+  crop = rows["glorot 32px", "multi-crop vs dense: D"]
+  assert crop["diff"] == pytest.approx(-2.0) and crop["verdict"] == "reproduced"
+  jitter = rows["glorot 32px", "jittered S: D, S 256 vs [256,512]"]
+  assert jitter["diff"] == pytest.approx(9 - np.mean(errors["D"]))
+  he = rows["he 32px", "depth: A vs B"]
+  assert (he["n"], he["diff"], he["verdict"]) == (1, pytest.approx(-10.0), "inconclusive (n < 2)")
+  assert ("glorot 32px", "depth: A vs E") not in rows  # no E: no claim
+  text, _ = report.report(str(tmp_path))
+  assert "| glorot 32px | depth: A vs B | 29.6 → 28.7 | -0.9 |" in text
+  assert "| 3 | reproduced |" in text

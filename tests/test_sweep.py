@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import types
 
 import pytest
 
@@ -199,7 +200,7 @@ def test_forecast_counts_the_papers_92_8_gflop_per_training_image():
   text = sweep.forecast([d], os.path.join(ROOT, "experiments", "paper.py"), "h100", 0.5)
   hours = sweep.training_flops(config) / (989e12 * 0.5) / 3600
   assert f"| D_S256_seed0 | {sweep.training_flops(config):.3g} | {hours:.3g} |" in text
-  assert "At 50% of h100's 989 TFLOP/s" in text
+  assert f"1 runs, {hours * 60:.1f} h100-minutes at 50% of h100's 989 TFLOP/s" in text
 
 
 def test_parallel_runs_start_when_their_parents_are_done(tmp_path):
@@ -228,3 +229,181 @@ def test_parallel_runs_start_when_their_parents_are_done(tmp_path):
   assert outcome == {"A": "done", "B": "done", "Z": "done"}
   assert events[:2] == [("start", "A"), ("start", "Z")]  # both before either ended
   assert events.index(("end", "A")) < events.index(("start", "B"))
+
+
+def test_runs_are_ordered_parents_first_then_seed_major():
+  runs = sweep.expand(load_experiment_module("fashion_mnist").sweep("seeds=2"))
+  seeds = [sweep.seed_of(r) for r in runs]
+  assert seeds == sorted(seeds) and seeds.count(0) == 12
+  assert sweep.seed_of(sweep.Run("x", "model=A", overrides=(("seed", 4),))) == 4
+
+
+def fake_in_process(monkeypatch, fail=(), preempt=()):
+  """train_and_evaluate and the evaluation, faked: each run leaves config.json and a
+  metrics line; runs named in `fail` raise, in `preempt` are preempted. Returns the
+  runs trained and evaluated, in order."""
+  from vgg_jax import evaluate, train
+  calls = []
+
+  def train_and_evaluate(config, workdir):
+    name = os.path.basename(workdir)
+    calls.append(("train", name))
+    if name in fail:
+      raise RuntimeError(f"injected failure in {name}")
+    if name in preempt:
+      raise train.Preempted("SIGTERM")
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write('{"step": 4, "val_top1_err": 0.5}\n')
+    return {}, {}
+
+  monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
+  monkeypatch.setattr(evaluate, "load_trained", lambda workdir: types.SimpleNamespace(
+      config=None, workdir=workdir))
+  monkeypatch.setattr(evaluate, "configured", lambda config: [])
+  monkeypatch.setattr(evaluate, "evaluate_many", lambda models, evaluations: (
+      calls.append(("eval", os.path.basename(models[0].workdir))) or []))
+  return calls
+
+
+def test_in_process_failure_blocks_only_descendants_and_a_rerun_finishes(tmp_path,
+                                                                         monkeypatch):
+  runs = sweep.expand([dict(name="A", arg="seed=0"), dict(name="B", arg="seed=0", parent="A"),
+                       dict(name="Z", arg="seed=0"), dict(name="A1", arg="seed=1"),
+                       dict(name="B1", arg="seed=1", parent="A1")])
+  calls, messages = fake_in_process(monkeypatch, fail={"A"}), []
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=messages.append)
+  assert outcome == {"A": "failed", "B": "blocked", "Z": "done", "A1": "done", "B1": "done"}
+  assert runs_of(calls, "train") == ["A", "Z", "A1", "B1"]
+  assert "RuntimeError: injected failure in A" in open(tmp_path / "A" / sweep.FAILED).read()
+  assert any("B: blocked, parent A is failed" in m for m in messages)
+  assert any("Z: done in" in m and "2 runs to go" in m for m in messages)
+  assert sweep.exit_status(outcome) == 1
+  calls = fake_in_process(monkeypatch)
+  assert set(sweep.run_local(runs, FASHION, str(tmp_path), log=print).values()) == {"done"}
+  assert calls == [("train", "A"), ("eval", "A"), ("train", "B"), ("eval", "B")]
+
+
+def test_a_preempted_run_stops_the_sweep_unmarked_and_resumes_next_time(tmp_path,
+                                                                        monkeypatch):
+  runs = sweep.expand([dict(name="A", arg=""), dict(name="P", arg=""), dict(name="Z", arg="")])
+  calls = fake_in_process(monkeypatch, preempt={"P"})
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=print)
+  assert outcome == {"A": "done", "P": "preempted", "Z": "pending"}
+  assert sweep.exit_status(outcome) == 75
+  assert sweep.state(runs[1], str(tmp_path)) == "pending"  # neither failed nor trained
+  calls = fake_in_process(monkeypatch)
+  assert sweep.run_local(runs, FASHION, str(tmp_path), log=print) == dict.fromkeys("APZ", "done")
+  assert runs_of(calls, "train") == ["P", "Z"]
+
+
+def test_a_subprocess_exiting_with_the_preempted_status_is_not_a_failure(tmp_path):
+  runs = sweep.expand([dict(name="P", arg=""), dict(name="Z", arg="")])
+  calls = []
+  execute = fake(set(), calls)
+
+  def preempted(command):
+    result = execute(command)
+    return subprocess.CompletedProcess(command, 75) if command[2] == "train" else result
+
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=preempted, log=print)
+  assert outcome == {"P": "preempted", "Z": "pending"} and calls == [("train", "P")]
+  assert not os.path.exists(tmp_path / "P" / sweep.FAILED)
+
+
+def test_no_run_starts_once_the_time_budget_is_spent(tmp_path, monkeypatch):
+  runs = sweep.expand([dict(name=n, arg="") for n in "ABC"])
+  fake_in_process(monkeypatch)
+  now = iter(range(0, 1000, 10))  # each reading of the clock is 10 s later
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), time_budget_s=25, log=print,
+                            clock=lambda: next(now))
+  assert list(outcome.values()).count("done") in (1, 2)
+  assert outcome["C"] == "pending" and sweep.exit_status(outcome) == 0
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
+                    reason="needs `apt-get install dataset-fashion-mnist`")
+def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(tmp_path, capfd):
+  """In one process: A seed 0 'killed' after 2 of its 4 steps resumes; A seed 1 reuses
+  its compiled programs; B warm-starts from A; each run keeps its own workdir, metrics
+  and evaluations; JAX's persistent cache fills under the root."""
+  from vgg_jax import train
+  spec = lambda name, arg, **kw: dict(name=name, arg=f"quick,backend=numpy,{arg}",  # noqa
+                                      overrides=TINY, **kw)
+  runs = sweep.expand([spec("A", "seed=0"), spec("A1", "seed=1"),
+                       spec("B", "model=B,seed=0", parent="A")])
+  interrupted = sweep.run_config(runs[0], FASHION)
+  interrupted.optim.max_steps = 2
+  train.train_and_evaluate(interrupted, str(tmp_path / "A"))
+  outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=print)
+  assert outcome == {"A": "done", "A1": "done", "B": "done"}
+  printed = capfd.readouterr()
+  assert "resumed from step 2" in printed.out + printed.err
+  for run in runs:
+    assert [r["step"] for r in metrics.read_metrics(str(tmp_path / run.name))
+            if "val_top1_err" in r][-1] == 4
+    assert sorted(os.listdir(tmp_path / run.name / "eval")) == [
+        "test_64_dense_Q32-37.json", "test_64_dense_Q32.json"]
+  from vgg_jax import sharding
+  config = sweep.run_config(runs[1], FASHION)
+  key = train.program_key(config, sharding.make_mesh(config.mesh),
+                          train.model_config(config, 10, 1))
+  step = train._COMPILED[key][3]  # pylint: disable=protected-access
+  assert step._cache_size() == 1  # compiled once for the three trainings of A
+  assert os.listdir(sweep.compilation_cache_dir(str(tmp_path)))
+
+
+
+def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
+  """Table 3's chain, He init from scratch (A, B, D, E) and 64x64 (A, B, D), 3 seeds:
+  every run's config is valid, and the forecast at 20% MFU is at most 8 minutes."""
+  from vgg_jax import config as config_lib
+  config_file, runs = sweep.load_sweep(f"{FASHION}:gpu")
+  assert len(runs) == 3 * (12 + 4 + 3)
+  by_name = {r.name: r for r in runs}
+  for seed in range(3):
+    he, he64 = by_name[f"he_E_S32_seed{seed}"], by_name[f"he64_D_S64_seed{seed}"]
+    assert he.parent is None and he64.parent is None and "init=he" in he64.arg
+    assert by_name[f"E_S32_seed{seed}"].parent == f"A_S32_seed{seed}"
+  for run in runs:
+    config = sweep.run_config(run, config_file, "/root")
+    config_lib.validate(config, 1)
+    assert (config.model.width, config.model.dtype, config.optim.batch_size) == (
+        0.5, "bfloat16", 512)
+    assert config.data.crop == (64 if run.name.startswith("he64_") else 32)
+  flops = sweep.run_flops(runs, config_file)
+  minutes = sum(flops.values()) / (sweep.PEAK_FLOPS["h200"] * 0.2) / 60
+  assert minutes <= 8
+  assert f"{minutes:.1f} h200-minutes" in sweep.forecast(runs, config_file, "h200", 0.2, flops)
+  _, smoke = sweep.load_sweep(f"{FASHION}:smoke")
+  assert [r.name for r in smoke] == ["A_S32_seed0", "B_S32_seed0"]
+  _, seeds5 = sweep.load_sweep(f"{FASHION}:gpu,seeds=5,backend=tfds")
+  assert len(seeds5) == 5 * 19 and all("backend=tfds" in r.arg for r in seeds5)
+
+
+def test_table6_ensembles_pair_d_with_e_and_the_best_two_per_seed(tmp_path, monkeypatch):
+  """Done runs A, B, D, E of two seeds, B and D best on Table 3: the ensembles are D+E
+  and B+D of each seed, evaluated once each into the first run's eval/."""
+  from test_report import result, write_run
+  from vgg_jax import evaluate
+  top1 = {"A": 0.12, "B": 0.09, "D": 0.10, "E": 0.11}
+  specs = []
+  for seed in range(2):
+    for config, error in top1.items():
+      name = f"{config}_S32_seed{seed}"
+      specs.append(dict(name=name, arg=f"model={config},seed={seed}"))
+      write_run(tmp_path, name, seed, [result(config, "32", [32], "dense", error, 0.01)])
+      (tmp_path / name / sweep.EVALUATED).write_text("{}")
+  runs = sweep.expand(specs)
+  pairs = sweep.ensemble_pairs(runs, FASHION, str(tmp_path))
+  assert [(a.name, b.name) for a, b in pairs] == [
+      ("D_S32_seed0", "E_S32_seed0"), ("B_S32_seed0", "D_S32_seed0"),
+      ("D_S32_seed1", "E_S32_seed1"), ("B_S32_seed1", "D_S32_seed1")]
+  evaluated = []
+  monkeypatch.setattr(evaluate, "load_trained", lambda workdir: types.SimpleNamespace(
+      config=None, workdir=workdir))
+  monkeypatch.setattr(evaluate, "configured", lambda config: [("dense", "", "")])
+  monkeypatch.setattr(evaluate, "evaluate_many", lambda models, evaluations: evaluated.append(
+      tuple(os.path.basename(m.workdir) for m in models)) or [])
+  for _ in range(2):  # the second time, nothing is left to do
+    sweep.evaluate_ensembles(pairs, str(tmp_path), log=print)
+  assert evaluated == [(a.name, b.name) for a, b in pairs]

@@ -218,6 +218,14 @@ def forward(params, batch_stats, images, *, graphdef, dense: bool) -> jax.Array:
   return model(images, dense=dense)
 
 
+@functools.lru_cache(maxsize=None)
+def forward_program(model: VGGConfig, batch_sharding) -> Any:
+  """The jitted forward of a network: one per (model, sharding) in a process, so the
+  runs of a sweep (a config's seeds) share its compilations."""
+  return jax.jit(functools.partial(forward, graphdef=train.model_graphdef(model)),
+                 static_argnames="dense", out_shardings=batch_sharding)
+
+
 def one_ahead(items: Iterator) -> Iterator:
   """Each item once the next one exists: the device runs a batch while the host
   prepares the next and reads the one before."""
@@ -250,9 +258,7 @@ class Runner:
                        f"{jax.process_count()} processes")
     self.local_batch = self.batch_size // jax.process_count()
     self.batch_sharding = sharding.batch_sharding(trained.mesh)
-    self._forward = jax.jit(
-        functools.partial(forward, graphdef=train.model_graphdef(trained.model)),
-        static_argnames="dense", out_shardings=self.batch_sharding)
+    self._forward = forward_program(trained.model, self.batch_sharding)
     self.programs: set[tuple] = set()
 
   def dispatch(self, images: np.ndarray, dense: bool) -> jax.Array:
@@ -416,6 +422,13 @@ def evaluate_many(models: Sequence[Trained], evaluations: Sequence[tuple[str, st
                            for q in per_model],
           compilations=sum(len(r.programs) for r in runners), bucket=bucket)
   return results
+
+
+def configured(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
+  """A run's `config.evaluations` (base_config's for runs from before the field), parsed:
+  what `launch.py eval --configured` and a sweep evaluate."""
+  return [config_lib.parse_evaluation(spec)
+          for spec in config.get("evaluations", config_lib.base_config().evaluations)]
 
 
 def table_row(result: dict) -> str:

@@ -1,10 +1,13 @@
-"""Tables 3-5 and figures from a sweep's evaluations, beside the paper's ImageNet numbers.
+"""Tables 3-6, whether the paper's claims reproduced, and figures from a sweep's
+evaluations, beside the paper's ImageNet numbers.
 
-`collect` reads every run's eval/*.json under a sweep root (single networks; ensembles
-are Table 6's business) with the run's seed and dataset from its config.json; `tables`
-averages them over seeds per (config, S, Q, protocol) as the paper's Tables 3, 4 and 5;
-`report` writes ROOT/report/: tables.md, table3.csv ... table5.csv, depth_vs_error.png
-and curves/NAME.png (each run's training curves).
+`collect` reads every run's eval/*.json under a sweep root (single networks and
+ensembles) with the run's seed, arm and dataset from its config.json; `tables` averages
+them over seeds per (arm, config, S, Q, protocol) as the paper's Tables 3, 4, 5 and 6;
+`claims` compares paired seeds for each of the paper's claims and says whether it
+reproduced; `report` writes ROOT/report/: tables.md (Tables 3-6 and the claims),
+table3.csv ... table6.csv, claims.csv, depth_vs_error.png and curves/NAME.png (each
+run's training curves).
 
   python launch.py report ROOT
 """
@@ -24,8 +27,10 @@ from vgg_jax.summary import markdown_table
 
 # The paper's S regimes ("256", "384", "256-512") per dataset, in the experiment's
 # notation (experiments/fashion_mnist.py); ImageNet's S are the regimes themselves.
-REGIMES = {dataset: {ours: paper for paper, ours in scales.items()}
-           for dataset, scales in sweep.PAPER_SCALES.items()}
+REGIMES = {}
+for _key, _scales in sweep.PAPER_SCALES.items():  # "fashion_mnist@64" is Fashion-MNIST too
+  REGIMES.setdefault(_key.partition("@")[0], {}).update(
+      {ours: paper for paper, ours in _scales.items()})
 REGIME_ORDER = ("256", "384", "256-512")
 
 # The paper's top-1 / top-5 validation error (%) on ILSVRC-2012, dense evaluation.
@@ -45,12 +50,15 @@ PAPER_TABLE5 = {  # jittered S, Q = {256, 384, 512}, by protocol
     ("E", "dense"): (24.8, 7.5), ("E", "multicrop"): (24.6, 7.4),
     ("E", "multicrop+dense"): (24.4, 7.1)}
 PROTOCOL_ORDER = ("dense", "multicrop", "multicrop+dense")
+PAPER_TABLE6 = {  # D/[256,512] + E/[256,512], by protocol
+    "dense": (24.0, 7.1), "multicrop": (23.9, 7.2), "multicrop+dense": (23.7, 6.8)}
 TITLES = {3: "Table 3: single test scale (dense)",
           4: "Table 4: multiple test scales (dense)",
-          5: "Table 5: jittered S, multiple test scales, by protocol"}
-HEADER = ["config", "S", "paper S", "Q", "protocol", "split", "n", "top-1 %", "top-5 %",
-          "paper top-1", "paper top-5"]
-CSV_HEADER = ["config", "S", "paper_S", "Q", "protocol", "split", "n", "top1_mean",
+          5: "Table 5: jittered S, multiple test scales, by protocol",
+          6: "Table 6: ensembles of two nets, by protocol"}
+HEADER = ["arm", "config", "S", "paper S", "Q", "protocol", "split", "n", "top-1 %",
+          "top-5 %", "paper top-1", "paper top-5"]
+CSV_HEADER = ["arm", "config", "S", "paper_S", "Q", "protocol", "split", "n", "top1_mean",
               "top1_std", "top5_mean", "top5_std", "paper_top1", "paper_top5"]
 
 
@@ -60,8 +68,15 @@ def regime(dataset: str, scale: str) -> str:
   return REGIMES.get(dataset, {}).get(s, s)
 
 
+def arm(config: dict) -> str:
+  """The recipe a run belongs to: its init and crop ("glorot 32px": Fashion-MNIST's
+  paper chain; "he 32px", "he 64px": from scratch). Only runs of one arm are compared."""
+  return f"{config['model']['init']} {config['data']['crop']}px"
+
+
 def collect(root: str) -> list[dict]:
-  """One record per single-network evaluation under ROOT/*/eval/."""
+  """One record per evaluation under ROOT/*/eval/: of a single network, or of an
+  ensemble (Table 6: `config` "D+E"), with the run's seed, arm and dataset."""
   records = []
   for config_path in sorted(glob.glob(os.path.join(root, "*", "config.json"))):
     workdir = os.path.dirname(config_path)
@@ -70,21 +85,23 @@ def collect(root: str) -> list[dict]:
     for path in sorted(glob.glob(os.path.join(workdir, "eval", "*.json"))):
       with open(path) as f:
         result = json.load(f)
-      if len(result["models"]) != 1:
-        continue
-      model, = result["models"]
+      models = result["models"]
       records.append(dict(
-          run=os.path.basename(workdir), seed=config["seed"], config=model["config"],
-          S=model["S"], regime=regime(config["data"]["name"], model["S"]),
-          Q=",".join(map(str, model["Q"])), protocol=result["protocol"],
+          run=os.path.basename(workdir), seed=config["seed"], arm=arm(config),
+          config="+".join(m["config"] for m in models), S="+".join(m["S"] for m in models),
+          regime="+".join(regime(config["data"]["name"], m["S"]) for m in models),
+          Q=",".join(map(str, models[0]["Q"])), protocol=result["protocol"],
           split=result["split"], count=result["count"], top1_err=result["top1_err"],
-          top5_err=result["top5_err"]))
+          top5_err=result["top5_err"], ensemble=len(models) > 1))
   return records
 
 
 def table_of(record: dict) -> set[int]:
-  """The paper's tables a record belongs to: a dense single-scale result to Table 3, a
-  dense multi-scale one to Table 4, a multi-scale one of a jittered S to Table 5."""
+  """The paper's tables a record belongs to: an ensemble to Table 6; of single nets, a
+  dense single-scale result to Table 3, a dense multi-scale one to Table 4, a
+  multi-scale one of a jittered S to Table 5."""
+  if record.get("ensemble"):
+    return {6}
   multi, jittered = "," in record["Q"], record["S"].startswith("[")
   tables = set()
   if record["protocol"] == "dense":
@@ -101,6 +118,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def paper_numbers(table: int, config: str, paper_s: str, protocol: str):
+  if table == 6:
+    return PAPER_TABLE6.get(protocol) if (config, paper_s) == ("D+E", "256-512+256-512") \
+        else None
   if table == 5:
     return PAPER_TABLE5.get((config, protocol)) if paper_s == "256-512" else None
   return (PAPER_TABLE3 if table == 3 else PAPER_TABLE4).get((config, paper_s))
@@ -111,13 +131,14 @@ def aggregate(records: list[dict], table: int) -> list[dict]:
   groups = {}
   for r in records:
     if table in table_of(r):
-      key = (r["config"], r["S"], r["regime"], r["Q"], r["protocol"], r["split"])
+      key = (r["arm"], r["config"], r["S"], r["regime"], r["Q"], r["protocol"], r["split"])
       groups.setdefault(key, []).append(r)
   rows = []
-  for (config, s, paper_s, q, protocol, split), members in groups.items():
+  for (arm_name, config, s, paper_s, q, protocol, split), members in groups.items():
     top1, top5 = (mean_std([m[k] for m in members]) for k in ("top1_err", "top5_err"))
     paper = paper_numbers(table, config, paper_s, protocol) or (None, None)
-    rows.append(dict(config=config, S=s, paper_S=paper_s, Q=q, protocol=protocol,
+    rows.append(dict(arm=arm_name, config=config, S=s, paper_S=paper_s, Q=q,
+                     protocol=protocol,
                      split=split, n=len(members), top1_mean=top1[0], top1_std=top1[1],
                      top5_mean=top5[0], top5_std=top5[1], paper_top1=paper[0],
                      paper_top5=paper[1]))
@@ -125,7 +146,7 @@ def aggregate(records: list[dict], table: int) -> list[dict]:
 
 
 def _order(row: dict):
-  return (_index(tuple(architectures.TABLE1), row["config"]),
+  return (row["arm"], _index(tuple(architectures.TABLE1), row["config"]), row["config"],
           _index(REGIME_ORDER, row["paper_S"]), row["S"], row["Q"], row["split"],
           _index(PROTOCOL_ORDER, row["protocol"]))
 
@@ -140,15 +161,15 @@ def _number(value) -> str:
 
 def markdown(rows: list[dict]) -> str:
   return markdown_table(HEADER, [
-      [r["config"], r["S"], r["paper_S"], r["Q"], r["protocol"], r["split"], r["n"],
+      [r["arm"], r["config"], r["S"], r["paper_S"], r["Q"], r["protocol"], r["split"], r["n"],
        f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
        f"{r['top5_mean']:.2f} ± {r['top5_std']:.2f}",
        _number(r["paper_top1"]), _number(r["paper_top5"])] for r in rows])
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: list[dict], header: list[str] = CSV_HEADER) -> str:
   out = io.StringIO()
-  writer = csv.DictWriter(out, CSV_HEADER, lineterminator="\n")
+  writer = csv.DictWriter(out, header, lineterminator="\n")
   writer.writeheader()
   writer.writerows(rows)
   return out.getvalue()
@@ -160,22 +181,144 @@ def largest_splits(records: list[dict]) -> list[dict]:
   with the test set."""
   largest = {}
   for r in records:
-    key = (r["run"], r["Q"], r["protocol"])
+    key = (r["run"], r["config"], r["Q"], r["protocol"])
     if key not in largest or r["count"] > largest[key]["count"]:
       largest[key] = r
   return list(largest.values())
 
 
 def tables(records: list[dict]) -> dict[int, list[dict]]:
-  """Each table's rows, by table number (Table 5 keeps every split: its protocols are
-  compared on the same images)."""
-  return {table: aggregate(records if table == 5 else largest_splits(records), table)
+  """Each table's rows, by table number (Tables 5 and 6 keep every split: their
+  protocols are compared on the same images)."""
+  return {table: aggregate(records if table in (5, 6) else largest_splits(records), table)
           for table in TITLES}
 
 
 def tables_markdown(rows: dict[int, list[dict]]) -> str:
   """Our top-1/top-5 error (%) as mean ± std over n seeds; the paper's is ILSVRC-2012."""
   return "\n\n".join(f"## {TITLES[t]}\n\n{markdown(rows[t])}" for t in TITLES) + "\n"
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+# One side of a comparison: (config, the paper's S regime, protocol, multi-scale Q).
+Side = tuple[str, str, str, bool]
+
+
+def paper_claims() -> list[tuple[str, Side, Side]]:
+  """The paper's comparisons as (claim, baseline, other): the other side has the lower
+  top-1 error in the paper, except A-LRN (no gain from LRN: slightly higher)."""
+  single = lambda config, s="256", protocol="dense": (config, s, protocol, False)  # noqa
+  multi = lambda config, s="256-512", protocol="dense": (config, s, protocol, True)  # noqa
+  return ([(f"depth: A vs {c}", single("A"), single(c)) for c in "BDE"]
+          + [("LRN: A vs A-LRN", single("A"), single("A-LRN"))]
+          + [(f"3x3 over 1x1: C vs D, S {s}", single("C", s), single("D", s))
+             for s in REGIME_ORDER]
+          + [(f"jittered S: {c}, S {s} vs [256,512]", single(c, s), single(c, "256-512"))
+             for c in "CDE" for s in ("256", "384")]
+          + [(f"multi-scale test: {c}, S {s}, one Q vs three", single(c, s), multi(c, s))
+             for c, s in PAPER_TABLE4]
+          + [(f"multi-crop vs dense: {c}", multi(c), multi(c, protocol="multicrop"))
+             for c in "DE"]
+          + [(f"multi-crop & dense vs multi-crop: {c}", multi(c, protocol="multicrop"),
+              multi(c, protocol="multicrop+dense")) for c in "DE"])
+
+
+def paper_top1(side: Side) -> float | None:
+  config, paper_s, protocol, multi_q = side
+  if not multi_q:
+    return PAPER_TABLE3.get((config, paper_s)) and PAPER_TABLE3[config, paper_s][0]
+  table = 4 if protocol == "dense" else 5
+  numbers = paper_numbers(table, config, paper_s, protocol)
+  return numbers[0] if numbers else None
+
+
+def side_errors(records: list[dict], arm_name: str, side: Side) -> dict[int, dict]:
+  """{seed: {split: (top-1 error %, images)}} of one side's single-net records."""
+  config, paper_s, protocol, multi_q = side
+  errors = {}
+  for r in records:
+    if (not r.get("ensemble") and (r["arm"], r["config"], r["regime"], r["protocol"])
+        == (arm_name, config, paper_s, protocol) and ("," in r["Q"]) == multi_q):
+      errors.setdefault(r["seed"], {})[r["split"]] = (100 * r["top1_err"], r["count"])
+  return errors
+
+
+def paired_differences(base: dict[int, dict], other: dict[int, dict]) -> list[float]:
+  """other - base per seed that has both, on the largest split both were scored on (a
+  protocol evaluated only on Table 5's subset is compared on that subset)."""
+  diffs = []
+  for seed in sorted(set(base) & set(other)):
+    common = set(base[seed]) & set(other[seed])
+    if common:
+      split = max(common, key=lambda name: base[seed][name][1])
+      diffs.append(other[seed][split][0] - base[seed][split][0])
+  return diffs
+
+
+def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
+  """Mean and Student-t confidence interval of the mean (nan bounds for n < 2)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  values = np.asarray(values, np.float64)
+  mean = float(values.mean())
+  if len(values) < 2:
+    return mean, float("nan"), float("nan")
+  half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(
+      len(values))
+  return mean, mean - half, mean + half
+
+
+def verdict(paper_difference: float, low: float, high: float) -> str:
+  """Reproduced when the interval excludes 0 on the paper's side, not reproduced when
+  it excludes 0 on the other side, otherwise inconclusive."""
+  if np.isnan(low):
+    return "inconclusive (n < 2)"
+  if low > 0 or high < 0:
+    return "reproduced" if (low > 0) == (paper_difference > 0) else "not reproduced"
+  return "inconclusive"
+
+
+def claims(records: list[dict], level: float = 0.95) -> list[dict]:
+  """Per arm and paper claim with paired seeds: our top-1 error difference (other -
+  base, points) with its t-interval, the paper's, and the verdict."""
+  rows = []
+  for arm_name in sorted({r["arm"] for r in records}):
+    for claim, base, other in paper_claims():
+      paper = (paper_top1(base), paper_top1(other))
+      diffs = paired_differences(side_errors(records, arm_name, base),
+                                 side_errors(records, arm_name, other))
+      if not diffs or None in paper:
+        continue
+      mean, low, high = t_interval(diffs, level)
+      rows.append(dict(arm=arm_name, claim=claim, n=len(diffs), paper_base=paper[0],
+                       paper_other=paper[1], paper_diff=round(paper[1] - paper[0], 2),
+                       diff=mean, low=low, high=high,
+                       verdict=verdict(paper[1] - paper[0], low, high)))
+  return rows
+
+
+def _interval(row: dict) -> str:
+  bounds = "" if np.isnan(row["low"]) else f" [{row['low']:+.2f}, {row['high']:+.2f}]"
+  return f"{row['diff']:+.2f}{bounds}"
+
+
+CLAIMS_HEADER = ["arm", "claim", "paper top-1 %", "paper diff", "our diff [95% CI]", "n",
+                 "verdict"]
+
+
+def claims_markdown(rows: list[dict]) -> str:
+  return ("## What reproduced: the paper's claims, paired by seed\n\n"
+          "Top-1 error of the second minus the first, in points (negative: the second is "
+          "better), mean over seeds with a 95% Student-t interval (n seeds, n - 1 degrees "
+          "of freedom). Reproduced: the interval excludes 0 on the paper's side; not "
+          "reproduced: on the other side; otherwise inconclusive. The paper's A-LRN claim "
+          "is that LRN does not help, which an inconclusive verdict is consistent with.\n\n"
+          + markdown_table(CLAIMS_HEADER, [
+              [r["arm"], r["claim"], f"{r['paper_base']:.1f} → {r['paper_other']:.1f}",
+               f"{r['paper_diff']:+.1f}",
+               _interval(r), r["n"], r["verdict"]]
+              for r in rows]) + "\n")
 
 
 # ---------------------------------------------------------------------------- figures
@@ -199,8 +342,9 @@ def depth_positions(spread: float = 0.5) -> dict[str, float]:
 
 
 def depth_figure(rows: list[dict], path: str) -> str:
-  """Table 3's top-1 and top-5 error against depth, a line per S regime with error
-  bars over seeds; the paper's points (dashed, hollow) on the right-hand axis."""
+  """Table 3's top-1 and top-5 error against depth, a line per S regime (colour) and
+  arm (line style) with error bars over seeds; the paper's points (dashed, hollow) on
+  the right-hand axis."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
   x = depth_positions()
@@ -208,11 +352,14 @@ def depth_figure(rows: list[dict], path: str) -> str:
   for ax, metric, which in ((axes[0], "top1", 0), (axes[1], "top5", 1)):
     paper_ax = ax.twinx()
     for paper_s in REGIME_ORDER:
-      ours = sorted((r for r in rows if r["paper_S"] == paper_s), key=lambda r: x[r["config"]])
-      if ours:
-        ax.errorbar([x[r["config"]] for r in ours], [r[f"{metric}_mean"] for r in ours],
-                    yerr=[r[f"{metric}_std"] for r in ours], marker="o", capsize=3,
-                    color=colours[paper_s], label=f"ours, S ~ {paper_s}")
+      for arm_name, style in zip(sorted({r["arm"] for r in rows}), ("-", ":", "-.", "--")):
+        ours = sorted((r for r in rows if (r["paper_S"], r["arm"]) == (paper_s, arm_name)),
+                      key=lambda r: x[r["config"]])
+        if ours:
+          ax.errorbar([x[r["config"]] for r in ours], [r[f"{metric}_mean"] for r in ours],
+                      yerr=[r[f"{metric}_std"] for r in ours], marker="o", capsize=3,
+                      linestyle=style, color=colours[paper_s],
+                      label=f"ours, {arm_name}, S ~ {paper_s}")
       paper = sorted((x[c], v[which]) for (c, s), v in PAPER_TABLE3.items() if s == paper_s)
       paper_ax.plot(*zip(*paper), "--o", mfc="none", color=colours[paper_s], alpha=0.6,
                     label=f"paper, S = {paper_s}")
@@ -257,10 +404,13 @@ def report(root: str) -> tuple[str, list[str]]:
   """Writes ROOT/report/; returns the Markdown and the paths written."""
   out = os.path.join(root, "report")
   os.makedirs(os.path.join(out, "curves"), exist_ok=True)
-  rows = tables(collect(root))
-  text = tables_markdown(rows)
+  records = collect(root)
+  rows, verdicts = tables(records), claims(records)
+  text = tables_markdown(rows) + "\n" + claims_markdown(verdicts)
   written = [_write(os.path.join(out, "tables.md"), text)]
   written += [_write(os.path.join(out, f"table{t}.csv"), to_csv(rows[t])) for t in rows]
+  written.append(_write(os.path.join(out, "claims.csv"), to_csv(verdicts, list(
+      verdicts[0]) if verdicts else ["arm", "claim"])))
   written.append(depth_figure(rows[3], os.path.join(out, "depth_vs_error.png")))
   for metrics_path in sorted(glob.glob(os.path.join(root, "*", "metrics.jsonl"))):
     workdir = os.path.dirname(metrics_path)

@@ -28,10 +28,15 @@ import os
 import shlex
 import subprocess
 import sys
+import time
+import traceback
 from typing import Callable, Sequence
+
+import jax
 
 from vgg_jax import config as config_lib
 from vgg_jax import metrics as metrics_lib
+from vgg_jax import train
 
 DONE, EVALUATED, FAILED = "sweep_done.json", "sweep_evaluated.json", "sweep_failed.txt"
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -48,9 +53,10 @@ class Run:
 
 
 # The training scales that stand for the paper's S = 256, 384 and [256, 512], per data
-# set (Fashion-MNIST's 32x32 crops scale S down by 7).
+# set (Fashion-MNIST's 32x32 crops scale S down by 7; "@64": at 64x64 crops).
 PAPER_SCALES = {"imagenet2012": {"256": "256", "384": "384", "256-512": "256-512"},
-                "fashion_mnist": {"256": "32", "384": "40", "256-512": "32-48"}}
+                "fashion_mnist": {"256": "32", "384": "40", "256-512": "32-48"},
+                "fashion_mnist@64": {"256": "64", "384": "80", "256-512": "64-96"}}
 
 # Table 3's (configuration, training scale) pairs.
 TABLE3 = (("A", "256"), ("A-LRN", "256"), ("B", "256"),
@@ -61,14 +67,16 @@ TABLE3 = (("A", "256"), ("A-LRN", "256"), ("B", "256"),
 
 def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
                 warm_start: bool = True, scales: dict[str, str], extra: str = "",
-                finetune: dict | None = None) -> list[dict]:
+                finetune: dict | None = None, init: str = "glorot",
+                prefix: str = "") -> list[dict]:
   """Runs for the (config, S) pairs of `table` per seed; `scales` maps the paper's S
   ("256", "384", "256-512") to this data set's, `extra` is appended to every run's arg
   and `finetune` (overrides) to the fine-tuned runs'. With `warm_start`, the paper's
-  chain; without, every run starts from Glorot init (the paper's note)."""
+  chain; without, every run starts from `init` (Glorot's: the paper's note). `prefix`
+  starts every run's name (several arms in one sweep)."""
   runs = []
   for seed in seeds:
-    name = lambda model, scale: f"{model}_S{scales[scale]}_seed{seed}"  # noqa: E731
+    name = lambda model, scale: f"{prefix}{model}_S{scales[scale]}_seed{seed}"  # noqa: E731
     for model, scale in table:
       run = dict(name=name(model, scale),
                  arg=f"model={model},S={scales[scale]},seed={seed}{extra}")
@@ -79,7 +87,7 @@ def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
       elif model not in ("A", "A-LRN") and warm_start:
         run.update(parent=name("A", "256"), layers="paper")
       elif not warm_start:
-        run["arg"] += ",init=glorot"
+        run["arg"] += f",init={init}"
       runs.append(run)
   return runs
 
@@ -100,7 +108,9 @@ def table3_sweep(arg: str, scales: dict[str, str], finetune_epochs: int = 0,
 
 
 def expand(specs: Sequence[dict]) -> list[Run]:
-  """Checks a sweep's runs and puts parents before children."""
+  """Checks a sweep's runs and orders them: parents before children, otherwise
+  seed-major (every run of seed 0, then of seed 1, ...), so a sweep stopped early still
+  holds complete comparisons paired by seed."""
   runs = {}
   for spec in specs:
     unknown = set(spec) - {f.name for f in dataclasses.fields(Run)}
@@ -123,19 +133,23 @@ def expand(specs: Sequence[dict]) -> list[Run]:
     placed.add(run.name)
     ordered.append(run)
 
-  for run in runs.values():
+  for run in sorted(runs.values(), key=seed_of):  # seed-major: all of seed 0 first
     place(run, ())
   return ordered
 
 
+def warm_start_overrides(run: Run, root: str) -> list[tuple[str, object]]:
+  """The config fields that start `run` from its parent's weights, then its own."""
+  warm = ([("warm_start.workdir", os.path.join(root, run.parent)),
+           ("warm_start.layers", run.layers)] if run.parent else [])
+  return warm + list(run.overrides)
+
+
 def train_command(run: Run, config_file: str, root: str) -> list[str]:
   """The `launch.py train` command line of one run."""
-  command = [sys.executable, LAUNCH, "train", f"--config={config_file}:{run.arg}",
-             f"--workdir={os.path.join(root, run.name)}"]
-  if run.parent:
-    command += [f"--config.warm_start.workdir={os.path.join(root, run.parent)}",
-                f"--config.warm_start.layers={run.layers}"]
-  return command + [f"--config.{key}={value}" for key, value in run.overrides]
+  return [sys.executable, LAUNCH, "train", f"--config={config_file}:{run.arg}",
+          f"--workdir={os.path.join(root, run.name)}"] + [
+              f"--config.{key}={value}" for key, value in warm_start_overrides(run, root)]
 
 
 def state(run: Run, root: str) -> str:
@@ -153,19 +167,164 @@ def eval_command(run: Run, root: str) -> list[str]:
           "--configured"]
 
 
+# ---------------------------------------------------------------------- local backend
+
+
+class CommandFailed(RuntimeError):
+  """A run's subprocess exited with an error; `output` is what it printed."""
+
+  def __init__(self, returncode: int, output: str):
+    super().__init__(f"exit code {returncode}")
+    self.output = output
+
+
+def compilation_cache_dir(root: str) -> str:
+  return os.path.join(os.path.abspath(root), "jax_cache")
+
+
+def enable_compilation_cache(root: str) -> None:
+  """JAX's persistent compilation cache under the sweep root, for every program however
+  small or quick to compile (CPU ones are both), so a resumed sweep compiles nothing
+  twice. Resets JAX's cache if this process already compiled without it."""
+  from jax.experimental.compilation_cache import compilation_cache as cc
+  path = compilation_cache_dir(root)
+  if jax.config.jax_compilation_cache_dir != path:
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    cc.reset_cache()
+
+
+def subprocess_env(root: str) -> dict[str, str]:
+  """A run's subprocess environment: the same persistent compilation cache."""
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=compilation_cache_dir(root),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+
+
+def run_config(run: Run, config_file: str, root: str | None = None):
+  """The run's resolved config, as `launch.py train` will see it (with `root`, its warm
+  start from the parent's workdir too)."""
+  config = config_lib.experiment_config(config_file, run.arg)
+  overrides = warm_start_overrides(run, root) if root is not None else run.overrides
+  for key, value in overrides:
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
+  return config
+
+
+def in_process_steps(run: Run, config_file: str, root: str) -> list[tuple]:
+  """(what, function, marker) of one run in this process: training, then the run's
+  configured evaluations (what `launch.py eval --configured` does)."""
+  workdir = os.path.join(root, run.name)
+
+  def evaluate_run():
+    from vgg_jax import evaluate  # pylint: disable=import-outside-toplevel
+    trained = evaluate.load_trained(workdir)
+    for result in evaluate.evaluate_many([trained], evaluate.configured(trained.config)):
+      evaluate.write_result(result)
+
+  return [("train", lambda: train.train_and_evaluate(run_config(run, config_file, root),
+                                                     workdir), DONE),
+          ("evaluate", evaluate_run, EVALUATED)]
+
+
+def subprocess_steps(run: Run, config_file: str, root: str, execute) -> list[tuple]:
+  """(what, function, marker) of one run as `launch.py train` and `eval` subprocesses;
+  PREEMPTED_EXIT_CODE is a preemption, any other error a failure."""
+
+  def call(command):
+    def step():
+      result = execute(command)
+      if result.returncode == train.PREEMPTED_EXIT_CODE:
+        raise train.Preempted(f"{command[2]} exited with {result.returncode}")
+      if result.returncode:
+        raise CommandFailed(result.returncode, (result.stdout or "") + (result.stderr or ""))
+    return step
+
+  return [("train", call(train_command(run, config_file, root)), DONE),
+          ("evaluate", call(eval_command(run, root)), EVALUATED)]
+
+
+def run_steps(run: Run, root: str, steps: list[tuple], log: Callable[[str], None]) -> str:
+  """Runs what `run` has left of `steps`, each leaving its marker (with the last
+  validation metrics): "done"; an exception leaves FAILED with the output or traceback:
+  "failed"; a preemption leaves nothing: "preempted" (it resumes next time)."""
+  workdir = os.path.join(root, run.name)
+  os.makedirs(workdir, exist_ok=True)
+  if os.path.exists(os.path.join(workdir, FAILED)):
+    os.remove(os.path.join(workdir, FAILED))  # tried again: it resumes
+  for what, step, marker in steps:
+    if os.path.exists(os.path.join(workdir, marker)):
+      continue
+    try:
+      step()
+    except train.Preempted as e:
+      log(f"{run.name}: preempted while {what[:-1]}ing ({e}); it resumes next time")
+      return "preempted"
+    except Exception as e:  # pylint: disable=broad-except
+      with open(os.path.join(workdir, FAILED), "w") as f:
+        f.write(e.output if isinstance(e, CommandFailed) else traceback.format_exc())
+      log(f"{run.name}: {what} failed ({e}); see {os.path.join(workdir, FAILED)}")
+      return "failed"
+    with open(os.path.join(workdir, marker), "w") as f:
+      json.dump(last_metrics(workdir), f)
+  return "done"
+
+
+class InlineExecutor(concurrent.futures.Executor):
+  """Runs each submitted call at once in the calling (main) thread: in-process runs
+  need it (SIGTERM handlers can only be installed there)."""
+
+  def submit(self, fn, /, *args, **kwargs):
+    future = concurrent.futures.Future()
+    try:
+      future.set_result(fn(*args, **kwargs))
+    except BaseException as e:  # pylint: disable=broad-except
+      future.set_exception(e)
+    return future
+
+
+def seed_of(run: Run) -> int:
+  """The run's seed, from its overrides or its `seed=N` argument (0 if neither)."""
+  overrides = dict(run.overrides)
+  if "seed" in overrides:
+    return int(overrides["seed"])
+  tokens = dict(t.partition("=")[::2] for t in run.arg.split(",") if "=" in t)
+  return int(tokens.get("seed", 0))
+
+
 def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int = 1,
+              subprocesses: bool = False,
               execute: Callable[[list[str]], subprocess.CompletedProcess] | None = None,
-              log: Callable[[str], None] = print) -> dict[str, str]:
-  """Trains and evaluates what is not done, up to `parallel` runs at a time, each as
-  soon as its parent is done; returns each run's final state. A failed run's
-  descendants are "blocked" and never start."""
-  execute = execute or (lambda command: subprocess.run(
-      command, capture_output=True, text=True, check=False))
+              time_budget_s: float | None = None, costs: dict[str, float] | None = None,
+              log: Callable[[str], None] = print,
+              clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
+  """Trains and evaluates what is not done, in `runs`' order (parents first, see
+  `expand`); returns each run's state. By default in this process, one run at a time,
+  sharing compiled programs (`train.build_program`) and JAX's persistent compilation
+  cache under ROOT; with `subprocesses` (implied by `execute` or `parallel` > 1) as
+  `launch.py` commands, up to `parallel` at a time, each as soon as its parent is done.
+  A failed run's descendants are "blocked"; a preempted run stops the sweep (its state:
+  "preempted"); after `time_budget_s` no run starts (the rest stay "pending"). One line
+  per run start and end, with the time left forecast from `costs` (e.g. FLOPs; default
+  1 per run) at this call's pace."""
+  subprocesses = subprocesses or execute is not None or parallel > 1
+  if subprocesses:
+    execute = execute or (lambda command: subprocess.run(
+        command, capture_output=True, text=True, check=False, env=subprocess_env(root)))
+    steps = lambda run: subprocess_steps(run, config_file, root, execute)  # noqa: E731
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, parallel))
+  else:
+    enable_compilation_cache(root)
+    steps = lambda run: in_process_steps(run, config_file, root)  # noqa: E731
+    pool = InlineExecutor()
   outcome = {run.name: "done" for run in runs if state(run, root) == "done"}
-  pending = [run for run in runs if run.name not in outcome]  # parents first
-  running = {}
-  with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
-    while pending or running:
+  pending = [run for run in runs if run.name not in outcome]
+  pace = Pace({run.name: (costs or {}).get(run.name, 1.0) for run in pending}, clock)
+  running, stopping = {}, ""
+  with pool:
+    while pending and not stopping or running:
       for run in list(pending):
         parent = outcome.get(run.parent, "pending") if run.parent else "done"
         if parent in ("failed", "blocked"):
@@ -173,48 +332,126 @@ def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int
           log(f"{run.name}: blocked, parent {run.parent} is {parent}"
               f" (see {os.path.join(root, run.parent)})")
           pending.remove(run)
-        elif parent == "done" and len(running) < max(1, parallel):
-          running[pool.submit(train_and_evaluate_run, run, config_file, root, execute,
-                              log)] = run
+          pace.drop(run.name)
+        elif time_budget_s is not None and pace.elapsed() >= time_budget_s:
+          stopping = f"the time budget of {time_budget_s:g} s is spent"
+        elif parent == "done" and len(running) < max(1, parallel) and not stopping:
+          log(pace.started(run.name))
           pending.remove(run)
+          running[pool.submit(run_steps, run, root, steps(run), log)] = run
+      if not running:
+        break
       finished, _ = concurrent.futures.wait(
           running, return_when=concurrent.futures.FIRST_COMPLETED)
       for future in finished:
-        outcome[running.pop(future).name] = future.result()
-  return {run.name: outcome[run.name] for run in runs}
+        run = running.pop(future)
+        outcome[run.name] = future.result()
+        log(pace.finished(run.name, outcome[run.name]))
+        if outcome[run.name] == "preempted":
+          stopping = "a run was preempted"
+  if pending:
+    log(f"{len(pending)} runs not started ({stopping or 'their parents did not finish'});"
+        " run the same command again to continue")
+  elif not stopping:
+    evaluate_ensembles(ensemble_pairs(runs, config_file, root), root, log)
+  return {run.name: outcome.get(run.name, "pending") for run in runs}
 
 
-def train_and_evaluate_run(run: Run, config_file: str, root: str, execute, log) -> str:
-  """One run's training (unless already trained) and evaluations: "done" or "failed"."""
-  workdir = os.path.join(root, run.name)
-  os.makedirs(workdir, exist_ok=True)
-  if os.path.exists(os.path.join(workdir, FAILED)):
-    os.remove(os.path.join(workdir, FAILED))  # tried again: it resumes
-  trained = (os.path.exists(os.path.join(workdir, DONE))
-             or attempt(run, root, [train_command(run, config_file, root)], DONE, execute,
-                        log))
-  done = trained and attempt(run, root, [eval_command(run, root)], EVALUATED, execute, log)
-  return "done" if done else "failed"
+def ensemble_pairs(runs: Sequence[Run], config_file: str, root: str
+                   ) -> list[tuple[Run, Run]]:
+  """Table 6's ensembles among the done runs: per arm (init, crop), S and seed, D with E,
+  and the two configs with the lowest mean Table 3 top-1 error over seeds if another
+  pair."""
+  from vgg_jax import report  # pylint: disable=import-outside-toplevel
+  groups = {}
+  for run in runs:
+    if state(run, root) == "done":
+      c = run_config(run, config_file)
+      key = (c.model.init, c.data.crop, tuple(c.data.scale))
+      groups.setdefault(key, {}).setdefault(c.seed, {})[c.model.name] = run
+  if all(len(members) < 2 for by_seed in groups.values() for members in by_seed.values()):
+    return []
+  table3 = {r["run"]: r["top1_err"] for r in report.largest_splits(report.collect(root))
+            if 3 in report.table_of(r)}
+  pairs = []
+  for by_seed in groups.values():
+    errors = {}
+    for members in by_seed.values():
+      for config, run in members.items():
+        if run.name in table3:
+          errors.setdefault(config, []).append(table3[run.name])
+    best = tuple(sorted(errors, key=lambda config: sum(errors[config]) / len(errors[config])
+                        )[:2])
+    for members in by_seed.values():
+      for pair in dict.fromkeys([("D", "E"), tuple(sorted(best))]):
+        if len(pair) == 2 and all(config in members for config in pair):
+          pairs.append(tuple(members[config] for config in pair))
+  return pairs
 
 
-def attempt(run: Run, root: str, commands: list[list[str]], marker: str,
-            execute: Callable[[list[str]], subprocess.CompletedProcess],
-            log: Callable[[str], None]) -> bool:
-  """Runs `commands` until one fails, which leaves FAILED with its output; when all
-  succeed, leaves `marker` with the run's last validation metrics."""
-  workdir = os.path.join(root, run.name)
-  for command in commands:
-    log(f"{run.name}: {' '.join(command[1:])}")
-    result = execute(command)
-    if result.returncode:
-      with open(os.path.join(workdir, FAILED), "w") as f:
-        f.write((result.stdout or "") + (result.stderr or ""))
-      log(f"{run.name}: failed, exit code {result.returncode}; its output is in "
-          f"{os.path.join(workdir, FAILED)}")
-      return False
-  with open(os.path.join(workdir, marker), "w") as f:
-    json.dump(last_metrics(workdir), f)
-  return True
+def evaluate_ensembles(pairs: Sequence[tuple[Run, Run]], root: str,
+                       log: Callable[[str], None]) -> None:
+  """Each pair's soft-max average under the first run's configured evaluations (what
+  `launch.py eval --workdir FIRST --ensemble SECOND` does per protocol), written to the
+  first run's eval/ (..._with_SECOND.json, for the report's Table 6); done once."""
+  from vgg_jax import evaluate  # pylint: disable=import-outside-toplevel
+  for first, second in pairs:
+    marker = os.path.join(root, first.name, f"sweep_ensemble_{second.name}.json")
+    if os.path.exists(marker):
+      continue
+    try:
+      models = [evaluate.load_trained(os.path.join(root, run.name)) for run in (first, second)]
+      paths = [evaluate.write_result(result) for result in evaluate.evaluate_many(
+          models, evaluate.configured(models[0].config))]
+    except Exception as e:  # pylint: disable=broad-except
+      log(f"ensemble {first.name} + {second.name} failed: {e!r}")
+      continue
+    with open(marker, "w") as f:
+      json.dump(paths, f)
+    log(f"[{time.strftime('%H:%M:%S')}] ensemble {first.name} + {second.name}: evaluated")
+
+
+def exit_status(outcome: dict[str, str]) -> int:
+  """`launch.py sweep`'s: PREEMPTED_EXIT_CODE if a run was preempted (run it again), 1 if
+  one failed or was blocked, else 0 (runs left by the time budget included)."""
+  states = set(outcome.values())
+  if "preempted" in states:
+    return train.PREEMPTED_EXIT_CODE
+  return 1 if states & {"failed", "blocked"} else 0
+
+
+class Pace:
+  """Progress lines: the time, the run, and the time left at this call's pace (seconds
+  per unit of cost, over the runs finished so far)."""
+
+  def __init__(self, costs: dict[str, float], clock: Callable[[], float]):
+    self.left, self.clock, self.start = dict(costs), clock, clock()
+    self.done_cost, self.done_seconds, self.began = 0.0, 0.0, {}
+
+  def elapsed(self) -> float:
+    return self.clock() - self.start
+
+  def drop(self, name: str):
+    self.left.pop(name, None)
+
+  def started(self, name: str) -> str:
+    self.began[name] = self.clock()
+    return f"[{time.strftime('%H:%M:%S')}] {name}: started; {self.forecast()}"
+
+  def finished(self, name: str, outcome: str) -> str:
+    seconds = self.clock() - self.began.pop(name)
+    cost = self.left.pop(name)
+    if outcome == "done":
+      self.done_cost, self.done_seconds = self.done_cost + cost, self.done_seconds + seconds
+    return (f"[{time.strftime('%H:%M:%S')}] {name}: {outcome} in {seconds:.0f} s; "
+            f"{self.forecast()}")
+
+  def forecast(self) -> str:
+    runs = f"{len(self.left)} runs to go"
+    if not self.done_cost:
+      return runs
+    minutes = self.done_seconds / self.done_cost * sum(self.left.values()) / 60
+    return f"{runs}, about {minutes:.1f} min at this call's pace"
 
 
 def last_metrics(workdir: str) -> dict:
@@ -260,15 +497,6 @@ PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu-v4": 275e12,
               "tpu-v5p": 459e12}
 
 
-def run_config(run: Run, config_file: str):
-  """The run's resolved config, as `launch.py train` will see it."""
-  config = config_lib.experiment_config(config_file, run.arg)
-  for key, value in run.overrides:
-    section, _, field = key.rpartition(".")
-    (config[section] if section else config)[field] = value
-  return config
-
-
 def training_flops(config) -> float:
   """FLOPs to train the model at the training crop (see `model.training_flops_per_image`),
   x the images the run trains on."""
@@ -283,19 +511,26 @@ def training_flops(config) -> float:
   return per_image * steps * config.optim.batch_size
 
 
-def forecast(runs: Sequence[Run], config_file: str, accelerator: str, mfu: float) -> str:
+def run_flops(runs: Sequence[Run], config_file: str) -> dict[str, float]:
+  """Each run's training FLOPs (see `training_flops`)."""
+  return {run.name: training_flops(run_config(run, config_file)) for run in runs}
+
+
+def forecast(runs: Sequence[Run], config_file: str, accelerator: str, mfu: float,
+             flops: dict[str, float] | None = None) -> str:
   """Per run: training FLOPs and device-hours on `accelerator` at `mfu` of its peak."""
   from vgg_jax.summary import markdown_table  # pylint: disable=import-outside-toplevel
+  flops = flops or run_flops(runs, config_file)
   rows, total = [], 0.0
   for run in runs:
-    flops = training_flops(run_config(run, config_file))
-    hours = flops / (PEAK_FLOPS[accelerator] * mfu) / 3600
+    hours = flops[run.name] / (PEAK_FLOPS[accelerator] * mfu) / 3600
     total += hours
-    rows.append([run.name, f"{flops:.3g}", f"{hours:.3g}"])
+    rows.append([run.name, f"{flops[run.name]:.3g}", f"{hours:.3g}"])
   rows.append(["total", "", f"{total:.3g}"])
   return (markdown_table(["run", "training FLOPs", f"{accelerator}-hours"], rows)
-          + f"\n\nAt {mfu:.0%} of {accelerator}'s {PEAK_FLOPS[accelerator] / 1e12:.0f} "
-          f"TFLOP/s bf16 peak; evaluation not included.")
+          + f"\n\n{len(runs)} runs, {total * 60:.1f} {accelerator}-minutes at {mfu:.0%} of "
+          f"{accelerator}'s {PEAK_FLOPS[accelerator] / 1e12:.0f} TFLOP/s bf16 peak; "
+          "evaluation not included.")
 
 
 # ------------------------------------------------------------------- cluster backends
@@ -329,9 +564,13 @@ def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str
         f"#SBATCH --gpus-per-node={gpus_per_node}",
         f"#SBATCH --time={time}",
         f"#SBATCH --output={workdir}/slurm-%j.out",
+        "#SBATCH --requeue",
         "set -euo pipefail",  # a failed training is not evaluated, and fails the job
+        "# A preempted step (exit 75) requeues the job, which resumes from its checkpoints.",
+        f"run() {{ \"$@\" || {{ status=$?; [ $status -ne {train.PREEMPTED_EXIT_CODE} ] || "
+        "scontrol requeue \"$SLURM_JOB_ID\"; exit $status; }; }",
         f"mkdir -p {workdir}",
-        *(f"srun {command}" for command in cluster_commands(run, config_file, root, repo)),
+        *(f"run srun {command}" for command in cluster_commands(run, config_file, root, repo)),
         ""])
     after = f" --dependency=afterok:${{job_{_shell(run.parent)}}}" if run.parent else ""
     submit.append(f"job_{_shell(run.name)}=$(sbatch --parsable{after} "
@@ -343,10 +582,16 @@ def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str
 def tpu_commands(runs: Sequence[Run], config_file: str, root: str, *, repo: str,
                  tpu: str, zone: str) -> list[str]:
   """gcloud commands that start each run on every host of a Cloud TPU VM pod, parents
-  first (as big_vision's README does); run them one after another."""
-  return [f"gcloud compute tpus tpu-vm ssh {tpu} --zone={zone} --worker=all "
-          f"--command={shlex.quote(' && '.join(cluster_commands(run, config_file, root, repo)))}"
-          for run in runs]
+  first (as big_vision's README does); run them one after another. A preempted training
+  (exit 75) starts again and resumes from its checkpoints; the evaluation follows."""
+  commands = []
+  for run in runs:
+    training, evaluation = cluster_commands(run, config_file, root, repo)
+    remote = (f"until {training}; do s=$?; [ $s -eq {train.PREEMPTED_EXIT_CODE} ] || exit $s;"
+              f" done && {evaluation}")
+    commands.append(f"gcloud compute tpus tpu-vm ssh {tpu} --zone={zone} --worker=all "
+                    f"--command={shlex.quote(remote)}")
+  return commands
 
 
 def _shell(name: str) -> str:

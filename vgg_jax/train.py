@@ -43,6 +43,13 @@ class NonFiniteLoss(FloatingPointError):
   """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
+class Preempted(Exception):
+  """SIGTERM stopped the run after saving: rerun it, do not count it as failed."""
+
+
+PREEMPTED_EXIT_CODE = 75  # launch.py's exit status for a preempted run (EX_TEMPFAIL)
+
+
 # ------------------------------------------------------------------- model and optimiser
 
 
@@ -91,11 +98,14 @@ def lr_drops(scale: float, factor: float) -> int:
 # --------------------------------------------------------------------- the train step
 
 
-def train_step(state: dict, batch: dict, *, graphdef, tx, seed: int,
-               base_lr: float) -> tuple[dict, dict]:
-  """One SGD step. Dropout's key is the run's key folded with the step, so a resumed
-  run draws the same masks as an uninterrupted one."""
-  key = jax.random.fold_in(jax.random.key(seed), state["step"])
+def train_step(state: dict, batch: dict, hyper: dict, *, graphdef,
+               tx) -> tuple[dict, dict]:
+  """One SGD step. `hyper` holds what differs between runs of one shape, as traced
+  values (`run_hyper`: seed and base LR), so a config's seeds and fine-tunings share
+  one compiled program; `tx` is built with LR 1 and the update scaled by the base LR
+  here. Dropout's key is the run's key folded with the step, so a resumed run draws
+  the same masks as an uninterrupted one."""
+  key = jax.random.fold_in(jax.random.key(hyper["seed"]), state["step"])
 
   def loss_fn(params):
     model = nnx.merge(graphdef, params, state["batch_stats"])
@@ -107,12 +117,12 @@ def train_step(state: dict, batch: dict, *, graphdef, tx, seed: int,
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  updates = jax.tree.map(lambda u: u * state["plateau"].scale, updates)
+  updates = jax.tree.map(lambda u: u * hyper["lr"] * state["plateau"].scale, updates)
   new_state = dict(state, step=state["step"] + 1,
                    params=optax.apply_updates(state["params"], updates),
                    batch_stats=batch_stats, opt_state=opt_state)
   metrics = dict(loss=loss, train_top1_err=1 - jnp.mean(logits.argmax(-1) == batch["label"]),
-                 grad_norm=optax.global_norm(grads), lr=base_lr * state["plateau"].scale)
+                 grad_norm=optax.global_norm(grads), lr=hyper["lr"] * state["plateau"].scale)
   return new_state, metrics
 
 
@@ -208,37 +218,90 @@ class Program:
   plateau: Any             # (plateau state, val error) -> plateau state
 
 
+class Bound:
+  """A jitted function with its last arguments bound as arrays (traced, not constants):
+  callable and lowerable with the others alone, as the jitted function would be."""
+
+  def __init__(self, fn, *bound):
+    self.fn, self.bound = fn, bound
+
+  def __call__(self, *args):
+    return self.fn(*args, *self.bound)
+
+  def lower(self, *args):
+    return Bound(self.fn.lower(*args, *self.bound), *self.bound)
+
+  def compile(self):
+    return Bound(self.fn.compile(), *self.bound)
+
+  def __getattr__(self, name):  # cost_analysis, as_text, ... of a lowered/compiled fn
+    return getattr(self.fn, name)
+
+
+def run_hyper(config: ml_collections.ConfigDict) -> dict:
+  """What `train_step` and the initialiser take as traced values: they differ between
+  runs that share a compiled program."""
+  return dict(seed=np.uint32(config.seed), lr=np.float32(config.optim.lr))
+
+
+# Fields of config.optim that reach the program only through `run_hyper` or the loop.
+PER_RUN_OPTIM = ("lr", "epochs", "max_steps", "batch_size")
+_COMPILED: dict[tuple, tuple] = {}  # program key -> the jitted functions, shared
+
+
+def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                cfg: VGGConfig) -> tuple:
+  """Everything that determines the programs' HLO, batch shapes aside (jit keys those)."""
+  optim = {k: v for k, v in config.optim.items() if k not in PER_RUN_OPTIM}
+  rules = config.sharding_rules or config.sharding
+  return cfg, mesh, json.dumps(optim, sort_keys=True), json.dumps(rules, default=list)
+
+
 def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                   num_classes: int, in_channels: int) -> Program:
+  """The run's Program; runs whose `program_key` is equal (a config's seeds, its
+  fine-tunings at another LR) share the jitted functions, so one process compiles
+  them once."""
   cfg = model_config(config, num_classes, in_channels)
-  tx, plateau = make_optimizer(config.optim), make_plateau(config.optim)
+  key = program_key(config, mesh, cfg)
+  if key not in _COMPILED:
+    _COMPILED[key] = compile_program(config.optim, config.sharding_rules or config.sharding,
+                                     mesh, cfg)
+  abstract_state, batch_sharding, init, step, evaluate_batch, plateau = _COMPILED[key]
+  hyper = run_hyper(config)
+  return Program(cfg, mesh, abstract_state, batch_sharding, Bound(init, hyper["seed"]),
+                 Bound(step, hyper), evaluate_batch, plateau)
 
-  def init_state():
-    model = VGG(cfg, rngs=nnx.Rngs(config.seed))
+
+def compile_program(optim: ml_collections.ConfigDict, rules, mesh: jax.sharding.Mesh,
+                    cfg: VGGConfig) -> tuple:
+  """The jitted init, train step, eval step and plateau update (compiled on first call)."""
+  tx = make_optimizer(ml_collections.ConfigDict(dict(optim.to_dict(), lr=1.0)))  # see train_step
+  plateau = make_plateau(optim)
+
+  def init_state(seed):
+    model = VGG(cfg, rngs=nnx.Rngs(jax.random.key(seed)))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     return dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                 opt_state=tx.init(params), plateau=plateau.init(params))
 
   graphdef = model_graphdef(cfg)
-  abstract_state = jax.eval_shape(init_state)
-  state_sharding = sharding_lib.state_shardings(
-      abstract_state, config.sharding_rules or config.sharding, mesh)
+  abstract_state = jax.eval_shape(init_state, jax.ShapeDtypeStruct((), jnp.uint32))
+  state_sharding = sharding_lib.state_shardings(abstract_state, rules, mesh)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
-  step = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, tx=tx, seed=config.seed,
-                        base_lr=config.optim.lr),
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, replicated), donate_argnums=0)
+  step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
+                 in_shardings=(state_sharding, batch_sharding, replicated),
+                 out_shardings=(state_sharding, replicated), donate_argnums=0)
   evaluate_batch = jax.jit(functools.partial(eval_step, graphdef=graphdef),
                            in_shardings=(state_sharding, batch_sharding),
                            out_shardings=replicated)
   plateau_update = jax.jit(
       lambda p, err: plateau.update(updates={}, state=p, value=err)[1],
       out_shardings=state_sharding["plateau"])
-  return Program(cfg, mesh, ckpt_lib.abstract_like(abstract_state, state_sharding),
-                 batch_sharding, jax.jit(init_state, out_shardings=state_sharding),
-                 step, evaluate_batch, plateau_update)
+  return (ckpt_lib.abstract_like(abstract_state, state_sharding), batch_sharding,
+          jax.jit(init_state, out_shardings=state_sharding), step, evaluate_batch,
+          plateau_update)
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, program: Program) -> dict:
