@@ -88,7 +88,7 @@ DESIGNS = {
     # One H200: half width, bf16, batch 256, 20 epochs (5 to fine-tune), 3 seeds.
     "gpu": dict(chain=sweep_lib.TABLE3, he=("A", "B", "D", "E"), he64=("A", "B", "D"),
                 seeds=3, width=0.5, epochs=20, finetune_epochs=5, batch=512,
-                dtype="bfloat16", backend="numpy", holdout=5000, patience=2),
+                dtype="bfloat16", backend="device", holdout=5000, patience=2),
     # 2 CPU cores in <= 45 minutes: A, B, D of the chain at S=32, 1/8 width, 3 seeds.
     "cpu": dict(chain=(("A", "256"), ("B", "256"), ("D", "256")), he=(), he64=(),
                 seeds=3, width=0.125, epochs=4, finetune_epochs=0, batch=128,
@@ -128,11 +128,17 @@ def design_sweep(design: dict, arg: str = "") -> list[dict]:
   finetune = {"optim.epochs": d.finetune_epochs} if d.finetune_epochs else {}
   seeds = range(d.seeds)
   fixed = lambda configs: tuple((config, "256") for config in configs)  # noqa: E731
-  return (sweep_lib.paper_chain(design["chain"], seeds, extra=extra, finetune=finetune,
+  chain = sweep_lib.paper_chain(design["chain"], seeds, extra=extra, finetune=finetune,
                                 scales=sweep_lib.PAPER_SCALES["fashion_mnist"])
-          + sweep_lib.paper_chain(fixed(design["he"]), seeds, warm_start=False, init="he",
-                                  prefix="he_", extra=extra,
-                                  scales=sweep_lib.PAPER_SCALES["fashion_mnist"])
-          + sweep_lib.paper_chain(fixed(design["he64"]), seeds, warm_start=False, init="he",
-                                  prefix="he64_", extra=extra + ",size=64",
-                                  scales=sweep_lib.PAPER_SCALES["fashion_mnist@64"]))
+  he = sweep_lib.paper_chain(fixed(design["he"]), seeds, warm_start=False, init="he",
+                             prefix="he_", extra=extra,
+                             scales=sweep_lib.PAPER_SCALES["fashion_mnist"])
+  he64 = sweep_lib.paper_chain(fixed(design["he64"]), seeds, warm_start=False, init="he",
+                               prefix="he64_", extra=extra + ",size=64",
+                               scales=sweep_lib.PAPER_SCALES["fashion_mnist@64"])
+  # Stages, so a sweep cut short (--time_budget_s) keeps the depth comparisons whole:
+  # every seed of the S=32 nets of both arms first, then the fine-tunings at S=40 and
+  # [32,48], then the 64x64 arm.
+  stage = lambda run: 1 if "parent" in run and run["layers"] == "all" else 0  # noqa: E731
+  return ([dict(run, stage=stage(run)) for run in chain + he]
+          + [dict(run, stage=2) for run in he64])

@@ -50,6 +50,7 @@ class Run:
   parent: str | None = None
   layers: str = "paper"
   overrides: tuple[tuple[str, object], ...] = ()
+  stage: int = 0  # runs of a later stage start after every run of the earlier ones
 
 
 # The training scales that stand for the paper's S = 256, 384 and [256, 512], per data
@@ -108,9 +109,9 @@ def table3_sweep(arg: str, scales: dict[str, str], finetune_epochs: int = 0,
 
 
 def expand(specs: Sequence[dict]) -> list[Run]:
-  """Checks a sweep's runs and orders them: parents before children, otherwise
-  seed-major (every run of seed 0, then of seed 1, ...), so a sweep stopped early still
-  holds complete comparisons paired by seed."""
+  """Checks a sweep's runs and orders them: parents before children, otherwise by stage
+  and then seed-major (every run of seed 0, then of seed 1, ...), so a sweep stopped
+  early still holds complete comparisons paired by seed, the first stage's first."""
   runs = {}
   for spec in specs:
     unknown = set(spec) - {f.name for f in dataclasses.fields(Run)}
@@ -133,7 +134,7 @@ def expand(specs: Sequence[dict]) -> list[Run]:
     placed.add(run.name)
     ordered.append(run)
 
-  for run in sorted(runs.values(), key=seed_of):  # seed-major: all of seed 0 first
+  for run in sorted(runs.values(), key=lambda run: (run.stage, seed_of(run))):
     place(run, ())
   return ordered
 
