@@ -63,6 +63,7 @@ LEVERS = (  # (name, model overrides, XLA compiler options), most telling first
      {"xla_gpu_experimental_enable_conv_fusion": True}),
 )
 LOG_TAIL = 60  # lines of a part's output copied into log.txt
+MAX_FILE_BYTES = 15 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,10 +165,16 @@ def part_profile(args, size: Size) -> str:
         f"{sum(v for k, v in summary['kinds_ms'].items() if k.startswith('conv')):.2f}")
   except Exception as e:
     text = outcome = f"summary failed: {type(e).__name__}: {e}\n"
+  tarball = os.path.join(args.out, "profile.tar.gz")
+  with tarfile.open(tarball, "w:gz") as tar:
+    tar.add(trace_dir, arcname="profile")
+  if os.path.getsize(tarball) > MAX_FILE_BYTES:  # what comes back is at most 16 MiB a file
+    with tarfile.open(tarball, "w:gz") as tar:
+      tar.add(trace_dir, arcname="profile", filter=lambda info: None if info.name.endswith(
+          (".xplane.pb", ".trace.json.gz")) else info)
+    text += "\nThe raw trace was left out of profile.tar.gz: over 15 MiB.\n"
   with open(os.path.join(args.out, "profile.md"), "w") as f:
     f.write(header + text)
-  with tarfile.open(os.path.join(args.out, "profile.tar.gz"), "w:gz") as tar:
-    tar.add(trace_dir, arcname="profile")
   return outcome
 
 
