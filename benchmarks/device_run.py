@@ -199,7 +199,7 @@ def part_ablation(args, size: Size) -> str:
   root = os.path.join(args.scratch, "ablation")
   spec = args.ablation or (SMOKE_ABLATION if args.smoke else ABLATION)
   if args.fashion_mnist_dir:
-    spec = with_arg(spec, f"manual_dir={os.path.abspath(args.fashion_mnist_dir)}")
+    spec = with_arg(spec, f"manual_dir={args.fashion_mnist_dir}")
   report_reserve = 25 if not args.smoke else 20
   sweep_s = max(5.0, args.deadline - time.time() - report_reserve)
   launch = [sys.executable, os.path.join(ROOT, "launch.py")]
@@ -459,7 +459,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="Fashion-MNIST's IDX files, handed to every ablation run "
                       "(its SPEC's manual_dir=)")
   parser.add_argument("--ablation", default="",
-                      help=f"the sweep SPEC (default {ABLATION}; --smoke: {SMOKE_ABLATION})")
+                      help=f"the sweep SPEC, its file relative to the repository (default "
+                      f"{ABLATION}; --smoke: {SMOKE_ABLATION})")
   parser.add_argument("--budget_s", type=float, default=None,
                       help="all parts together (default: the sum of the shares, 540 s; "
                       "--smoke 180 s)")
@@ -473,6 +474,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)
   parser.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  args.out = os.path.abspath(args.out)  # the parts run in the repository's root
+  args.scratch = args.scratch and os.path.abspath(args.scratch)
+  args.fashion_mnist_dir = args.fashion_mnist_dir and os.path.abspath(args.fashion_mnist_dir)
   args.share = {k: v for d in args.share for k, v in d.items()}
   args.parts = [p for p in args.parts.split(",") if p]
   unknown = set(args.parts) - set(PARTS)
