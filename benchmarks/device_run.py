@@ -203,7 +203,8 @@ def part_ablation(args, size: Size) -> str:
   report_reserve = 25 if not args.smoke else 20
   sweep_s = max(5.0, args.deadline - time.time() - report_reserve)
   launch = [sys.executable, os.path.join(ROOT, "launch.py")]
-  sweep = run_group(launch + ["sweep", f"--config={spec}", f"--workdir={root}"], sweep_s,
+  sweep = run_group(launch + ["sweep", f"--config={spec}", f"--workdir={root}",
+                              *args.sweep_flag], sweep_s,
                     os.path.join(args.scratch, "ablation_sweep.log"))
   report = run_group(launch + ["report", root], max(5.0, args.deadline - time.time() - 5),
                      os.path.join(args.scratch, "ablation_report.log"))
@@ -413,6 +414,7 @@ def conduct(args) -> list[dict]:
     command += ["--smoke"] if args.smoke else []
     command += ["--fashion_mnist_dir", args.fashion_mnist_dir] if args.fashion_mnist_dir else []
     command += ["--ablation", args.ablation] if args.ablation else []
+    command += [f"--sweep_flag={flag}" for flag in args.sweep_flag]
     log_path = os.path.join(scratch, f"{name}.log")
     print(f"[device_run] {name}: limit {limit:.0f} s", flush=True)
     start = time.time()
@@ -461,6 +463,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--ablation", default="",
                       help=f"the sweep SPEC, its file relative to the repository (default "
                       f"{ABLATION}; --smoke: {SMOKE_ABLATION})")
+  parser.add_argument("--sweep_flag", action="append", default=[], metavar="FLAG",
+                      help="a flag for `launch.py sweep`, e.g. --sweep_flag=--time_budget_s=100 "
+                      "(repeat for more)")
   parser.add_argument("--budget_s", type=float, default=None,
                       help="all parts together (default: the sum of the shares, 540 s; "
                       "--smoke 180 s)")
