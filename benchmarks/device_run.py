@@ -63,6 +63,7 @@ LEVERS = (  # (name, model overrides, XLA compiler options), most telling first
      {"xla_gpu_experimental_enable_conv_fusion": True}),
 )
 LOG_TAIL = 60  # lines of a part's output copied into log.txt
+MAX_FILE_BYTES = 15 * 2**20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,10 +165,16 @@ def part_profile(args, size: Size) -> str:
         f"{sum(v for k, v in summary['kinds_ms'].items() if k.startswith('conv')):.2f}")
   except Exception as e:
     text = outcome = f"summary failed: {type(e).__name__}: {e}\n"
+  tarball = os.path.join(args.out, "profile.tar.gz")
+  with tarfile.open(tarball, "w:gz") as tar:
+    tar.add(trace_dir, arcname="profile")
+  if os.path.getsize(tarball) > MAX_FILE_BYTES:  # what comes back is at most 16 MiB a file
+    with tarfile.open(tarball, "w:gz") as tar:
+      tar.add(trace_dir, arcname="profile", filter=lambda info: None if info.name.endswith(
+          (".xplane.pb", ".trace.json.gz")) else info)
+    text += "\nThe raw trace was left out of profile.tar.gz: over 15 MiB.\n"
   with open(os.path.join(args.out, "profile.md"), "w") as f:
     f.write(header + text)
-  with tarfile.open(os.path.join(args.out, "profile.tar.gz"), "w:gz") as tar:
-    tar.add(trace_dir, arcname="profile")
   return outcome
 
 
@@ -192,7 +199,7 @@ def part_ablation(args, size: Size) -> str:
   root = os.path.join(args.scratch, "ablation")
   spec = args.ablation or (SMOKE_ABLATION if args.smoke else ABLATION)
   if args.fashion_mnist_dir:
-    spec = with_arg(spec, f"manual_dir={os.path.abspath(args.fashion_mnist_dir)}")
+    spec = with_arg(spec, f"manual_dir={args.fashion_mnist_dir}")
   report_reserve = 25 if not args.smoke else 20
   sweep_s = max(5.0, args.deadline - time.time() - report_reserve)
   launch = [sys.executable, os.path.join(ROOT, "launch.py")]
@@ -200,7 +207,8 @@ def part_ablation(args, size: Size) -> str:
   # (and is evaluated) before the part's limit, which then only stops a hung sweep.
   last_run = 15 if args.smoke else 50
   sweep = run_group(launch + ["sweep", f"--config={spec}", f"--workdir={root}",
-                              f"--time_budget_s={max(1.0, sweep_s - last_run):.0f}"], sweep_s,
+                              f"--time_budget_s={max(1.0, sweep_s - last_run):.0f}",
+                              *args.sweep_flag], sweep_s,
                     os.path.join(args.scratch, "ablation_sweep.log"))
   report = run_group(launch + ["report", root], max(5.0, args.deadline - time.time() - 5),
                      os.path.join(args.scratch, "ablation_report.log"))
@@ -410,6 +418,7 @@ def conduct(args) -> list[dict]:
     command += ["--smoke"] if args.smoke else []
     command += ["--fashion_mnist_dir", args.fashion_mnist_dir] if args.fashion_mnist_dir else []
     command += ["--ablation", args.ablation] if args.ablation else []
+    command += [f"--sweep_flag={flag}" for flag in args.sweep_flag]
     log_path = os.path.join(scratch, f"{name}.log")
     print(f"[device_run] {name}: limit {limit:.0f} s", flush=True)
     start = time.time()
@@ -456,7 +465,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="Fashion-MNIST's IDX files, handed to every ablation run "
                       "(its SPEC's manual_dir=)")
   parser.add_argument("--ablation", default="",
-                      help=f"the sweep SPEC (default {ABLATION}; --smoke: {SMOKE_ABLATION})")
+                      help=f"the sweep SPEC, its file relative to the repository (default "
+                      f"{ABLATION}; --smoke: {SMOKE_ABLATION})")
+  parser.add_argument("--sweep_flag", action="append", default=[], metavar="FLAG",
+                      help="a flag for `launch.py sweep`, e.g. --sweep_flag=--time_budget_s=100 "
+                      "(repeat for more)")
   parser.add_argument("--budget_s", type=float, default=None,
                       help="all parts together (default: the sum of the shares, 540 s; "
                       "--smoke 180 s)")
@@ -470,6 +483,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)
   parser.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  args.out = os.path.abspath(args.out)  # the parts run in the repository's root
+  args.scratch = args.scratch and os.path.abspath(args.scratch)
+  args.fashion_mnist_dir = args.fashion_mnist_dir and os.path.abspath(args.fashion_mnist_dir)
   args.share = {k: v for d in args.share for k, v in d.items()}
   args.parts = [p for p in args.parts.split(",") if p]
   unknown = set(args.parts) - set(PARTS)

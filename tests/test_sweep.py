@@ -26,7 +26,7 @@ def test_paper_chain_expands_table3_per_seed_parents_first():
   assert (d.parent, d.layers, d.arg) == (
       "A_S32_seed1", "paper",
       "model=D,S=32,seed=1,width=0.125,epochs=2,holdout=5000,backend=tfds,dtype=float32,"
-      "quick=False")
+      "quick=False,manual_dir=")
   d384, jitter = by_name["D_S40_seed0"], by_name["D_S32-48_seed0"]
   assert (d384.parent, d384.layers, dict(d384.overrides)) == (
       "D_S32_seed0", "all", {"optim.lr": 1e-3, "optim.epochs": 1})
