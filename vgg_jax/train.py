@@ -231,8 +231,8 @@ class Bound:
   def lower(self, *args):
     return Bound(self.fn.lower(*args, *self.bound), *self.bound)
 
-  def compile(self):
-    return Bound(self.fn.compile(), *self.bound)
+  def compile(self, *args, **kwargs):  # e.g. XLA compiler options
+    return Bound(self.fn.compile(*args, **kwargs), *self.bound)
 
   def __getattr__(self, name):  # cost_analysis, as_text, ... of a lowered/compiled fn
     return getattr(self.fn, name)
