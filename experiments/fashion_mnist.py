@@ -85,7 +85,7 @@ def get_config(arg: str = ""):
 # the five pools leave 2x2), all with the same seeds, so each comparison is paired by
 # seed. Forecasts: `launch.py sweep --accelerator h200 --mfu 0.2 --dry_run`.
 DESIGNS = {
-    # One H200: half width, bf16, batch 256, 20 epochs (5 to fine-tune), 3 seeds.
+    # One H200: half width, bf16, batch 512, 20 epochs (5 to fine-tune), 3 seeds.
     "gpu": dict(chain=sweep_lib.TABLE3, he=("A", "B", "D", "E"), he64=("A", "B", "D"),
                 seeds=3, width=0.5, epochs=20, finetune_epochs=5, batch=512,
                 dtype="bfloat16", backend="device", holdout=5000, patience=2),

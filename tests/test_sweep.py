@@ -325,7 +325,8 @@ def test_no_run_starts_once_the_time_budget_is_spent(tmp_path, monkeypatch):
 def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(tmp_path, capfd):
   """In one process: A seed 0 'killed' after 2 of its 4 steps resumes; A seed 1 reuses
   its compiled programs; B warm-starts from A; each run keeps its own workdir, metrics
-  and evaluations; JAX's persistent cache fills under the root."""
+  and evaluations, and A + B is evaluated as an ensemble; JAX's persistent cache fills
+  under the root."""
   from vgg_jax import train
   spec = lambda name, arg, **kw: dict(name=name, arg=f"quick,backend=numpy,{arg}",  # noqa
                                       overrides=TINY, **kw)
@@ -341,8 +342,10 @@ def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(tmp_pa
   for run in runs:
     assert [r["step"] for r in metrics.read_metrics(str(tmp_path / run.name))
             if "val_top1_err" in r][-1] == 4
-    assert sorted(os.listdir(tmp_path / run.name / "eval")) == [
-        "test_64_dense_Q32-37.json", "test_64_dense_Q32.json"]
+    ensembles = ["test_64_dense_Q32-37_with_B.json", "test_64_dense_Q32_with_B.json"]
+    assert sorted(os.listdir(tmp_path / run.name / "eval")) == sorted(
+        ["test_64_dense_Q32-37.json", "test_64_dense_Q32.json"]
+        + (ensembles if run.name == "A" else []))  # Table 6: the best two of seed 0
   from vgg_jax import sharding
   config = sweep.run_config(runs[1], FASHION)
   key = train.program_key(config, sharding.make_mesh(config.mesh),
