@@ -43,10 +43,10 @@ def test_the_switch(value, enabled):
 
 def test_the_tests_run_with_the_defaults():
   """conftest.py applies them (unless the switch is off), keeping its 8 devices."""
-  flags = os.environ["XLA_FLAGS"].split()
-  assert "--xla_force_host_platform_device_count=8" in flags
-  assert (f"--{FLAG}={xla_flags.CPU_DEFAULTS[FLAG]}" in flags) == (
-      xla_flags.cpu_defaults_enabled())
+  flags = os.environ["XLA_FLAGS"]
+  assert "--xla_force_host_platform_device_count=8" in flags.split()
+  if xla_flags.cpu_defaults_enabled():
+    assert xla_flags.with_cpu_defaults(flags) == flags  # each default flag is set
 
 
 def lecun_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
