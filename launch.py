@@ -37,6 +37,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from vgg_jax import xla_flags  # noqa: E402
+
+xla_flags.apply_cpu_defaults()  # before any backend starts; VGG_JAX_XLA_CPU_DEFAULTS=0: off
+
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 

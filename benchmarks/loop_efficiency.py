@@ -46,6 +46,10 @@ from unittest import mock
 if __package__ in (None, ""):  # run as `python benchmarks/loop_efficiency.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vgg_jax import xla_flags  # noqa: E402
+
+xla_flags.apply_cpu_defaults()  # before jax starts a backend; VGG_JAX_XLA_CPU_DEFAULTS=0: off
+
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 

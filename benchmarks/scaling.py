@@ -20,6 +20,10 @@ import sys
 if __package__ in (None, ""):  # run as `python benchmarks/scaling.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vgg_jax import xla_flags  # noqa: E402
+
+xla_flags.apply_cpu_defaults()  # before jax starts a backend; VGG_JAX_XLA_CPU_DEFAULTS=0: off
+
 DEVICES = 8  # simulated CPU devices for the compiled tables; set before jax is imported
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")

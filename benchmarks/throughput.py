@@ -53,6 +53,10 @@ from typing import Callable
 if __package__ in (None, ""):  # run as `python benchmarks/throughput.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vgg_jax import xla_flags  # noqa: E402
+
+xla_flags.apply_cpu_defaults()  # before jax starts a backend; VGG_JAX_XLA_CPU_DEFAULTS=0: off
+
 # torch shares the GPU with JAX in this process, so JAX allocates as it goes instead of
 # taking 75% of the memory up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
