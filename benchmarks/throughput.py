@@ -15,11 +15,14 @@ random batch that already lives on the devices, so input costs nothing here
   step (ms)     the median over --windows windows of --steps steps each, waiting on the
                 device once at the end of a window (after --warmup steps);
   img/s/chip    global batch / step time / chips in the mesh;
-  MFU           FLOPs of the compiled step from XLA's cost analysis (per chip) / step time /
-                the chip's dense bf16 peak (`PEAK_FLOPS` by device kind, or --peak_flops;
-                none on a CPU); torch rows count the same FLOPs per image as ours;
-  GFLOP/img     XLA's FLOPs per training image (fwd + bwd + update; 6 x MACs would be
-                92.8 for D at 224);
+  MFU           the model's training FLOPs (6 x its multiply-adds per image, 92.8 GFLOP
+                for D at 224; `model.training_flops_per_image`) x img/s per chip / the
+                chip's dense bf16 peak (`PEAK_FLOPS` by device kind, or --peak_flops; none
+                on a CPU); torch rows count the same FLOPs per image as ours;
+  GFLOP/img     XLA's own count of the compiled step's FLOPs per training image (fwd +
+                bwd + update). On a CPU it is within 3% of 6 x MACs; on a GPU it leaves out
+                the convolutions that run as cuDNN calls (0.4 for D on an H200), which is
+                why MFU does not use it;
   XLA memory    what the compiled step needs on a chip: arguments + outputs - donated +
                 temporaries (torch: n/a);
   collectives   MiB per step each chip's collectives of the compiled step produce, by kind
@@ -132,7 +135,8 @@ def with_rates(row: dict, peak: float | None) -> dict:
     return dict(row, img_s=None, img_s_per_chip=None, mfu=None)
   img_s = row["batch"] / row["step_s"]
   per_chip = img_s / row["chips"]
-  mfu = per_chip * row["flops_per_image"] / peak if peak and row["flops_per_image"] else None
+  flops = row["model_flops_per_image"]
+  mfu = per_chip * flops / peak if peak and flops else None
   return dict(row, img_s=img_s, img_s_per_chip=per_chip, mfu=mfu)
 
 
@@ -269,10 +273,12 @@ def torch_sgd(net, optim: ml_collections.ConfigDict):
 
 def bench_torch(config: ml_collections.ConfigDict, framework: str, *, warmup: int = 3,
                 steps: int = 10, windows: int = 3, peak: float | None = None,
-                flops_per_image: float | None = None) -> dict:
+                flops_per_image: float | None = None,
+                model_flops_per_image: float | None = None) -> dict:
   """Times torchvision's train step of the same network, or says why it cannot; a
   torch.compile failure is reported in the row, not raised."""
-  row = row_for(framework, config, flops_per_image=flops_per_image)
+  row = row_for(framework, config, flops_per_image=flops_per_image,
+                model_flops_per_image=model_flops_per_image)
   alias = torchvision_alias(config.model.name)
   if alias is None:
     return with_rates(dict(row, note=f"no torchvision model for {config.model.name}"), peak)
@@ -421,7 +427,8 @@ def benchmark(args: argparse.Namespace,
       progress(dict(environment=environment(), rows=rows + ours, scaling=scaling(rows + ours),
                     notes=notes))  # before torch, which could take the process down
       theirs = [bench_torch(bench_config(name, batch=batch, **size), framework,
-                            flops_per_image=ours[0]["flops_per_image"], **timing)
+                            flops_per_image=ours[0]["flops_per_image"],
+                            model_flops_per_image=ours[0]["model_flops_per_image"], **timing)
                 for framework in frameworks]
       for row in ours + theirs:
         print(f"{row['framework']} {name} batch {batch} chips {row['chips']}: "

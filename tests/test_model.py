@@ -356,8 +356,8 @@ def step_hlo(**kw) -> str:
 
 
 def test_reshape_pool_leaves_no_select_and_scatter():
-  assert "select-and-scatter" in step_hlo()
-  assert "select-and-scatter" not in step_hlo(pool="reshape")
+  assert "select-and-scatter" in step_hlo(pool="reduce_window")
+  assert "select-and-scatter" not in step_hlo()  # the default
 
 
 def relu_input_users(relu_grad: str) -> list[int]:

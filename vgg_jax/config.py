@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32", param_dtype="float32",
       # How the step computes pools and ReLU gradients, same values either way (see
       # VGGConfig): "reduce_window" | "reshape", "input" | "output".
-      pool="reduce_window", relu_grad="input")
+      pool="reshape", relu_grad="input")
 
   # Every field is documented in vgg_jax.data.default_config. S is always (lo, hi):
   # ConfigDict fields keep their type, and (256, 256) is a fixed S.
