@@ -3,6 +3,9 @@
   python benchmarks/loop_efficiency.py \\
       --config experiments/fashion_mnist.py:backend=numpy --warmup 50 --steps 400 \\
       --checkpoint_every 200                      # CPU: real Fashion-MNIST, NumPy input
+  python benchmarks/loop_efficiency.py \
+      --config experiments/fashion_mnist.py:backend=device --warmup 50 --steps 400 \
+      --checkpoint_every 200                      # the same, input held on the devices
   python benchmarks/loop_efficiency.py --config experiments/paper.py:model=D \\
       --input synthetic --warmup 50 --steps 500   # GPU: no data set, no TensorFlow
 
@@ -20,6 +23,8 @@ devices), and the ratio is
 
 the two bare numbers apart show how steady the machine was.
 
+With `backend=device` the batches are gathered and augmented on the step's devices, in
+the loop's thread (no `train.prefetch`), so the ratio shows what that costs the loop.
 `--input synthetic` replaces the data set by a few random batches held in host memory at
 the config's crop (ImageNet's 1000 classes, 3 channels), so what is measured is the loop,
 not a data set's decoding. `--no_prefetch` times the loop as it was before

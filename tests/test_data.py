@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 
 from vgg_jax import data
 from vgg_jax import sharding as sharding_lib
+from vgg_jax.data import device_backend
 from vgg_jax.data import tfds_backend as data_tf
 
 FM_MISSING = not all(os.path.exists(os.path.join(data.FASHION_MNIST_DIR, f))
@@ -516,11 +517,14 @@ def test_device_batches_do_not_depend_on_the_device_count_and_resume_anywhere():
   for start in (3, 4):  # 3 steps an epoch: 3 starts an epoch, 4 is inside one
     for a, b in zip(run[start:], eight.iter_from(start)):
       np.testing.assert_allclose(a["image"], np.asarray(b["image"]), atol=1e-4)
+  programs = device_backend.train_program.cache_info().currsize
+  other_seed = next(iter(make(sharding=on_devices(8), seed=9)))
+  assert device_backend.train_program.cache_info().currsize == programs  # seeds share it
+  assert not np.allclose(np.asarray(other_seed["image"]), run[0]["image"])
 
 
 @needs_fashion_mnist
 def test_device_backend_refuses_a_split_that_does_not_fit(monkeypatch):
-  from vgg_jax.data import device_backend
   placed = []
   monkeypatch.setattr(device_backend, "place", lambda *args: placed.append(args))
   monkeypatch.setattr(device_backend, "memory_limit", lambda device: 60_000 * 32 * 32)
@@ -531,6 +535,24 @@ def test_device_backend_refuses_a_split_that_does_not_fit(monkeypatch):
                              sharding=on_devices(8))  # an eighth of the split fits
   assert eight.steps == 60_000 // 64 and not placed  # placed only when iterated
   assert device_backend.split_bytes((60_000, 32, 32, 1), 8) == 7_500 * 1024
+
+
+@needs_fashion_mnist
+def test_evaluation_protocols_read_and_rescale_alike_on_device():
+  """`data.read_split` and `data.rescale_images`, what evaluate.py reads through."""
+  cfg = device_cfg()
+  shares = [list(data.read_split(c, "test[:7]", 1, 2, chunk=2))
+            for c in (cfg, copy(cfg, backend="numpy"))]
+  assert [[len(labels) for _, labels in share] for share in shares] == [[2, 1]] * 2
+  for (a, a_labels), (b, b_labels) in zip(*shares):
+    np.testing.assert_array_equal(np.stack(a), np.stack(b))
+    np.testing.assert_array_equal(a_labels, b_labels)
+  images = np.stack(shares[0][0][0])
+  for q in (20, 45):
+    out = data.rescale_images(cfg, images, q)
+    assert out.shape == (2, q, q, 1)
+    np.testing.assert_allclose(out, data.rescale_images(copy(cfg, backend="numpy"), images, q),
+                               atol=1e-3)
 
 
 def test_to_global_passes_global_arrays_through():
@@ -547,13 +569,17 @@ def test_device_backend_trains_as_the_numpy_backend_on_8_devices_and_2_processes
   """The trainer on device-resident input, 8 simulated devices in one process and two
   real processes of 2 devices (127.0.0.1), against NumPy input on one device."""
   from tests.test_train import finish, free_port, launch, losses, tiny_config
-  from vgg_jax import train
+  from vgg_jax import evaluate, train
   _, reference = train.train_and_evaluate(tiny_config(steps=4), str(tmp_path / "ref"))
   eight = tiny_config(steps=4, devices=8, arg="quick,backend=device")
   _, result = train.train_and_evaluate(eight, str(tmp_path / "eight"))
   assert result["val_count"] == reference["val_count"] == 200
   assert result["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
   np.testing.assert_allclose(losses(tmp_path / "eight"), losses(tmp_path / "ref"), rtol=1e-4)
+  dense = [evaluate.evaluate([evaluate.load_trained(str(tmp_path / run))], "dense", "32,40",
+                             split="test[:20]") for run in ("ref", "eight")]
+  assert dense[0]["count"] == dense[1]["count"] == 20
+  assert dense[0]["top5_hits"] == dense[1]["top5_hits"]
   port = free_port()
   workers = [launch(tmp_path / "two", "quick,backend=device", "--config.optim.max_steps=4",
                     f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",

@@ -62,7 +62,7 @@ from vgg_jax.model import VGGConfig
 PROTOCOLS = config_lib.PROTOCOLS
 VIEWS = {"single": 1, "dense": 2, "multicrop": 50}
 GRID = 5  # multi-crop windows per side
-CHUNK = 1024  # images read, rescaled and predicted at a time
+CHUNK = data.CHUNK  # images read, rescaled and predicted at a time
 TABLE_HEADER = "| config | S | Q | protocol | top-1 | top-5 |\n|---|---|---|---|---|---|"
 
 

@@ -7,17 +7,19 @@ from (seed, step) exactly as in the numpy backend (`core.train_order`); the devi
 gather those rows and augment them with the numpy backend's functions (`augment`, the
 example keys of `augment.step_keys`), so the two backends give the same batches, for any
 number of devices or processes. Batches are global `jax.Array`s on the batch sharding:
-`to_global` passes them through, and making one only dispatches (it never waits).
-Evaluation batches are contiguous rows, padded and masked to whole global batches. The
-evaluation protocols (`read_split`, `rescale_images`) read the host copy and rescale on
-the accelerator.
+`to_global` passes them through, and making one only dispatches (it never waits), from
+the loop's own thread (`Pipeline.prefetch` 0): the program has collectives, which every
+process must issue in the same order. Evaluation batches are consecutive rows, padded
+and masked to whole global batches. The evaluation protocols (`read_split`,
+`rescale_images`) read the host copy and rescale on the default device.
 
-Cost per chip: the split's bytes over the data-parallel devices (Fashion-MNIST at 32x32:
-61 MB for the 60,000 training and 10 MB for the 10,000 test images, over D chips), plus
-per step the gathered batch and its float32 augmentation, a few global batches of
-pixels (`batch_bytes`). A split needing more than MAX_FRACTION of a chip's memory is
-refused before anything is placed; platforms that report no limit (the CPU) skip the
-check. No TensorFlow: the GPU machine has none.
+Cost per chip: the split's bytes over the data-parallel devices D (Fashion-MNIST at
+32x32: 61 MB for the 60,000 training and 10 MB for the 10,000 test images), plus a
+step's temporaries (`batch_bytes`: the gathered global batch, which XLA builds as a
+masked local gather and an all-reduce of its B x H x W x C uint8 pixels, and the float32
+crops). Input needing more than MAX_FRACTION of a chip's memory is refused before
+anything is placed; platforms that report no limit (the CPU) skip the check. No
+TensorFlow: the GPU machine has none.
 """
 
 import functools
@@ -122,48 +124,64 @@ def on_batch(x: jax.Array, sharding: NamedSharding) -> jax.Array:
 def train_batches(placed, num_examples, stats, cfg, global_batch, seed, sharding):
   """Endless global batches from any step: the rows of `core.train_order`, augmented."""
   indices = core.train_order(num_examples, global_batch, seed)
-  options = dict(scale=core.scale_range(cfg.scale), crop=cfg.crop, flip=bool(cfg.flip),
-                 pca_std=float(cfg.pca_std))
-  replicated = NamedSharding(sharding.mesh, P())
-
-  @functools.partial(jax.jit, in_shardings=(sharding, sharding, replicated, replicated),
-                     out_shardings=sharding)
-  def make(images, labels, idx, step):
-    keys = augment.step_keys(jax.random.key(seed), step, global_batch)
-    image = augment.augment_batch(on_batch(keys, sharding), on_batch(images[idx], sharding),
-                                  stats, **options)
-    return {"image": image, "label": labels[idx], "mask": jnp.ones(global_batch, bool)}
+  make = train_program(sharding, global_batch, core.scale_range(cfg.scale), cfg.crop,
+                       bool(cfg.flip), float(cfg.pca_std))
 
   def batches(start):
     images, labels = placed()
     for step in itertools.count(start):
-      yield make(images, labels, indices(step).astype(np.int32), np.int32(step))
+      yield make(images, labels, indices(step).astype(np.int32), np.int32(step),
+                 np.int32(seed), stats)
 
   return batches
+
+
+@functools.cache
+def train_program(sharding, global_batch, scale, crop, flip, pca_std):
+  """(split images, labels, indices, step, seed, stats) -> the augmented global batch;
+  one per shape and option, so the runs of a sweep share it."""
+  replicated = NamedSharding(sharding.mesh, P())
+
+  @functools.partial(jax.jit, out_shardings=sharding,
+                     in_shardings=(sharding, sharding) + (replicated,) * 4)
+  def make(images, labels, idx, step, seed, stats):
+    keys = augment.step_keys(jax.random.key(seed), step, global_batch)
+    image = augment.augment_batch(on_batch(keys, sharding), on_batch(images[idx], sharding),
+                                  stats, scale=scale, crop=crop, flip=flip, pca_std=pca_std)
+    return {"image": image, "label": labels[idx], "mask": jnp.ones(global_batch, bool)}
+
+  return make
 
 
 def eval_batches(placed, num_examples, stats, cfg, global_batch, steps, sharding):
   """`steps` global batches of consecutive rows, preprocessed for evaluation; rows past
   the split are zeros with mask False."""
-  replicated = NamedSharding(sharding.mesh, P())
-
-  @functools.partial(jax.jit, in_shardings=(sharding, sharding, replicated),
-                     out_shardings=sharding)
-  def make(images, labels, start):
-    idx = start + jnp.arange(global_batch)
-    mask = idx < num_examples
-    idx = jnp.minimum(idx, num_examples - 1)
-    image = augment.eval_batch(on_batch(images[idx], sharding), stats, scale=cfg.eval_scale,
-                               crop=core.eval_crop(cfg))
-    return {"image": jnp.where(mask[:, None, None, None], image, 0),
-            "label": jnp.where(mask, labels[idx], 0), "mask": mask}
+  make = eval_program(sharding, global_batch, cfg.eval_scale, core.eval_crop(cfg))
 
   def batches(start):
     images, labels = placed()
     for step in range(start, steps):
-      yield make(images, labels, np.int32(step * global_batch))
+      yield make(images, labels, np.int32(step * global_batch), np.int32(num_examples), stats)
 
   return batches
+
+
+@functools.cache
+def eval_program(sharding, global_batch, scale, crop):
+  """(split images, labels, first row, rows in the split, stats) -> a masked batch."""
+  replicated = NamedSharding(sharding.mesh, P())
+
+  @functools.partial(jax.jit, out_shardings=sharding,
+                     in_shardings=(sharding, sharding) + (replicated,) * 3)
+  def make(images, labels, start, num_examples, stats):
+    idx = start + jnp.arange(global_batch)
+    mask = idx < num_examples
+    idx = jnp.minimum(idx, num_examples - 1)
+    image = augment.eval_batch(on_batch(images[idx], sharding), stats, scale=scale, crop=crop)
+    return {"image": jnp.where(mask[:, None, None, None], image, 0),
+            "label": jnp.where(mask, labels[idx], 0), "mask": mask}
+
+  return make
 
 
 # ------------------------------------------------------------- evaluation protocols
