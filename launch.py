@@ -121,7 +121,10 @@ def eval_main():
   if not _WORKDIR.value:
     raise app.UsageError("eval needs --workdir DIR")
   initialize_distributed()
-  from vgg_jax import lock
+  from vgg_jax import checkpoint, lock
+  if not os.path.isdir(_WORKDIR.value):  # the lock would create it
+    raise checkpoint.NoCheckpoint(f"no vgg_jax checkpoint in {_WORKDIR.value}: no such "
+                                  f"directory")
   with lock.workdir_lock(_WORKDIR.value, "eval"):  # it writes WORKDIR/eval/
     evaluate_main()
 
@@ -224,12 +227,20 @@ def fail(command: str, error: BaseException, status: int = 1):
   sys.exit(status)
 
 
-def known_errors() -> tuple[type, ...]:
-  """Failures whose message says all there is to say: no traceback for them."""
+def known_failure(error: BaseException) -> BaseException | None:
+  """The failure whose message says all there is to say, so no traceback is needed: the
+  error or one it interrupted (closing files after a full disk may fail again), or a
+  full disk itself."""
   from vgg_jax import checkpoint, config, lock, train
-  return (config.ConfigError, lock.Locked, checkpoint.CheckpointMismatch,
-          checkpoint.CorruptCheckpoint, checkpoint.NoCheckpoint, checkpoint.DiskFull,
-          train.NonFiniteLoss)
+  known = (config.ConfigError, lock.Locked, checkpoint.CheckpointMismatch,
+           checkpoint.CorruptCheckpoint, checkpoint.NoCheckpoint, checkpoint.DiskFull,
+           train.NonFiniteLoss)
+  cause = error
+  while cause is not None:
+    if isinstance(cause, known):
+      return cause
+    cause = cause.__context__
+  return error if checkpoint.no_space(error) else None
 
 
 def main(argv):
@@ -237,15 +248,13 @@ def main(argv):
   command = argv[1] if len(argv) > 1 else None
   if command not in COMMANDS or len(argv) != 2 + POSITIONAL.get(command, 0):
     raise app.UsageError(f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags]\n{__doc__}")
-  from vgg_jax import checkpoint
   try:
     COMMANDS[command](*argv[2:])
-  except known_errors() as e:
-    fail(command, e)
-  except OSError as e:
-    if not checkpoint.no_space(e):
+  except Exception as e:  # pylint: disable=broad-except
+    known = known_failure(e)
+    if known is None:
       raise
-    fail(command, e)
+    fail(command, known)
 
 
 def parse_flags(argv):

@@ -64,15 +64,15 @@ class Checkpointer:
             # best_fn also makes orbax write the metrics to disk, so the best is
             # still known (and kept) after a restart.
             best_fn=best if keep_best else None,
-            enable_async_checkpointing=async_save, read_only=read_only,
-            create=not read_only,
-            # a reader must not delete the half-written save of a running trainer
+            enable_async_checkpointing=async_save, create=not read_only,
+            # A reader must not delete a running trainer's half-written save. (It never
+            # saves, so it deletes nothing else; orbax's read_only only adds warnings.)
             cleanup_tmp_directories=not read_only))
 
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None):
     """Starts an async save; the state's arrays are copied before this returns. A full
     disk (this save's or the previous one's) raises DiskFull."""
-    with self._writing(step):
+    with self._writing():
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
           metrics=metrics, force=True)
@@ -90,27 +90,18 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    path = os.path.join(self.directory, str(step))
-    saved_meta = self.read_meta(step)
-    if saved_meta.get("model") != meta["model"]:
-      raise CheckpointMismatch(
-          f"checkpoint {path} holds model {saved_meta.get('model')}, but the config asks "
-          f"for {meta['model']}: use another workdir, or the checkpoint's config")
+    saved_meta = self.check_model(step, meta["model"], "the config asks for")
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))["state"]
     except Exception as e:
-      raise self._corrupt(path, step, e) from e
+      raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
     return restored, saved_meta
 
   def restore_weights(self, abstract_weights: Any, step: int, signature: dict) -> Any:
     """The saved state's {"params", "batch_stats"} alone, laid out as `abstract_weights`'
     shardings; the saved model must have `signature`."""
-    path = os.path.join(self.directory, str(step))
-    saved = self.read_meta(step).get("model")
-    if saved != signature:
-      raise CheckpointMismatch(f"checkpoint {path} holds model {saved}, but the model is "
-                               f"{signature}")
+    self.check_model(step, signature, "the model is")
     try:
       return self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
@@ -118,7 +109,17 @@ class Checkpointer:
               restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights))
       ))["state"]
     except Exception as e:
-      raise self._corrupt(path, step, e) from e
+      raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
+
+  def check_model(self, step: int, signature: dict, wanted: str) -> dict:
+    """`step`'s meta, once its model signature is found equal to `signature`."""
+    meta = self.read_meta(step)
+    if meta.get("model") != signature:
+      raise CheckpointMismatch(
+          f"checkpoint {os.path.join(self.directory, str(step))} holds model "
+          f"{meta.get('model')}, but {wanted} {signature}: use another workdir, or the "
+          f"checkpoint's config")
+    return meta
 
   def read_meta(self, step: int) -> dict:
     """The JSON `meta` saved with `step` (the model signature and the run's config)."""
@@ -136,18 +137,20 @@ class Checkpointer:
                              f"{hint}")
 
   @contextlib.contextmanager
-  def _writing(self, step: int) -> Iterator[None]:
+  def _writing(self) -> Iterator[None]:
+    """A full disk, however deep orbax wraps it, as DiskFull. (An async save's error
+    surfaces at the next save or wait, so the message names no step.)"""
     try:
       yield
     except Exception as e:
       if not no_space(e):
         raise
-      raise DiskFull(f"no space left on the device of {self.directory} (saving step "
-                     f"{step}); free some (or lower checkpoint.keep) and rerun the "
-                     f"command: it resumes from the newest complete checkpoint") from e
+      raise DiskFull(f"no space left on the device of {self.directory}: a checkpoint "
+                     f"could not be written; free some (or lower checkpoint.keep) and "
+                     f"rerun the command to resume from the newest complete one") from e
 
   def wait(self):
-    with self._writing(self.manager.latest_step()):
+    with self._writing():
       self.manager.wait_until_finished()
 
   def close(self):
@@ -157,7 +160,7 @@ class Checkpointer:
 @contextlib.contextmanager
 def reader(workdir: str) -> Iterator[Checkpointer]:
   """WORKDIR's checkpoints to read, never to write (NoCheckpoint when there are none)."""
-  checkpoints = Checkpointer(workdir, keep_best=False, read_only=True)
+  checkpoints = Checkpointer(workdir, read_only=True)
   try:
     if checkpoints.latest_step() is None:
       raise NoCheckpoint(f"no vgg_jax checkpoint in {checkpoints.directory}")

@@ -91,10 +91,10 @@ def load_trained(workdir: str, step: int | None = None,
   best by validation accuracy where the run recorded one, else the newest. `mesh` is
   axes as in `config.mesh` (default: the run's own); the weights are placed by the run's
   sharding rules. Only the weights are read: the optimiser's state may be anything."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  mesh = sharding.make_mesh(mesh or config.mesh)
   with ckpt_lib.reader(workdir) as checkpoints:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    mesh = sharding.make_mesh(mesh or config.mesh)
     chosen, which = choose_step(checkpoints, step)
     saved = checkpoints.read_meta(chosen)["model"]
     cfg = VGGConfig.from_config(config, saved["num_classes"], saved["in_channels"])

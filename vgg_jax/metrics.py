@@ -18,7 +18,7 @@ class MetricWriter:
   """Appends records for the steps after `start_step` (those of an earlier attempt at
   them are dropped first)."""
 
-  def __init__(self, workdir: str, *, start_step: int = 0, enabled: bool | None = None):
+  def __init__(self, workdir: str, *, start_step: int, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None

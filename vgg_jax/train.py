@@ -58,12 +58,13 @@ model_config = VGGConfig.from_config  # the config's network (kept for sweep.py'
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD with momentum and L2 weight decay added to the gradient (Section 3.1)."""
+  """SGD with momentum and L2 weight decay added to the gradient (Section 3.1); momentum
+  0 keeps no momentum buffer."""
   decay_mask = None if optim.decay_biases else (
       lambda params: jax.tree_util.tree_map_with_path(
           lambda path, _: sharding_lib.path_string(path).endswith("kernel"), params))
   return optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
-                     optax.sgd(optim.lr, momentum=optim.momentum))
+                     optax.sgd(optim.lr, momentum=optim.momentum or None))
 
 
 def make_plateau(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
