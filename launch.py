@@ -13,9 +13,6 @@
            [--eval_split test] evaluates DIR's best checkpoint (else its newest) with
            the paper's test protocols; prints a table row, writes DIR/eval/*.json.
            --configured runs all of the run's config.evaluations in one pass.
-  A known failure (a bad config, a workdir another process holds, a checkpoint of
-  another model or unreadable, none to evaluate, a NaN, a full disk) is one line on
-  stderr and exit status 1; a bad flag or config field, status 2.
   sweep    --config experiments/FILE.py:ARG --workdir ROOT [--dry_run]: the runs of the
            file's sweep(ARG), parents first, each in ROOT/NAME; finished runs are
            skipped, killed ones resume, a failed run's children do not start.
@@ -30,6 +27,10 @@
   convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
            (.pth: vgg11/13/16/19 and _bn) or a Keras VGG16/VGG19 (.keras/.h5) and
            writes it as a vgg_jax orbax checkpoint (read it with weights.load_orbax).
+
+A known failure (a bad config, a workdir another process holds, a checkpoint of
+another model or an unreadable one, none to evaluate, a NaN, a full disk) is one line
+on stderr and exit status 1; a bad flag or config field, status 2.
 """
 
 import os

@@ -338,15 +338,21 @@ def test_a_rerun_that_does_not_fit_the_workdir_writes_nothing(tmp_path, monkeypa
 
 
 def test_two_trainers_on_one_workdir(tmp_path):
-  """The second is refused at once, naming the first; the first finishes unharmed."""
-  first = launch(tmp_path, "quick,backend=numpy", "--config.optim.max_steps=30")
+  """The second (a trainer, or an evaluation, which writes eval/) is refused at once,
+  naming the first; the first goes on unharmed, until SIGTERM stops it."""
+  first = launch(tmp_path, "quick,backend=numpy", "--config.optim.max_steps=1000")
   wait_for_step(tmp_path, 2, first)
   with pytest.raises(lock.Locked, match=rf"in use by train \(pid {first.pid} on "):
     train.train_and_evaluate(tiny_config(steps=30), str(tmp_path))
-  finish(first)
+  evaluation = one_line_error(run_launch("eval", f"--workdir={tmp_path}"))
+  assert f"in use by train (pid {first.pid} on " in evaluation
+  assert first.poll() is None  # still training
+  first.send_signal(signal.SIGTERM)
+  out = finish(first, status=train.PREEMPTED_EXIT_CODE)
+  stopped_at = int(out.split("SIGTERM: saved step ")[1].split()[0])
   assert [r["step"] for r in metrics.read_metrics(str(tmp_path)) if "loss" in r] == list(
-      range(1, 31))
-  assert int(restore(tiny_config(), str(tmp_path))["step"]) == 30
+      range(1, stopped_at + 1))
+  assert int(restore(tiny_config(), str(tmp_path))["step"]) == stopped_at
   assert not (tmp_path / lock.LOCK_FILE).exists()
 
 
