@@ -6,7 +6,8 @@
            trains and evaluates, resuming from DIR's checkpoints. On several hosts it
            first calls jax.distributed.initialize(): --distributed lets JAX detect the
            cluster (Cloud TPU, SLURM); --coordinator_address, --num_processes and
-           --process_id name it explicitly.
+           --process_id name it explicitly. Exits 0 when trained; 75 (EX_TEMPFAIL) when
+           SIGTERM stopped it after saving: rerun the same command to resume.
   eval     --workdir DIR [--protocol single|dense|multicrop|multicrop+dense]
            [--scales table4|32,40,48] [--ensemble DIR2,DIR3] [--step N]
            [--eval_split test] evaluates DIR's best checkpoint (else its newest) with
@@ -29,6 +30,10 @@
   convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
            (.pth: vgg11/13/16/19 and _bn) or a Keras VGG16/VGG19 (.keras/.h5) and
            writes it as a vgg_jax orbax checkpoint (read it with weights.load_orbax).
+
+A known failure (a bad config, a workdir another process holds, a checkpoint of
+another model or an unreadable one, none to evaluate, a NaN, a full disk) is one line
+on stderr and exit status 1; a bad flag or config field, status 2.
 """
 
 import os
@@ -115,7 +120,10 @@ def train_main():
     raise app.UsageError("train needs --config experiments/FILE.py:ARG and --workdir DIR")
   initialize_distributed()
   from vgg_jax import train
-  _, result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    _, result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except train.Preempted as e:
+    fail("train", e, train.PREEMPTED_EXIT_CODE)
   if result:
     print(f"final: top-1 error {result['val_top1_err']:.4f}, top-5 error "
           f"{result['val_top5_err']:.4f} on {result['val_count']} "
@@ -126,6 +134,15 @@ def eval_main():
   if not _WORKDIR.value:
     raise app.UsageError("eval needs --workdir DIR")
   initialize_distributed()
+  from vgg_jax import checkpoint, lock
+  if not os.path.isdir(_WORKDIR.value):  # the lock would create it
+    raise checkpoint.NoCheckpoint(f"no vgg_jax checkpoint in {_WORKDIR.value}: no such "
+                                  f"directory")
+  with lock.workdir_lock(_WORKDIR.value, "eval"):  # it writes WORKDIR/eval/
+    evaluate_main()
+
+
+def evaluate_main():
   from vgg_jax import evaluate
   models = [evaluate.load_trained(_WORKDIR.value, _STEP.value)]
   models += [evaluate.load_trained(workdir) for workdir in _ENSEMBLE.value]
@@ -217,21 +234,73 @@ COMMANDS = {"summary": summary_main, "train": train_main, "eval": eval_main,
 POSITIONAL = {"convert": 1, "report": 1}  # commands that take a path after their name
 
 
+def fail(command: str, error: BaseException, status: int = 1):
+  """A known failure as one line on stderr: its message names the cause and the cure."""
+  print(f"launch.py {command}: {error}", file=sys.stderr)
+  sys.exit(status)
+
+
+def known_failure(error: BaseException) -> BaseException | None:
+  """The failure whose message says all there is to say, so no traceback is needed: the
+  error or one it interrupted (closing files after a full disk may fail again), or a
+  full disk itself."""
+  from vgg_jax import checkpoint, config, lock, train
+  known = (config.ConfigError, lock.Locked, checkpoint.CheckpointMismatch,
+           checkpoint.CorruptCheckpoint, checkpoint.NoCheckpoint, checkpoint.DiskFull,
+           train.NonFiniteLoss)
+  cause = error
+  while cause is not None:
+    if isinstance(cause, known):
+      return cause
+    cause = cause.__context__
+  return error if checkpoint.no_space(error) else None
+
+
 def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   command = argv[1] if len(argv) > 1 else None
   if command not in COMMANDS or len(argv) != 2 + POSITIONAL.get(command, 0):
     raise app.UsageError(f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags]\n{__doc__}")
-  COMMANDS[command](*argv[2:])
+  try:
+    COMMANDS[command](*argv[2:])
+  except Exception as e:  # pylint: disable=broad-except
+    known = known_failure(e)
+    if known is None:
+      raise
+    fail(command, known)
 
 
 def parse_flags(argv):
   """A sweep's --config names its sweep(ARG), not a get_config(ARG): for `sweep` and
-  `status` it is read as --sweep, so that ml_collections does not load it as a config."""
+  `status` it is read as --sweep, so that ml_collections does not load it as a config.
+  An unknown config field or argument is one line, not ml_collections' traceback."""
   if len(argv) > 1 and argv[1] in ("sweep", "status"):
     argv = [a.replace("--config", "--sweep", 1) if a.startswith("--config") else a
             for a in argv]
-  return flags.FLAGS(argv)
+  command = argv[1] if len(argv) > 1 else ""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError) as e:
+    fail(command, flag_error(e, argv), 2)
+
+
+def flag_error(error: BaseException, argv) -> str:
+  """The cause of a flag's failure in one line: ml_collections wraps an unknown field
+  (a KeyError) or an experiment's refusal of its ARG in tracebacks of its own."""
+  top = str(error)
+  while error.__cause__ or error.__context__:
+    error = error.__cause__ or error.__context__
+  text = " ".join(str(error.args[0] if error.args else error).split())
+  if isinstance(error, KeyError):
+    field = text.split("'")[1] if text.count("'") >= 2 else text
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
+                 and f".{field}." in a.split("=")[0] + "."), "--config")
+    return (f"{flag}: unknown config field {text} (every field is in vgg_jax/config.py's "
+            f"base_config())")
+  first = top.splitlines()[0] if top else ""
+  if text in first:
+    return first
+  return f"{first.split(': ')[0]}: {text}" if first.startswith("flag --") else text
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
-"""Checkpoint retention: the last K and the best by validation accuracy survive."""
+"""Checkpoint retention (the last K and the best by validation accuracy survive), and
+the errors a reader can act on."""
+
+import errno
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vgg_jax import checkpoint as ckpt_lib
 
@@ -33,3 +37,37 @@ def test_empty_workdir_restores_nothing(tmp_path):
   checkpoints = ckpt_lib.Checkpointer(str(tmp_path))
   assert checkpoints.restore({"w": jnp.zeros(3)}, {"model": {}}) is None
   checkpoints.close()
+
+
+def test_an_error_in_a_message_is_one_line_of_whole_words():
+  words = " ".join(f"word{i}" for i in range(60))
+  error = ValueError(f"DATA_LOSS: Error reading params.fc6.kernel: {words} "
+                     f"[tensorstore_spec='{{\"driver\": \"zarr\"}}']\nand a second line")
+  text = ckpt_lib.brief(error)
+  assert text.startswith("ValueError: DATA_LOSS: Error reading params.fc6.kernel: word0 ")
+  assert text.endswith(" ...") and len(text) <= 220 and "\n" not in text
+  body = text[len("ValueError: "):-len(" ...")]
+  assert str(error)[len(body)] == " "  # cut between words
+  short = ckpt_lib.brief(ValueError("checksum mismatch [tensorstore_spec='{...}']"))
+  assert short == "ValueError: checksum mismatch"
+
+
+def test_a_full_disk_is_recognised_however_it_is_wrapped():
+  assert ckpt_lib.no_space(OSError(errno.ENOSPC, "No space left on device"))
+  assert ckpt_lib.no_space(ValueError("RESOURCE_EXHAUSTED: Failed to write 40364 bytes: No "
+                                      "space left on device [os_error_code='28']"))
+  try:
+    try:
+      raise OSError(errno.ENOSPC, "disk full")
+    except OSError as e:
+      raise RuntimeError("commit failed") from e
+  except RuntimeError as wrapped:
+    assert ckpt_lib.no_space(wrapped)
+  assert not ckpt_lib.no_space(OSError(errno.EACCES, "Permission denied"))
+
+
+def test_reading_an_empty_workdir_creates_nothing(tmp_path):
+  with pytest.raises(ckpt_lib.NoCheckpoint, match=f"no vgg_jax checkpoint in {tmp_path}"):
+    with ckpt_lib.reader(str(tmp_path)):
+      pass
+  assert list(tmp_path.iterdir()) == []

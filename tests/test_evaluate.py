@@ -333,3 +333,29 @@ def test_refuses_an_unknown_protocol_and_scales_below_the_crop():
     runner.predict(image, "tencrop", [32])
   with pytest.raises(ValueError, match="at least the crop 32"):
     runner.predict(image, "dense", [24, 32])
+
+
+def test_evaluates_and_warm_starts_after_the_optimisers_state_changes_shape(run, trained,
+                                                                            tmp_path):
+  """The run was trained with momentum (a trace in its optimiser's state); its config
+  now says none, so a training program's state has another shape. Evaluation and a
+  warm start read only the weights, and get the trained ones."""
+  workdir = tmp_path / "run"
+  shutil.copytree(run[0], workdir)
+  saved = json.loads((workdir / "config.json").read_text())
+  saved["optim"]["momentum"] = 0.0
+  (workdir / "config.json").write_text(json.dumps(saved))
+  config = tiny_config()
+  config.optim.momentum = 0.0
+  config.warm_start.update(workdir=str(workdir), layers="all")
+  program = train.build_program(config, sharding.make_mesh(config.mesh), 10, 1)
+  with_momentum = train.build_program(tiny_config(), sharding.make_mesh(config.mesh), 10, 1)
+  assert (len(jax.tree.leaves(program.abstract_state["opt_state"]))
+          < len(jax.tree.leaves(with_momentum.abstract_state["opt_state"])))
+  loaded = evaluate.load_trained(str(workdir))
+  state = program.init()
+  train.warm_start(state, program.model, config.warm_start)
+  assert loaded.step == trained.step
+  for params in (loaded.params, state["params"]):
+    for ours, theirs in zip(jax.tree.leaves(params), jax.tree.leaves(trained.params)):
+      np.testing.assert_array_equal(ours, theirs)

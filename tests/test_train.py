@@ -19,7 +19,7 @@ import pytest
 
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
-from vgg_jax import data, metrics, sharding, train
+from vgg_jax import data, lock, metrics, sharding, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_fashion_mnist = pytest.mark.skipif(
@@ -168,10 +168,24 @@ def launch(workdir, config_arg, *flags, devices=1, tiny=True):
                           stderr=subprocess.STDOUT, text=True)
 
 
-def finish(process, timeout=300):
+def finish(process, timeout=300, status=0):
   out, _ = process.communicate(timeout=timeout)
-  assert process.returncode == 0, out[-3000:]
+  assert process.returncode == status, out[-3000:]
   return out
+
+
+def run_launch(*args, timeout=300) -> subprocess.CompletedProcess:
+  """`launch.py ARGS` on one CPU device, its stdout and stderr apart."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env,
+                        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(out: subprocess.CompletedProcess, status: int = 1) -> str:
+  """The known failure's line: the last of stderr, with no traceback before it."""
+  assert out.returncode == status and "Traceback" not in out.stderr, out.stderr[-3000:]
+  return out.stderr.strip().splitlines()[-1]
 
 
 def restore(config, workdir, step=None):
@@ -223,7 +237,7 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path):
   process = launch(workdir, "quick,backend=numpy", *one_device)
   wait_for_step(workdir, 3, process)
   process.send_signal(signal.SIGTERM)
-  out = finish(process)
+  out = finish(process, status=train.PREEMPTED_EXIT_CODE)  # preempted is not done
   stopped_at = int(out.split("SIGTERM: saved step ")[1].split()[0])
   assert 3 <= stopped_at < 30, out[-2000:]
   out = finish(launch(workdir, "quick,backend=numpy", *one_device))
@@ -259,9 +273,27 @@ def test_kill_9_during_saves_leaves_a_restorable_checkpoint(tmp_path):
   saved = int(state["step"])
   assert 1 <= saved < 400
   assert finite_weights(state)
-  # and training carries on from there
+  # and training carries on from there, each step logged once
   resumed, _ = train.train_and_evaluate(tiny_config(steps=saved + 2), str(tmp_path))
   assert int(resumed["step"]) == saved + 2
+  assert [r["step"] for r in metrics.read_metrics(str(tmp_path)) if "loss" in r] == list(
+      range(1, saved + 3))
+  newest = max((tmp_path / "tensorboard").iterdir(), key=lambda p: p.stat().st_mtime)
+  assert saved + 1 in session_starts(newest)  # TensorBoard purges the steps after saved
+
+
+def session_starts(event_file) -> list[int]:
+  """The steps of an event file's SessionLog.START events (TFRecord framing: length,
+  its CRC, the Event proto, its CRC)."""
+  from tensorboardX.proto import event_pb2
+  data, starts, at = event_file.read_bytes(), [], 0
+  while at < len(data):
+    length = int.from_bytes(data[at:at + 8], "little")
+    event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+    if event.session_log.status == event_pb2.SessionLog.START:
+      starts.append(event.step)
+    at += 16 + length
+  return starts
 
 
 def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
@@ -273,9 +305,10 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(b"\0" * 16)
   with pytest.raises(ckpt_lib.CorruptCheckpoint, match=r"checkpoints/4 cannot be restored.*"
-                     r"resume from step 2"):
+                     r"resume from step 2") as error:
     train.train_and_evaluate(tiny_config(steps=6), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  assert "\n" not in str(error.value) and len(str(error.value)) < 500  # see test_checkpoint
 
 
 def test_checkpoint_of_another_model_names_both(tmp_path):
@@ -284,6 +317,96 @@ def test_checkpoint_of_another_model_names_both(tmp_path):
   with pytest.raises(ckpt_lib.CheckpointMismatch, match=r"holds model .*'name': 'A'.*"
                      r"asks for .*'name': 'B'"):
     train.train_and_evaluate(other, str(tmp_path))
+
+
+def test_a_rerun_that_does_not_fit_the_workdir_writes_nothing(tmp_path, monkeypatch):
+  """Another model is refused before config.json is touched (the finished run stays
+  evaluable); a negative width fails before any data is read."""
+  from vgg_jax import evaluate
+  train.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+  written = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+  with pytest.raises(ckpt_lib.CheckpointMismatch, match="'name': 'B'"):
+    train.train_and_evaluate(tiny_config(steps=4, arg="quick,backend=numpy,model=B"),
+                             str(tmp_path))
+  monkeypatch.setattr(data, "make_pipeline", lambda *a, **k: pytest.fail("data was read"))
+  negative = tiny_config(steps=4)
+  negative.model.width = -1.0
+  with pytest.raises(config_lib.ConfigError, match="width must be positive, got -1"):
+    train.train_and_evaluate(negative, str(tmp_path))
+  assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == written
+  assert evaluate.load_trained(str(tmp_path)).model.name == "A"
+
+
+def test_two_trainers_on_one_workdir(tmp_path):
+  """The second (a trainer, or an evaluation, which writes eval/) is refused at once,
+  naming the first; the first goes on unharmed, until SIGTERM stops it."""
+  first = launch(tmp_path, "quick,backend=numpy", "--config.optim.max_steps=1000")
+  wait_for_step(tmp_path, 2, first)
+  with pytest.raises(lock.Locked, match=rf"in use by train \(pid {first.pid} on "):
+    train.train_and_evaluate(tiny_config(steps=30), str(tmp_path))
+  evaluation = one_line_error(run_launch("eval", f"--workdir={tmp_path}"))
+  assert f"in use by train (pid {first.pid} on " in evaluation
+  assert first.poll() is None  # still training
+  first.send_signal(signal.SIGTERM)
+  out = finish(first, status=train.PREEMPTED_EXIT_CODE)
+  stopped_at = int(out.split("SIGTERM: saved step ")[1].split()[0])
+  assert [r["step"] for r in metrics.read_metrics(str(tmp_path)) if "loss" in r] == list(
+      range(1, stopped_at + 1))
+  assert int(restore(tiny_config(), str(tmp_path))["step"]) == stopped_at
+  assert not (tmp_path / lock.LOCK_FILE).exists()
+
+
+def test_nonfinite_parameters_are_never_saved_and_each_start_config_is_kept(tmp_path):
+  """An infinite LR at step 3: step 3's loss (of step 2's weights) is finite, its
+  weights are not, so step 3 is not saved; configs/ tells which config trained which
+  steps."""
+  train.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
+  config = tiny_config(steps=6, lr=float("inf"))
+  config.checkpoint.every_steps = 1
+  with pytest.raises(train.NonFiniteLoss, match=r"parameters are not finite after step 3; "
+                     r"the last good checkpoint is step 2 in "):
+    train.train_and_evaluate(config, str(tmp_path))
+  state = restore(config, str(tmp_path))
+  assert int(state["step"]) == 2 and finite_weights(state)
+  started = {name: json.loads((tmp_path / "configs" / name).read_text())["optim"]["lr"]
+             for name in os.listdir(tmp_path / "configs")}
+  assert started == {"0.json": tiny_config().optim.lr, "2.json": float("inf")}
+
+
+def test_nan_before_the_first_checkpoint_says_so(tmp_path):
+  with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step 2; no "
+                     r"checkpoint was saved yet"):
+    train.train_and_evaluate(tiny_config(steps=50, lr=float("inf")), str(tmp_path))
+
+
+def test_launch_prints_known_errors_as_one_line(tmp_path):
+  workdir = tmp_path / "run"
+  field = one_line_error(run_launch(
+      "train", f"--config={ROOT}/experiments/fashion_mnist.py:quick", f"--workdir={workdir}",
+      "--config.no_such=1"), status=2)
+  assert field.startswith("launch.py train: --config.no_such: unknown config field no_such")
+  assert not workdir.exists()
+  empty = one_line_error(run_launch("eval", f"--workdir={tmp_path}"))
+  assert empty == f"launch.py eval: no vgg_jax checkpoint in {tmp_path}/checkpoints"
+  assert os.listdir(tmp_path) == []  # no empty checkpoints/, no lock left
+
+
+@pytest.mark.skipif(subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode,
+                    reason="needs `unshare -rm` (user and mount namespaces) for a small tmpfs")
+def test_a_full_disk_is_one_line_naming_it(tmp_path):
+  """Training in a 400 kB tmpfs (its own mount namespace): the first checkpoint does
+  not fit."""
+  command = " ".join([sys.executable, os.path.join(ROOT, "launch.py"), "train",
+                      f"--config={ROOT}/experiments/fashion_mnist.py:quick,backend=numpy",
+                      f"--workdir={tmp_path}/run", *TINY, "--config.optim.max_steps=4",
+                      "--config.checkpoint.every_steps=1"])
+  out = subprocess.run(
+      ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=400k tmpfs {tmp_path} && "
+       f"{command}"], env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=ROOT,
+      capture_output=True, text=True, timeout=600)
+  assert out.returncode == 1, out.stderr[-3000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      f"launch.py train: no space left on the device of {tmp_path}/run/checkpoints: ")
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -6,10 +6,17 @@ JSON `meta` item with the model config, checked on restore so that a checkpoint 
 another network is refused by name rather than by a shape error deep in orbax.
 Orbax writes into a temporary directory and renames it when complete, so a process
 killed mid-save leaves the previous checkpoint as the latest.
+
+A trained network's weights are read one way, `reader(workdir)`'s `restore_weights`:
+params and batch statistics only (a partial restore, so the optimiser's state may change
+shape or go), onto the caller's shardings, from a reader that creates and deletes
+nothing. Evaluation, weight files and warm starts all use it.
 """
 
+import contextlib
+import errno
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,17 +33,30 @@ class CorruptCheckpoint(RuntimeError):
   """The newest checkpoint cannot be read; nothing was deleted."""
 
 
+class NoCheckpoint(FileNotFoundError):
+  """The directory holds no checkpoint to read."""
+
+
+class DiskFull(OSError):
+  """A save ran out of space; the checkpoints already complete are intact."""
+
+
+WEIGHTS = ("params", "batch_stats")  # the parts of a train state that make the network
+
+
 class Checkpointer:
   """Saves and restores {"state": pytree, "meta": json} under WORKDIR/checkpoints."""
 
   def __init__(self, workdir: str, *, keep: int = 3, keep_best: bool = True,
-               async_save: bool = True):
+               async_save: bool = True, read_only: bool = False):
     best = lambda metrics: metrics[BEST_METRIC]  # noqa: E731
     policies = [checkpoint_managers.LatestN(keep)]
     if keep_best:
       policies.append(checkpoint_managers.BestN(
           get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False))
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if read_only and not os.path.isdir(self.directory):
+      raise NoCheckpoint(f"no vgg_jax checkpoint in {self.directory}")
     self.manager = ocp.CheckpointManager(
         self.directory, item_names=("state", "meta"),
         options=ocp.CheckpointManagerOptions(
@@ -44,13 +64,18 @@ class Checkpointer:
             # best_fn also makes orbax write the metrics to disk, so the best is
             # still known (and kept) after a restart.
             best_fn=best if keep_best else None,
-            enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
+            enable_async_checkpointing=async_save, create=not read_only,
+            # A reader must not delete a running trainer's half-written save. (It never
+            # saves, so it deletes nothing else; orbax's read_only only adds warnings.)
+            cleanup_tmp_directories=not read_only))
 
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None):
-    """Starts an async save; the state's arrays are copied before this returns."""
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        metrics=metrics, force=True)
+    """Starts an async save; the state's arrays are copied before this returns. A full
+    disk (this save's or the previous one's) raises DiskFull."""
+    with self._writing():
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          metrics=metrics, force=True)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -65,30 +90,36 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       return None
-    path = os.path.join(self.directory, str(step))
-    saved_meta = self.read_meta(step)
-    if saved_meta.get("model") != meta["model"]:
-      raise CheckpointMismatch(
-          f"checkpoint {path} holds model {saved_meta.get('model')}, but the config asks "
-          f"for {meta['model']}: use another workdir, or the checkpoint's config")
+    saved_meta = self.check_model(step, meta["model"], "the config asks for")
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))["state"]
     except Exception as e:
-      raise self._corrupt(path, step, e) from e
+      raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
     return restored, saved_meta
 
-  def restore_subset(self, abstract_subset: Any, step: int) -> Any:
-    """Only the part of the saved state that `abstract_subset` names (e.g. params and
-    batch_stats of a training state, without its optimiser), on its shardings."""
+  def restore_weights(self, abstract_weights: Any, step: int, signature: dict) -> Any:
+    """The saved state's {"params", "batch_stats"} alone, laid out as `abstract_weights`'
+    shardings; the saved model must have `signature`."""
+    self.check_model(step, signature, "the model is")
     try:
       return self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
-              item=abstract_subset, partial_restore=True,
-              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subset))
+              item=abstract_weights, partial_restore=True,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights))
       ))["state"]
     except Exception as e:
       raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
+
+  def check_model(self, step: int, signature: dict, wanted: str) -> dict:
+    """`step`'s meta, once its model signature is found equal to `signature`."""
+    meta = self.read_meta(step)
+    if meta.get("model") != signature:
+      raise CheckpointMismatch(
+          f"checkpoint {os.path.join(self.directory, str(step))} holds model "
+          f"{meta.get('model')}, but {wanted} {signature}: use another workdir, or the "
+          f"checkpoint's config")
+    return meta
 
   def read_meta(self, step: int) -> dict:
     """The JSON `meta` saved with `step` (the model signature and the run's config)."""
@@ -102,14 +133,59 @@ class Checkpointer:
     older = [s for s in self.manager.all_steps() if s < step]
     hint = (f"move it aside to resume from step {max(older)}" if older
             else "move it aside to start afresh")
-    return CorruptCheckpoint(f"checkpoint {path} cannot be restored "
-                             f"({type(error).__name__}: {str(error)[:300]}); {hint}")
+    return CorruptCheckpoint(f"checkpoint {path} cannot be restored ({brief(error)}); "
+                             f"{hint}")
+
+  @contextlib.contextmanager
+  def _writing(self) -> Iterator[None]:
+    """A full disk, however deep orbax wraps it, as DiskFull. (An async save's error
+    surfaces at the next save or wait, so the message names no step.)"""
+    try:
+      yield
+    except Exception as e:
+      if not no_space(e):
+        raise
+      raise DiskFull(f"no space left on the device of {self.directory}: a checkpoint "
+                     f"could not be written; free some (or lower checkpoint.keep) and "
+                     f"rerun the command to resume from the newest complete one") from e
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._writing():
+      self.manager.wait_until_finished()
 
   def close(self):
     self.manager.close()
+
+
+@contextlib.contextmanager
+def reader(workdir: str) -> Iterator[Checkpointer]:
+  """WORKDIR's checkpoints to read, never to write (NoCheckpoint when there are none)."""
+  checkpoints = Checkpointer(workdir, read_only=True)
+  try:
+    if checkpoints.latest_step() is None:
+      raise NoCheckpoint(f"no vgg_jax checkpoint in {checkpoints.directory}")
+    yield checkpoints
+  finally:
+    checkpoints.close()
+
+
+def no_space(error: BaseException | None) -> bool:
+  """Whether `error` or an error behind it is a full disk (orbax and tensorstore wrap
+  the OSError in their own types, keeping only its text)."""
+  while error is not None:
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def brief(error: BaseException, limit: int = 200) -> str:
+  """An error as one short line: its type and its first line without tensorstore's spec,
+  cut at a word."""
+  text = (str(error).strip().splitlines() or [""])[0].split(" [tensorstore_spec=")[0]
+  if len(text) > limit:
+    text = text[:limit].rsplit(" ", 1)[0] + " ..."
+  return f"{type(error).__name__}: {text}"
 
 
 def abstract_like(state: Any, shardings: Any) -> Any:

@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from vgg_jax import architectures, data, profiling
+from vgg_jax import architectures, data, model, profiling
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -135,12 +135,26 @@ def paper_evaluations(scale, split: str = "", table5_split: str = "") -> tuple[s
   return tuple(dict.fromkeys(evaluations))  # table5_split == split: dense@table4 once
 
 
+class ConfigError(ValueError):
+  """The config asks for something that cannot run; the message names the field."""
+
+
 def validate(config: ml_collections.ConfigDict, data_parallel: int) -> None:
-  """Checks what would otherwise fail late, or silently, before any compute."""
+  """Checks what would otherwise fail late, or silently, before any compute (and
+  before anything is written): ConfigError naming the problem."""
+  try:
+    _check(config, data_parallel)
+  except ValueError as e:
+    raise ConfigError(f"config: {e}") from e
+
+
+def _check(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   unknown = set(_paths(config)) - set(_paths(base_config()))
   if unknown:
     raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
-  architectures.canonical_name(config.model.name)
+  # The network's own checks (width, dropout, init, crop); its classes and channels
+  # come from the data, read later.
+  model.VGGConfig.from_config(config, num_classes=1, in_channels=1)
   if config.optim.batch_size % data_parallel:
     raise ValueError(f"batch_size {config.optim.batch_size} is not divisible by the "
                      f"{data_parallel} devices of the mesh's data axis")

@@ -56,8 +56,8 @@ from jax.sharding import PartitionSpec as P
 
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
-from vgg_jax import data, sharding, train
-from vgg_jax.model import VGGConfig
+from vgg_jax import data, sharding
+from vgg_jax.model import VGGConfig, abstract_weights, model_graphdef
 
 PROTOCOLS = config_lib.PROTOCOLS
 VIEWS = {"single": 1, "dense": 2, "multicrop": 50}
@@ -88,23 +88,21 @@ def load_trained(workdir: str, step: int | None = None,
                  mesh: Sequence[tuple[str, int]] | None = None) -> Trained:
   """The network of `workdir` (its config.json) at checkpoint `step`; by default the
   best by validation accuracy where the run recorded one, else the newest. `mesh` is
-  axes as in `config.mesh` (default: the run's own)."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  checkpoints = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep)
-  try:
+  axes as in `config.mesh` (default: the run's own); the weights are placed by the run's
+  sharding rules. Only the weights are read: the optimiser's state may be anything."""
+  with ckpt_lib.reader(workdir) as checkpoints:
+    with open(os.path.join(workdir, "config.json")) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    mesh = sharding.make_mesh(mesh or config.mesh)
     chosen, which = choose_step(checkpoints, step)
-    if chosen is None:
-      raise FileNotFoundError(f"no checkpoint in {checkpoints.directory}")
     saved = checkpoints.read_meta(chosen)["model"]
-    program = train.build_program(config, sharding.make_mesh(mesh or config.mesh),
-                                  saved["num_classes"], saved["in_channels"])
-    state, _ = checkpoints.restore(program.abstract_state,
-                                   train.checkpoint_meta(config, program), chosen)
-  finally:
-    checkpoints.close()
-  return Trained(config, program.model, program.mesh, state["params"],
-                 state["batch_stats"], int(state["step"]), which, workdir)
+    cfg = VGGConfig.from_config(config, saved["num_classes"], saved["in_channels"])
+    abstract = abstract_weights(cfg)
+    weights = checkpoints.restore_weights(ckpt_lib.abstract_like(
+        abstract, sharding.state_shardings(abstract, config.sharding_rules or config.sharding,
+                                           mesh)), chosen, cfg.signature())
+  return Trained(config, cfg, mesh, weights["params"], weights["batch_stats"], chosen,
+                 which, workdir)
 
 
 def choose_step(checkpoints: ckpt_lib.Checkpointer, step: int | None

@@ -2,7 +2,8 @@
 
 Only process 0 writes. JSON lines (`metrics.jsonl`, one object per record with `step`)
 are what the sweep report reads; TensorBoard (tensorboardX, no TensorFlow needed) is
-for looking at curves.
+for looking at curves. A resumed run logs each step once: the records past the step it
+resumed from are dropped from the JSON lines, and TensorBoard is told to purge them.
 """
 
 import json
@@ -14,15 +15,19 @@ import tqdm
 
 
 class MetricWriter:
+  """Appends records for the steps after `start_step` (those of an earlier attempt at
+  them are dropped first)."""
 
-  def __init__(self, workdir: str, *, enabled: bool | None = None):
+  def __init__(self, workdir: str, *, start_step: int, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
       os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      drop_records_after(self.path, start_step)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                               purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -42,6 +47,27 @@ class MetricWriter:
 def _plain(value):
   value = value.item() if hasattr(value, "item") else value
   return value if not isinstance(value, float) or math.isfinite(value) else str(value)
+
+
+def drop_records_after(path: str, step: int):
+  """Keeps the JSON lines of steps <= `step`; rewrites the file whole, or not at all."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line for line in lines if _step(line) <= step]
+  if len(kept) < len(lines):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
+def _step(line: str) -> float:
+  """A record's step; a line cut short by a killed process counts as past any step."""
+  try:
+    return json.loads(line)["step"]
+  except (json.JSONDecodeError, KeyError):
+    return math.inf
 
 
 def read_metrics(workdir: str) -> list[dict]:

@@ -127,6 +127,26 @@ class VGGConfig:
                 hidden=self.hidden, batch_norm=self.batch_norm, image_size=self.image_size,
                 in_channels=self.in_channels)
 
+  @classmethod
+  def from_signature(cls, signature: dict, **rest) -> "VGGConfig":
+    """The network a checkpoint's `signature()` describes; `rest` sets what the
+    signature leaves out (dtypes, dropout, init)."""
+    fields = {k: v for k, v in signature.items() if k != "hidden"}
+    return cls(**fields, fc_width=signature["hidden"], **rest)
+
+  @classmethod
+  def from_config(cls, config: Any, num_classes: int, in_channels: int) -> "VGGConfig":
+    """The network a run's config (`vgg_jax.config.base_config`'s `model` and the
+    data's crop) asks for; the classes and channels come from its data."""
+    m = config.model
+    return cls(name=m.name, num_classes=num_classes, width=m.width,
+               fc_width=m.fc_width or None, batch_norm=m.batch_norm, dropout=m.dropout,
+               image_size=config.data.crop, in_channels=in_channels, init=m.init,
+               init_std=m.init_std, lrn=LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
+               dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
+               # same values either way; runs from before these fields computed the first
+               pool=m.get("pool", "reduce_window"), relu_grad=m.get("relu_grad", "input"))
+
 
 def min_input_size() -> int:
   return 2**POOLS
@@ -348,3 +368,18 @@ def training_flops_per_image(model: VGG, height: int) -> float:
   """FLOPs to train on one image: multiply-adds x 2 FLOPs, x 3 for the forward pass and
   the backward pass's two (activation and weight gradients); 92.8 G for D at 224."""
   return 6.0 * count_macs(model, height)
+
+
+def model_graphdef(cfg: VGGConfig):
+  """The network's structure without its arrays: `nnx.merge(graphdef, params,
+  batch_stats)` rebuilds it from a state's `params` and `batch_stats`."""
+  return nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))),
+                   nnx.Param, nnx.BatchStat)[0]
+
+
+def abstract_weights(cfg: VGGConfig) -> dict:
+  """{"params", "batch_stats"} of the network as shapes, as a train state lays them out:
+  what a checkpoint's weights are restored into."""
+  _, params, batch_stats = nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))),
+                                     nnx.Param, nnx.BatchStat)
+  return dict(params=params, batch_stats=batch_stats)

@@ -32,54 +32,40 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
 from vgg_jax import data as data_lib
+from vgg_jax import lock as lock_lib
 from vgg_jax import metrics as metrics_lib
 from vgg_jax import profiling
 from vgg_jax import sharding as sharding_lib
 from vgg_jax import weights as weights_lib
-from vgg_jax.model import LRNConfig, VGG, VGGConfig
+from vgg_jax.model import VGG, VGGConfig, model_graphdef
 
 
 class NonFiniteLoss(FloatingPointError):
-  """The loss became NaN or inf; the last good checkpoint is kept."""
+  """The loss or the parameters became NaN or inf; the last good checkpoint is kept."""
 
 
 class Preempted(Exception):
-  """SIGTERM stopped the run after saving: rerun it, do not count it as failed."""
+  """SIGTERM stopped the run after its state was saved: not finished, rerun it to resume
+  (`launch.py train` exits with PREEMPTED_EXIT_CODE)."""
 
 
-PREEMPTED_EXIT_CODE = 75  # launch.py's exit status for a preempted run (EX_TEMPFAIL)
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later", so chains do not go on
 
 
 # ------------------------------------------------------------------- model and optimiser
 
 
-def model_config(config: ml_collections.ConfigDict, num_classes: int,
-                 in_channels: int) -> VGGConfig:
-  m = config.model
-  return VGGConfig(
-      name=m.name, num_classes=num_classes, width=m.width, fc_width=m.fc_width or None,
-      batch_norm=m.batch_norm, dropout=m.dropout, image_size=config.data.crop,
-      in_channels=in_channels, init=m.init, init_std=m.init_std,
-      lrn=LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
-      dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
-      # runs from before these fields computed both the first way
-      pool=m.get("pool", "reduce_window"), relu_grad=m.get("relu_grad", "input"))
-
-
-def model_graphdef(cfg: VGGConfig):
-  """The model's structure without its arrays: `nnx.merge(graphdef, params, batch_stats)`
-  rebuilds the network from a state's `params` and `batch_stats`."""
-  return nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))),
-                   nnx.Param, nnx.BatchStat)[0]
+model_config = VGGConfig.from_config  # the config's network (kept for sweep.py's forecast)
 
 
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD with momentum and L2 weight decay added to the gradient (Section 3.1)."""
+  """SGD with momentum and L2 weight decay added to the gradient (Section 3.1); momentum
+  0 keeps no momentum buffer."""
   decay_mask = None if optim.decay_biases else (
       lambda params: jax.tree_util.tree_map_with_path(
           lambda path, _: sharding_lib.path_string(path).endswith("kernel"), params))
   return optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
-                     optax.sgd(optim.lr, momentum=optim.momentum))
+                     optax.sgd(optim.lr, momentum=optim.momentum or None))
 
 
 def make_plateau(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -183,18 +169,20 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
 
 class Preemption:
   """SIGTERM (a preempted TPU VM, SLURM's time limit) asks the loop to save and stop.
-  With several processes the flag is agreed on at log steps, so all stop together."""
+  With several processes the flag is agreed on every `every` steps, so all stop together."""
 
-  def __init__(self):
-    self.requested = False
+  def __init__(self, every: int):
+    self.every, self.requested = every, False
     self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     self.requested = True
 
-  def agreed(self) -> bool:
+  def due(self, step: int) -> bool:
     if jax.process_count() == 1:
       return self.requested
+    if step % self.every:
+      return False
     return bool(multihost_utils.process_allgather(np.array(self.requested)).any())
 
   def restore(self):
@@ -315,27 +303,145 @@ def checkpoint_meta(config: ml_collections.ConfigDict, program: Program) -> dict
 def warm_start(state: dict, cfg: VGGConfig, spec: ml_collections.ConfigDict) -> list[str]:
   """Overwrites a fresh state's weights with the finished run's in `spec.workdir`, as
   `weights.warm_start_tensors` chooses, on the state's shardings; returns their paths."""
-  saved = ckpt_lib.Checkpointer(spec.workdir)
-  try:
-    step = saved.latest_step()
-    if step is None:
-      raise FileNotFoundError(f"warm start: no checkpoint in {saved.directory}")
-    signature = saved.read_meta(step)["model"]
-  finally:
-    saved.close()
-  parent_cfg = VGGConfig(**{k: v for k, v in signature.items() if k != "hidden"},
-                         fc_width=signature["hidden"])
+  with ckpt_lib.reader(spec.workdir) as saved:
+    signature = saved.read_meta(saved.latest_step())["model"]
   parent = weights_lib.load_orbax(spec.workdir, nnx.eval_shape(
-      lambda: VGG(parent_cfg, rngs=nnx.Rngs(0))))
+      lambda: VGG(VGGConfig.from_signature(signature), rngs=nnx.Rngs(0))))
   child = nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0)))
   tensors = weights_lib.warm_start_tensors(parent, child, spec.layers)
   for path, value in tensors.items():
     layer, kind = path.split("/")
-    group = "batch_stats" if layer in state["batch_stats"] and kind in state[
-        "batch_stats"][layer] else "params"
+    group = "batch_stats" if kind in state["batch_stats"].get(layer, {}) else "params"
     variable = state[group][layer][kind]
     variable.set_value(jax.device_put(value, variable.get_value().sharding))
   return sorted(tensors)
+
+
+# --------------------------------------------------------------------- the loop's parts
+
+
+def itstime(step: int, every: int, last: int = 0) -> bool:
+  """Whether a periodic action is due after `step`: every `every` steps (0: never),
+  and after the `last` step."""
+  return step == last or (every > 0 and step % every == 0)
+
+
+@jax.jit
+def all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+class Run:
+  """What a run leaves behind and the checks that keep it good: metrics (JSON lines and
+  TensorBoard, each step once), the progress bar, validations, checkpoints.
+
+  A step's metrics are read one step late (`step_done`), so the loop never waits on the
+  device; a save or a validation reads them first, so that no state whose loss was not
+  finite is saved."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, program: Program,
+               checkpoints: ckpt_lib.Checkpointer, eval_data: data_lib.Pipeline,
+               steps_per_epoch: int, total_steps: int, start_step: int):
+    self.config, self.program, self.checkpoints = config, program, checkpoints
+    self.eval_data, self.steps_per_epoch = eval_data, steps_per_epoch
+    self.total_steps, self.eval_every = total_steps, steps_per_epoch * config.eval_every_epochs
+    self.meta = checkpoint_meta(config, program)
+    self.writer = metrics_lib.MetricWriter(workdir, start_step=start_step)
+    self.progress = metrics_lib.Progress(total_steps, start_step, config.optim.batch_size)
+    self.pending = None  # (step, metrics still on the device)
+
+  def step_done(self, step: int, metrics: dict):
+    self.flush()
+    self.pending = (step, metrics)
+
+  def flush(self):
+    """Checks and logs the pending step's metrics, waiting for them."""
+    if self.pending is None:
+      return
+    (step, metrics), self.pending = self.pending, None
+    metrics = jax.device_get(metrics)
+    if not math.isfinite(metrics["loss"]):
+      raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; {self.last_good()}")
+    rate = self.progress.update(step, metrics)
+    if itstime(step, self.config.log_every_steps, self.total_steps):
+      self.writer.write(step, dict(metrics, img_per_s=rate, epoch=step / self.steps_per_epoch))
+
+  def validate(self, step: int, state: dict) -> tuple[dict, dict]:
+    """Validation error after `step`, fed to the LR plateau: the new state and the result."""
+    self.flush()
+    result = evaluate(self.program, state, self.eval_data)
+    plateau = self.program.plateau(state["plateau"], result["val_top1_err"])
+    scale = float(plateau.scale)
+    result.update(epoch=step / self.steps_per_epoch, lr=self.config.optim.lr * scale,
+                  lr_drops=lr_drops(scale, self.config.optim.plateau_factor))
+    self.writer.write(step, result)
+    self.progress.write(f"step {step} epoch {result['epoch']:.2f}: val top-1 error "
+                        f"{result['val_top1_err']:.4f}, top-5 {result['val_top5_err']:.4f} "
+                        f"({result['val_count']} images), lr {result['lr']:.2g}")
+    return dict(state, plateau=plateau), result
+
+  def save(self, step: int, state: dict, result: dict | None = None):
+    """Saves `state` once its loss and its weights are known to be finite; `result`
+    (a validation) ranks it for keep_best."""
+    self.flush()
+    if not all_finite({k: state[k] for k in ckpt_lib.WEIGHTS}):
+      raise NonFiniteLoss(f"parameters are not finite after step {step}; "
+                          f"{self.last_good()}")
+    best = None if result is None else {ckpt_lib.BEST_METRIC: result["val_top1_acc"]}
+    self.checkpoints.save(step, state, self.meta, best)
+
+  def preempted(self, step: int, state: dict) -> Preempted:
+    """Saves `step` (unless just saved) for the rerun to resume from."""
+    if self.checkpoints.latest_step() != step:
+      self.save(step, state)
+    return Preempted(f"SIGTERM: saved step {step} to {self.checkpoints.directory}; rerun "
+                     f"the same command to resume")
+
+  def last_good(self) -> str:
+    latest = self.checkpoints.latest_step()
+    if latest is None:
+      return "no checkpoint was saved yet: lower the learning rate (or check the data)"
+    return f"the last good checkpoint is step {latest} in {self.checkpoints.directory}"
+
+  def close(self):
+    try:
+      self.checkpoints.wait()
+    finally:
+      self.checkpoints.close()
+      self.progress.close()
+      self.writer.close()
+
+
+def record_config(config: ml_collections.ConfigDict, workdir: str, start_step: int):
+  """config.json: the config training goes on with. configs/STEP.json: each config the
+  run was started with, at the step it started from, so the steps after STEP (up to the
+  next file's) are known to be trained with it. Steps past `start_step` are undone:
+  their files go."""
+  if jax.process_index() != 0:
+    return
+  text = config.to_json_best_effort(indent=2)
+  history = os.path.join(workdir, "configs")
+  os.makedirs(history, exist_ok=True)
+  started = sorted(int(name[:-5]) for name in os.listdir(history) if name.endswith(".json"))
+  for step in started:
+    if step > start_step:
+      os.remove(os.path.join(history, f"{step}.json"))
+  earlier = [step for step in started if step <= start_step]
+  if not earlier or read_text(os.path.join(history, f"{earlier[-1]}.json")) != text:
+    write_text(os.path.join(history, f"{start_step}.json"), text)
+  write_text(os.path.join(workdir, "config.json"), text)
+
+
+def read_text(path: str) -> str:
+  with open(path) as f:
+    return f.read()
+
+
+def write_text(path: str, text: str):
+  """Writes `text` whole or not at all (a full disk leaves the old file)."""
+  with open(path + ".tmp", "w") as f:
+    f.write(text)
+  os.replace(path + ".tmp", path)
 
 
 # ------------------------------------------------------------------------- the trainer
@@ -344,107 +450,63 @@ def warm_start(state: dict, cfg: VGGConfig, spec: ml_collections.ConfigDict) -> 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> tuple[dict, dict]:
   """Trains per `config`, resuming from `workdir` if it holds checkpoints; returns the
-  final state and validation metrics. Raises NonFiniteLoss on a NaN/inf loss."""
-  # --- Setup: validate before any compute, mesh, workdir. ---------------------------
+  final state and validation metrics. Raises NonFiniteLoss on a NaN/inf loss or
+  parameters, Preempted once SIGTERM's save is done, lock.Locked when another process
+  holds the workdir. Nothing is written before every check has passed."""
+  # --- Setup: the config checked before any compute; the workdir locked. -------------
   mesh = sharding_lib.make_mesh(config.mesh)
   config_lib.validate(config, mesh.shape["data"])
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  with lock_lib.workdir_lock(workdir, "train"):
+    # --- Input. ----------------------------------------------------------------------
+    batch_size = config.optim.batch_size
+    on_mesh = dict(global_batch_size=batch_size, sharding=sharding_lib.batch_sharding(mesh))
+    train_data = data_lib.make_pipeline(config.data, train=True, seed=config.seed, **on_mesh)
+    eval_data = data_lib.make_pipeline(config.data, train=False, **on_mesh)
+    steps_per_epoch = train_data.steps
+    total_steps = config.optim.max_steps or config.optim.epochs * steps_per_epoch
 
-  # --- Input. ------------------------------------------------------------------------
-  batch_size = config.optim.batch_size
-  on_mesh = dict(global_batch_size=batch_size, sharding=sharding_lib.batch_sharding(mesh))
-  train_data = data_lib.make_pipeline(config.data, train=True, seed=config.seed, **on_mesh)
-  eval_data = data_lib.make_pipeline(config.data, train=False, **on_mesh)
-  steps_per_epoch = train_data.steps
-  total_steps = config.optim.max_steps or config.optim.epochs * steps_per_epoch
+    # --- Model and optimiser: the sharded program. -----------------------------------
+    program = build_program(config, mesh, train_data.num_classes,
+                            train_data.image_shape[-1])
 
-  # --- Model and optimiser: the sharded program. -------------------------------------
-  program = build_program(config, mesh, train_data.num_classes, train_data.image_shape[-1])
+    # --- Restore (the checkpoint's model checked against the config), or initialise. --
+    checkpoints = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                        keep_best=config.checkpoint.keep_best)
+    restored = checkpoints.restore(program.abstract_state, checkpoint_meta(config, program))
+    state = program.init() if restored is None else restored[0]
+    start_step = int(state["step"])
+    copied = (warm_start(state, program.model, config.warm_start)
+              if restored is None and config.warm_start.workdir else [])
+    record_config(config, workdir, start_step)  # every check passed: the first write
 
-  # --- Restore, or initialise. -------------------------------------------------------
-  checkpoints = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
-                                      keep_best=config.checkpoint.keep_best)
-  meta = checkpoint_meta(config, program)
-  restored = checkpoints.restore(program.abstract_state, meta)
-  state = program.init() if restored is None else restored[0]
-  copied = (warm_start(state, program.model, config.warm_start)
-            if restored is None and config.warm_start.workdir else [])
-  start_step = int(state["step"])
-
-  # --- The loop. ---------------------------------------------------------------------
-  writer = metrics_lib.MetricWriter(workdir)
-  progress = metrics_lib.Progress(total_steps, start_step, batch_size)
-  preemption = Preemption()
-  profiler = profiling.StepProfiler(workdir, config.profile_steps)
-  if start_step:
-    progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
-  if copied:
-    progress.write(f"warm start from {config.warm_start.workdir}: {', '.join(copied)}")
-  batches = prefetch((data_lib.to_global(batch, program.batch_sharding)
-                      for batch in train_data.iter_from(start_step)), train_data.prefetch)
-  previous = None  # (step, metrics on device) of the step before
-
-  def log(step, metrics):
-    metrics = jax.device_get(metrics)
-    if not math.isfinite(metrics["loss"]):
-      raise NonFiniteLoss(f"loss is {metrics['loss']} at step {step}; the last good "
-                          f"checkpoint is step {checkpoints.latest_step()} in "
-                          f"{checkpoints.directory}")
-    rate = progress.update(step, metrics)
-    if step % config.log_every_steps == 0 or step == total_steps:
-      writer.write(step, dict(metrics, img_per_s=rate, epoch=step / steps_per_epoch))
-
-  def save(step, metrics=None):
-    checkpoints.save(step, state, meta, metrics)
-
-  # A finished run, restored, reports its result again.
-  last_eval = evaluate(program, state, eval_data) if start_step >= total_steps else {}
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      profiler.step(step, state)
-      state, metrics = program.step(state, next(batches))
-      if previous is not None:
-        log(*previous)
-      previous = (step, metrics)
-
-      end_of_epoch = step % steps_per_epoch == 0
-      if end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0 \
-          or step == total_steps:
-        log(*previous)
-        previous = None
-        last_eval = evaluate(program, state, eval_data)
-        state["plateau"] = program.plateau(state["plateau"], last_eval["val_top1_err"])
-        scale = float(state["plateau"].scale)
-        last_eval.update(epoch=step / steps_per_epoch, lr=config.optim.lr * scale,
-                         lr_drops=lr_drops(scale, config.optim.plateau_factor))
-        writer.write(step, last_eval)
-        progress.write(f"step {step} epoch {step / steps_per_epoch:.2f}: val top-1 error "
-                       f"{last_eval['val_top1_err']:.4f}, top-5 {last_eval['val_top5_err']:.4f}"
-                       f" ({last_eval['val_count']} images), lr {last_eval['lr']:.2g}")
-        save(step, {ckpt_lib.BEST_METRIC: last_eval["val_top1_acc"]})
-      elif step % config.checkpoint.every_steps == 0:
-        log(*previous)  # never save a state whose loss was not finite
-        previous = None
-        save(step)
-
-      stop = (step % config.log_every_steps == 0 or jax.process_count() == 1) \
-          and preemption.agreed()
-      if stop:
-        if previous is not None:
-          log(*previous)
-        if checkpoints.latest_step() != step:
-          save(step)
-        progress.write(f"SIGTERM: saved step {step} to {checkpoints.directory}; exiting")
-        break
-  finally:
-    profiler.close(state)
-    batches.close()
-    preemption.restore()
-    checkpoints.wait()
-    checkpoints.close()
-    progress.close()
-    writer.close()
+    # --- The loop. -------------------------------------------------------------------
+    run = Run(config, workdir, program, checkpoints, eval_data, steps_per_epoch,
+              total_steps, start_step)
+    if start_step:
+      run.progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
+    if copied:
+      run.progress.write(f"warm start from {config.warm_start.workdir}: {', '.join(copied)}")
+    batches = prefetch((data_lib.to_global(batch, program.batch_sharding)
+                        for batch in train_data.iter_from(start_step)), train_data.prefetch)
+    preemption = Preemption(config.log_every_steps)
+    profiler = profiling.StepProfiler(workdir, config.profile_steps)
+    # A finished run, restored, reports its result again.
+    last_eval = evaluate(program, state, eval_data) if start_step >= total_steps else {}
+    try:
+      for step in range(start_step + 1, total_steps + 1):
+        profiler.step(step, state)
+        state, metrics = program.step(state, next(batches))
+        run.step_done(step, metrics)
+        if itstime(step, run.eval_every, total_steps):
+          state, last_eval = run.validate(step, state)
+          run.save(step, state, last_eval)
+        elif itstime(step, config.checkpoint.every_steps):
+          run.save(step, state)
+        if preemption.due(step):
+          raise run.preempted(step, state)
+    finally:
+      profiler.close(state)
+      batches.close()
+      preemption.restore()
+      run.close()
   return state, last_eval

@@ -372,20 +372,10 @@ def load_orbax(directory: str, model: nnx.Module, step: int | None = None) -> nn
   only the weights are read, not the optimiser). The saved model signature must match
   `model.cfg`'s, or the error names both."""
   from vgg_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  checkpoints = ckpt_lib.Checkpointer(directory, keep_best=False)
-  try:
+  with ckpt_lib.reader(directory) as checkpoints:
     step = checkpoints.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no vgg_jax checkpoint in {checkpoints.directory}")
-    saved = checkpoints.read_meta(step).get("model")
-    if saved != model.cfg.signature():
-      raise ckpt_lib.CheckpointMismatch(
-          f"checkpoint {checkpoints.directory}/{step} holds model {saved}, but the model "
-          f"is {model.cfg.signature()}")
-    target = jax.tree.map(_abstract_on_device, weights_state(model))
-    restored = checkpoints.restore_subset(target, step)
-  finally:
-    checkpoints.close()
+    restored = checkpoints.restore_weights(
+        jax.tree.map(_abstract_on_device, weights_state(model)), step, model.cfg.signature())
   nnx.update(model, restored["params"], restored["batch_stats"])
   return model
 
