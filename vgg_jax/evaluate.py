@@ -220,7 +220,7 @@ def forward(params, batch_stats, images, *, graphdef, dense: bool) -> jax.Array:
 def forward_program(model: VGGConfig, batch_sharding) -> Any:
   """The jitted forward of a network: one per (model, sharding) in a process, so the
   runs of a sweep (a config's seeds) share its compilations."""
-  return jax.jit(functools.partial(forward, graphdef=train.model_graphdef(model)),
+  return jax.jit(functools.partial(forward, graphdef=model_graphdef(model)),
                  static_argnames="dense", out_shardings=batch_sharding)
 
 
