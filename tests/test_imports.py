@@ -4,8 +4,6 @@ interface alone: parsed from the source (every import, including those inside fu
 import ast
 import pathlib
 
-import pytest
-
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vgg_jax"
 BACKENDS = {"vgg_jax.data.numpy_backend", "vgg_jax.data.tfds_backend",
             "vgg_jax.data.device_backend"}
@@ -72,7 +70,5 @@ def test_evaluate_names_no_backend():
   assert not GRAPH["vgg_jax.evaluate"] & BACKENDS
 
 
-@pytest.mark.xfail(strict=False, reason="evaluate.load_trained builds train's program "
-                   "until loading weights is one function apart from training (issue 12.2)")
 def test_evaluate_does_not_import_train():
   assert "vgg_jax.train" not in GRAPH["vgg_jax.evaluate"]
