@@ -26,7 +26,7 @@ import inspect
 import os
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
