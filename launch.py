@@ -355,8 +355,9 @@ def parse_flags(argv: list[str]) -> Invocation:
     print(__doc__)
     sys.exit(0)
   if name not in COMMANDS:
-    fail(name, f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags]; launch.py --help "
-         f"describes them", 2)
+    print(f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags] (launch.py --help describes "
+          f"them){f'; no command {name!r}' if name else ''}", file=sys.stderr)
+    sys.exit(2)
   f = COMMANDS[name].flag_values()
   if any(arg in HELP for arg in argv[2:]):
     print(command_help(name, f))

@@ -78,6 +78,7 @@ def test_missing_flags_and_arguments_are_one_line(tmp_path):
   assert "--backend tpu needs --tpu NAME --zone ZONE" in refusal(
       launch("sweep", f"--config={SWEEP_SPEC}", f"--workdir={tmp_path}", "--backend=tpu"), 2)
   assert refusal(launch("report"), 2) == "launch.py report: usage: launch.py report [flags] ROOT"
+  assert refusal(launch("bogus"), 2).endswith("; no command 'bogus'")
   assert os.listdir(tmp_path) == []
 
 
