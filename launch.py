@@ -1,44 +1,32 @@
-"""The one entry point: `python launch.py COMMAND [flags]`.
+"""The one entry point: `python launch.py COMMAND [flags]`; `launch.py COMMAND --help`
+lists a command's own flags.
 
-  summary  parameters, depth and multiply-adds of all six nets beside the paper's
-           (--resolution N adds the dense cost at N x N).
+  summary  parameters, depth and multiply-adds of all six nets beside the paper's.
   train    --config experiments/FILE.py:ARG --workdir DIR [--config.field=value ...]
-           trains and evaluates, resuming from DIR's checkpoints. On several hosts it
-           first calls jax.distributed.initialize(): --distributed lets JAX detect the
-           cluster (Cloud TPU, SLURM); --coordinator_address, --num_processes and
-           --process_id name it explicitly. Exits 0 when trained; 75 (EX_TEMPFAIL) when
-           SIGTERM stopped it after saving: rerun the same command to resume.
-  eval     --workdir DIR [--protocol single|dense|multicrop|multicrop+dense]
-           [--scales table4|32,40,48] [--ensemble DIR2,DIR3] [--step N]
-           [--eval_split test] evaluates DIR's best checkpoint (else its newest) with
-           the paper's test protocols; prints a table row, writes DIR/eval/*.json.
-           --configured runs all of the run's config.evaluations in one pass.
-  sweep    --config experiments/FILE.py:ARG --workdir ROOT [--dry_run]: the runs of the
-           file's sweep(ARG), parents first, then seed-major, each in ROOT/NAME, all in
-           this process (--subprocess: one process per run); finished runs are skipped,
-           killed ones resume, a failed run's children do not start, a preempted run
-           stops the sweep (exit status 75); --time_budget_s N starts no run after N s.
-           --backend slurm writes ROOT/slurm/*.sbatch and submits them with afterok
-           dependencies; --backend tpu --tpu NAME --zone Z starts each run on every
-           host of a Cloud TPU VM pod (gcloud ... --worker=all).
+           trains and evaluates, resuming from DIR's checkpoints.
+  eval     --workdir DIR: evaluates DIR's best checkpoint (else its newest) with the
+           paper's test protocols; prints a table row, writes DIR/eval/*.json.
+  sweep    --config experiments/FILE.py:ARG --workdir ROOT: the runs of the file's
+           sweep(ARG), here, on SLURM or on a Cloud TPU pod.
   status   --config experiments/FILE.py:ARG --workdir ROOT: each run's state and
            last validation metrics.
-  report   ROOT: Tables 3-6 of a sweep's evaluations (mean +- std over seeds) beside the
-           paper's numbers and, per claim of the paper, the paired-seed difference with a
-           t-interval and whether it reproduced, as Markdown and CSV, the error-vs-depth
-           figure and each run's training curves, in ROOT/report/; prints the Markdown.
-  convert  --from torchvision|keras FILE --to DIR: imports a torchvision state dict
-           (.pth: vgg11/13/16/19 and _bn) or a Keras VGG16/VGG19 (.keras/.h5) and
-           writes it as a vgg_jax orbax checkpoint (read it with weights.load_orbax).
+  report   ROOT: Tables 3-6 of a sweep's evaluations beside the paper's.
+  convert  --from torchvision|keras FILE --to DIR: a torchvision or Keras VGG as a
+           vgg_jax orbax checkpoint.
 
-A known failure (a bad config, a workdir another process holds, a checkpoint of
-another model or an unreadable one, none to evaluate, a NaN, a full disk) is one line
-on stderr and exit status 1; a bad flag or config field, status 2.
+Exit status: 0 when done; 75 (EX_TEMPFAIL) when SIGTERM stopped `train` after saving,
+or a sweep after a preempted run: rerun the same command to resume. A known failure (a
+bad config, a workdir another process holds, a checkpoint of another model or an
+unreadable one, none to evaluate, a NaN, a full disk) is one line on stderr and exit
+status 1; a bad or missing flag or config field, or an unknown command, status 2.
 """
 
+import dataclasses
+import inspect
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -49,192 +37,263 @@ xla_flags.apply_cpu_defaults()  # before any backend starts; VGG_JAX_XLA_CPU_DEF
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_RESOLUTION = flags.DEFINE_integer("resolution", None,
-                                   "summary: also report multiply-adds at this size.")
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "train: experiments/FILE.py:ARG")
-_WORKDIR = flags.DEFINE_string("workdir", None,
-                                "train: where checkpoints and metrics go; eval: the run.")
-_PROTOCOL = flags.DEFINE_enum("protocol", "dense",
-                              ["single", "dense", "multicrop", "multicrop+dense"],
-                              "eval: the test protocol (Section 3.2).")
-_SCALES = flags.DEFINE_string("scales", "", "eval: test scales Q, '32,40,48' or 'table4' "
-                              "(default: the run's validation Q).")
-_CONFIGURED = flags.DEFINE_bool("configured", False, "eval: every evaluation in the run's "
-                                "config.evaluations, in one process (what a sweep runs).")
-_ENSEMBLE = flags.DEFINE_list("ensemble", [], "eval: more workdirs to average with --workdir.")
-_STEP = flags.DEFINE_integer("step", None, "eval: this checkpoint of --workdir, not the best.")
-_EVAL_SPLIT = flags.DEFINE_string("eval_split", "", "eval: the split (default: the run's).")
-_EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", None,
-                                   "eval: views per batch (default: the run's batch size).")
-_EVAL_CHUNK = flags.DEFINE_integer("eval_chunk", 1024, "eval: images read and scored at a "
-                                   "time per process (bounds memory).")
-_BUCKET = flags.DEFINE_integer("bucket", 32, "eval: cut dense views to multiples of this "
-                               "(bounds compilations); 0 runs every shape exactly.")
-_SWEEP = flags.DEFINE_string("sweep", None, "sweep, status: experiments/FILE.py:ARG, "
-                             "also accepted as --config (see parse_flags).")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "sweep: print the commands, run nothing.")
-_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"],
-                             "sweep: run here, submit sbatch scripts, or start on a TPU pod.")
-_REPO = flags.DEFINE_string("repo", os.path.dirname(os.path.abspath(__file__)),
-                            "sweep: where the code is on the cluster's hosts.")
-_PARALLEL = flags.DEFINE_integer("parallel", 1, "sweep: local runs at a time (each "
-                                 "starts once its parent is done).")
-_SUBPROCESS = flags.DEFINE_bool("subprocess", False, "sweep: run each run as `launch.py "
-                                "train` and `eval` subprocesses (implied by --parallel > 1) "
-                                "instead of in this process.")
-_TIME_BUDGET = flags.DEFINE_float("time_budget_s", None, "sweep: start no run after this "
-                                  "many seconds; the same command later continues.")
-_ACCELERATOR = flags.DEFINE_string("accelerator", "h100", "sweep: the chip the forecast "
-                                   "assumes (h100, h200, a100, tpu-v4, tpu-v5p).")
-_MFU = flags.DEFINE_float("mfu", 0.4, "sweep: the fraction of the chip's bf16 peak the "
-                          "forecast assumes.")
-_NODES = flags.DEFINE_integer("nodes", 1, "sweep --backend slurm: hosts per run.")
-_GPUS = flags.DEFINE_integer("gpus_per_node", 8, "sweep --backend slurm: GPUs per host.")
-_TPU = flags.DEFINE_string("tpu", None, "sweep --backend tpu: the TPU VM's name.")
-_ZONE = flags.DEFINE_string("zone", None, "sweep --backend tpu: its zone.")
-_FROM = flags.DEFINE_enum("from", None, ["torchvision", "keras"],
-                          "convert: the format of the positional FILE.")
-_TO = flags.DEFINE_string("to", None, "convert: the directory to write.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
-                                 "Call jax.distributed.initialize() with auto-detection.")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+# ---------------------------------------------------------------------- flags, per command
 
 
-def initialize_distributed():
-  explicit = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
-                  process_id=_PROCESS_ID.value)
+def define_workdir(f: flags.FlagValues, help_string: str):
+  flags.DEFINE_string("workdir", None, help_string, flag_values=f)
+  flags.mark_flag_as_required("workdir", flag_values=f)
+
+
+def define_distributed(f: flags.FlagValues):
+  """How a train or eval on several hosts calls jax.distributed.initialize()."""
+  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() and let JAX "
+                    "detect the cluster (Cloud TPU, SLURM).", flag_values=f)
+  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (names the "
+                      "cluster explicitly, with --num_processes and --process_id).",
+                      flag_values=f)
+  flags.DEFINE_integer("num_processes", None, "processes in the job.", flag_values=f)
+  flags.DEFINE_integer("process_id", None, "this process's index.", flag_values=f)
+
+
+def define_sweep_spec(f: flags.FlagValues):
+  """A sweep's --config names its sweep(ARG), which ml_collections must not load."""
+  flags.DEFINE_string("config", None, "experiments/FILE.py:ARG: the runs of its sweep(ARG).",
+                      flag_values=f)
+  flags.mark_flag_as_required("config", flag_values=f)
+  define_workdir(f, "the sweep's root: each run in ROOT/NAME.")
+
+
+def summary_flags(f: flags.FlagValues):
+  flags.DEFINE_integer("resolution", None, "also report the dense multiply-adds at N x N.",
+                       flag_values=f)
+
+
+def train_flags(f: flags.FlagValues):
+  config_flags.DEFINE_config_file("config", None, "experiments/FILE.py:ARG; "
+                                  "--config.field=value overrides one of its fields.",
+                                  flag_values=f)
+  flags.mark_flag_as_required("config", flag_values=f)
+  define_workdir(f, "where checkpoints and metrics go; training resumes from them.")
+  define_distributed(f)
+
+
+def eval_flags(f: flags.FlagValues):
+  define_workdir(f, "the trained run.")
+  flags.DEFINE_enum("protocol", "dense", ["single", "dense", "multicrop", "multicrop+dense"],
+                    "the test protocol (Section 3.2).", flag_values=f)
+  flags.DEFINE_string("scales", "", "test scales Q, '32,40,48' or 'table4' (default: the "
+                      "run's validation Q).", flag_values=f)
+  flags.DEFINE_bool("configured", False, "every evaluation in the run's config.evaluations, "
+                    "in one process (what a sweep runs).", flag_values=f)
+  flags.DEFINE_list("ensemble", [], "more workdirs to average with --workdir.", flag_values=f)
+  flags.DEFINE_integer("step", None, "this checkpoint of --workdir, not the best.",
+                       flag_values=f)
+  flags.DEFINE_string("eval_split", "", "the split (default: the run's).", flag_values=f)
+  flags.DEFINE_integer("eval_batch_size", None, "views per batch (default: the run's batch "
+                       "size).", flag_values=f)
+  flags.DEFINE_integer("eval_chunk", 1024, "images read and scored at a time per process "
+                       "(bounds memory).", flag_values=f)
+  flags.DEFINE_integer("bucket", 32, "cut dense views to multiples of this (bounds "
+                       "compilations); 0 runs every shape exactly.", flag_values=f)
+  define_distributed(f)
+
+
+def sweep_flags(f: flags.FlagValues):
+  define_sweep_spec(f)
+  flags.DEFINE_bool("dry_run", False, "print the commands, run nothing.", flag_values=f)
+  flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"], "run here, submit sbatch "
+                    "scripts, or start on a TPU pod.", flag_values=f)
+  flags.DEFINE_string("repo", os.path.dirname(os.path.abspath(__file__)), "where the code "
+                      "is on the cluster's hosts.", flag_values=f)
+  flags.DEFINE_integer("parallel", 1, "local runs at a time (each starts once its parent "
+                       "is done).", flag_values=f)
+  flags.DEFINE_bool("subprocess", False, "run each run as `launch.py train` and `eval` "
+                    "subprocesses (implied by --parallel > 1) instead of in this process.",
+                    flag_values=f)
+  flags.DEFINE_float("time_budget_s", None, "start no run after this many seconds; the "
+                     "same command later continues.", flag_values=f)
+  flags.DEFINE_string("accelerator", "h100", "the chip the forecast assumes (h100, h200, "
+                      "a100, tpu-v4, tpu-v5p).", flag_values=f)
+  flags.DEFINE_float("mfu", 0.4, "the fraction of the chip's bf16 peak the forecast "
+                     "assumes.", flag_values=f)
+  flags.DEFINE_integer("nodes", 1, "--backend slurm: hosts per run.", flag_values=f)
+  flags.DEFINE_integer("gpus_per_node", 8, "--backend slurm: GPUs per host.", flag_values=f)
+  flags.DEFINE_string("tpu", None, "--backend tpu: the TPU VM's name.", flag_values=f)
+  flags.DEFINE_string("zone", None, "--backend tpu: its zone.", flag_values=f)
+  flags.register_multi_flags_validator(
+      ["backend", "tpu", "zone"], lambda v: v["backend"] != "tpu" or (v["tpu"] and v["zone"]),
+      "--backend tpu needs --tpu NAME --zone ZONE", flag_values=f)
+
+
+def convert_flags(f: flags.FlagValues):
+  flags.DEFINE_enum("from", None, ["torchvision", "keras"], "the format of FILE.",
+                    flag_values=f)
+  flags.DEFINE_string("to", None, "the directory to write.", flag_values=f)
+  flags.mark_flags_as_required(["from", "to"], flag_values=f)
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def initialize_distributed(f: flags.FlagValues):
+  explicit = dict(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
+                  process_id=f.process_id)
   if any(v is not None for v in explicit.values()):
     import jax
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**explicit)
-  elif _DISTRIBUTED.value:
+  elif f.distributed:
     import jax
     jax.distributed.initialize()
 
 
-def train_main():
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("train needs --config experiments/FILE.py:ARG and --workdir DIR")
-  initialize_distributed()
+def summary_main(f: flags.FlagValues):
+  """Parameters, depth and multiply-adds of all six nets beside the paper's."""
+  from vgg_jax import summary
+  print(summary.summary(f.resolution))
+
+
+def train_main(f: flags.FlagValues):
+  """Trains and evaluates, resuming from --workdir's checkpoints. Exits 75 (EX_TEMPFAIL)
+  when SIGTERM stopped it after saving: rerun the same command to resume."""
+  initialize_distributed(f)
   from vgg_jax import train
   try:
-    _, result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    _, result = train.train_and_evaluate(f.config, f.workdir)
   except train.Preempted as e:
     fail("train", e, train.PREEMPTED_EXIT_CODE)
   if result:
     print(f"final: top-1 error {result['val_top1_err']:.4f}, top-5 error "
           f"{result['val_top5_err']:.4f} on {result['val_count']} "
-          f"{_CONFIG.value.data.name} {_CONFIG.value.data.eval_split} images")
+          f"{f.config.data.name} {f.config.data.eval_split} images")
 
 
-def eval_main():
-  if not _WORKDIR.value:
-    raise app.UsageError("eval needs --workdir DIR")
-  initialize_distributed()
+def eval_main(f: flags.FlagValues):
+  """Evaluates --workdir's best checkpoint (else its newest) with the paper's test
+  protocols; prints a table row, writes WORKDIR/eval/*.json."""
+  initialize_distributed(f)
   from vgg_jax import checkpoint, lock
-  if not os.path.isdir(_WORKDIR.value):  # the lock would create it
-    raise checkpoint.NoCheckpoint(f"no vgg_jax checkpoint in {_WORKDIR.value}: no such "
-                                  f"directory")
-  with lock.workdir_lock(_WORKDIR.value, "eval"):  # it writes WORKDIR/eval/
-    evaluate_main()
+  if not os.path.isdir(f.workdir):  # the lock would create it
+    raise checkpoint.NoCheckpoint(f"no vgg_jax checkpoint in {f.workdir}: no such directory")
+  with lock.workdir_lock(f.workdir, "eval"):  # it writes WORKDIR/eval/
+    evaluate_main(f)
 
 
-def evaluate_main():
+def evaluate_main(f: flags.FlagValues):
   from vgg_jax import evaluate
-  models = [evaluate.load_trained(_WORKDIR.value, _STEP.value)]
-  models += [evaluate.load_trained(workdir) for workdir in _ENSEMBLE.value]
-  if _CONFIGURED.value:
+  models = [evaluate.load_trained(f.workdir, f.step)]
+  models += [evaluate.load_trained(workdir) for workdir in f.ensemble]
+  if f.configured:
     evaluations = evaluate.configured(models[0].config)
   else:
-    evaluations = [(_PROTOCOL.value, _SCALES.value, _EVAL_SPLIT.value)]
-  results = evaluate.evaluate_many(models, evaluations, batch_size=_EVAL_BATCH.value,
-                                   bucket=_BUCKET.value, chunk=_EVAL_CHUNK.value)
+    evaluations = [(f.protocol, f.scales, f.eval_split)]
+  results = evaluate.evaluate_many(models, evaluations, batch_size=f.eval_batch_size,
+                                   bucket=f.bucket, chunk=f.eval_chunk)
   paths = [evaluate.write_result(result) for result in results]
   print("\n".join([evaluate.TABLE_HEADER] + [evaluate.table_row(r) for r in results]))
   print("\n".join(f"{r['count']} {r['split']} images: {path}" for r, path in zip(results, paths)))
   print(f"{results[-1]['compilations']} compiled programs")
 
 
-def convert_main(path):
-  if not (_FROM.value and _TO.value):
-    raise app.UsageError("convert needs --from torchvision|keras FILE --to DIR")
-  import vgg_jax
-  from vgg_jax import weights
-  model = weights.import_file(_FROM.value, path)
-  directory = weights.save_orbax(model, _TO.value)
-  print(f"VGG-{model.cfg.name} ({vgg_jax.count_params(model):,} parameters) from {path} "
-        f"written to {directory}; read it with weights.load_orbax({_TO.value!r}, model) "
-        f"for a model of signature {model.cfg.signature()}")
-
-
-def sweep_runs():
-  if not (_WORKDIR.value and _SWEEP.value):
-    raise app.UsageError("sweep and status need --config experiments/FILE.py:ARG --workdir ROOT")
+def sweep_main(f: flags.FlagValues):
+  """The runs of --config's sweep(ARG), parents first, then seed-major, each in
+  ROOT/NAME, all in this process; finished runs are skipped, killed ones resume, a
+  failed run's children do not start, a preempted run stops the sweep (exit status 75).
+  --backend slurm writes ROOT/slurm/*.sbatch and submits them with afterok
+  dependencies; --backend tpu starts each run on every host of a Cloud TPU VM pod."""
   from vgg_jax import sweep
-  return sweep, *sweep.load_sweep(_SWEEP.value)
-
-
-def sweep_main():
-  sweep, config_file, runs = sweep_runs()
-  root = _WORKDIR.value
+  config_file, runs = sweep.load_sweep(f.config)
+  root = f.workdir
   flops = sweep.run_flops(runs, config_file)
-  print(sweep.forecast(runs, config_file, _ACCELERATOR.value, _MFU.value, flops), flush=True)
-  if _BACKEND.value == "slurm":
-    scripts = sweep.slurm_scripts(runs, config_file, root, repo=_REPO.value,
-                                  nodes=_NODES.value, gpus_per_node=_GPUS.value)
-    if _DRY_RUN.value:
+  print(sweep.forecast(runs, config_file, f.accelerator, f.mfu, flops), flush=True)
+  if f.backend == "slurm":
+    scripts = sweep.slurm_scripts(runs, config_file, root, repo=f.repo, nodes=f.nodes,
+                                  gpus_per_node=f.gpus_per_node)
+    if f.dry_run:
       print("\n".join(f"# {name}\n{text}" for name, text in scripts.items()))
       return
     os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
     for name, text in scripts.items():
-      with open(os.path.join(root, "slurm", name), "w") as f:
-        f.write(text)
+      with open(os.path.join(root, "slurm", name), "w") as file:
+        file.write(text)
     subprocess.run(["bash", os.path.join(root, "slurm", "submit.sh")], check=True)
-  elif _BACKEND.value == "tpu":
-    if not (_TPU.value and _ZONE.value):
-      raise app.UsageError("sweep --backend tpu needs --tpu NAME --zone ZONE")
-    for command in sweep.tpu_commands(runs, config_file, root, repo=_REPO.value,
-                                      tpu=_TPU.value, zone=_ZONE.value):
+  elif f.backend == "tpu":
+    for command in sweep.tpu_commands(runs, config_file, root, repo=f.repo, tpu=f.tpu,
+                                      zone=f.zone):
       print(command)
-      if not _DRY_RUN.value:
+      if not f.dry_run:
         subprocess.run(command, shell=True, check=True)
-  elif _DRY_RUN.value:
+  elif f.dry_run:
     for run in runs:
       print(" ".join(sweep.train_command(run, config_file, root)[1:]))
   else:
-    outcome = sweep.run_local(runs, config_file, root, parallel=_PARALLEL.value,
-                              subprocesses=_SUBPROCESS.value, costs=flops,
-                              time_budget_s=_TIME_BUDGET.value)
+    outcome = sweep.run_local(runs, config_file, root, parallel=f.parallel,
+                              subprocesses=f.subprocess, costs=flops,
+                              time_budget_s=f.time_budget_s)
     print(sweep.status_table(runs, root))
     sys.exit(sweep.exit_status(outcome))
 
 
-def status_main():
-  sweep, _, runs = sweep_runs()
-  print(sweep.status_table(runs, _WORKDIR.value))
+def status_main(f: flags.FlagValues):
+  """Each run of --config's sweep(ARG): its state and last validation metrics."""
+  from vgg_jax import sweep
+  _, runs = sweep.load_sweep(f.config)
+  print(sweep.status_table(runs, f.workdir))
 
 
-def report_main(root):
+def report_main(f: flags.FlagValues, root: str):
+  """Tables 3-6 of ROOT's evaluations (mean +- std over seeds) beside the paper's
+  numbers and, per claim of the paper, the paired-seed difference with a t-interval and
+  whether it reproduced, as Markdown and CSV, the error-vs-depth figure and each run's
+  training curves, in ROOT/report/; prints the Markdown."""
+  del f  # report has no flags
   from vgg_jax import report
   text, written = report.report(root)
   print(text + "\nwritten:" + "\n  ".join([""] + written))
 
 
-def summary_main():
-  from vgg_jax import summary
-  print(summary.summary(_RESOLUTION.value))
+def convert_main(f: flags.FlagValues, path: str):
+  """Imports a torchvision state dict (.pth: vgg11/13/16/19 and _bn) or a Keras
+  VGG16/VGG19 (.keras/.h5) from FILE and writes it as a vgg_jax orbax checkpoint (read
+  it with weights.load_orbax)."""
+  import vgg_jax
+  from vgg_jax import weights
+  model = weights.import_file(f["from"].value, path)
+  directory = weights.save_orbax(model, f.to)
+  print(f"VGG-{model.cfg.name} ({vgg_jax.count_params(model):,} parameters) from {path} "
+        f"written to {directory}; read it with weights.load_orbax({f.to!r}, model) "
+        f"for a model of signature {model.cfg.signature()}")
 
 
-COMMANDS = {"summary": summary_main, "train": train_main, "eval": eval_main,
-            "convert": convert_main, "sweep": sweep_main, "status": status_main,
-            "report": report_main}
-POSITIONAL = {"convert": 1, "report": 1}  # commands that take a path after their name
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """What a command runs, given its own parsed flags and its positional arguments."""
+  run: Callable[..., None]
+  define_flags: Callable[[flags.FlagValues], None] = lambda f: None
+  positional: tuple[str, ...] = ()
+
+  def flag_values(self) -> flags.FlagValues:
+    f = flags.FlagValues()
+    self.define_flags(f)
+    return f
 
 
-def fail(command: str, error: BaseException, status: int = 1):
+COMMANDS = {
+    "summary": Command(summary_main, summary_flags),
+    "train": Command(train_main, train_flags),
+    "eval": Command(eval_main, eval_flags),
+    "sweep": Command(sweep_main, sweep_flags),
+    "status": Command(status_main, define_sweep_spec),
+    "report": Command(report_main, positional=("ROOT",)),
+    "convert": Command(convert_main, convert_flags, positional=("FILE",)),
+}
+HELP = ("--help", "-h", "--helpfull", "-?")
+
+# ---------------------------------------------------------------------- running one
+
+
+def fail(command: str, error: BaseException | str, status: int = 1):
   """A known failure as one line on stderr: its message names the cause and the cure."""
   print(f"launch.py {command}: {error}", file=sys.stderr)
   sys.exit(status)
@@ -256,32 +315,60 @@ def known_failure(error: BaseException) -> BaseException | None:
   return error if checkpoint.no_space(error) else None
 
 
-def main(argv):
+@dataclasses.dataclass(frozen=True)
+class Invocation:
+  """One command line, parsed: what `parse_flags` hands to `main`."""
+  name: str
+  flags: flags.FlagValues
+  args: list[str]
+
+
+def main(invocation: Invocation):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  command = argv[1] if len(argv) > 1 else None
-  if command not in COMMANDS or len(argv) != 2 + POSITIONAL.get(command, 0):
-    raise app.UsageError(f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags]\n{__doc__}")
   try:
-    COMMANDS[command](*argv[2:])
+    COMMANDS[invocation.name].run(invocation.flags, *invocation.args)
   except Exception as e:  # pylint: disable=broad-except
     known = known_failure(e)
     if known is None:
       raise
-    fail(command, known)
+    fail(invocation.name, known)
 
 
-def parse_flags(argv):
-  """A sweep's --config names its sweep(ARG), not a get_config(ARG): for `sweep` and
-  `status` it is read as --sweep, so that ml_collections does not load it as a config.
-  An unknown config field or argument is one line, not ml_collections' traceback."""
-  if len(argv) > 1 and argv[1] in ("sweep", "status"):
-    argv = [a.replace("--config", "--sweep", 1) if a.startswith("--config") else a
-            for a in argv]
-  command = argv[1] if len(argv) > 1 else ""
+def usage(name: str) -> str:
+  command = COMMANDS[name]
+  return " ".join(["usage: launch.py", name, "[flags]", *command.positional])
+
+
+def command_help(name: str, f: flags.FlagValues) -> str:
+  text = f.get_help(include_special_flags=False).strip()
+  doc = inspect.getdoc(COMMANDS[name].run)
+  return f"{usage(name)}\n\n{doc}\n\n{text or '(no flags)'}"
+
+
+def parse_flags(argv: list[str]) -> Invocation:
+  """The command's own flags, parsed from argv[2:]. `launch.py --help` describes the
+  commands, `launch.py COMMAND --help` lists one's flags. A bad flag or config field is
+  one line (not ml_collections' traceback) and status 2."""
+  flags.FLAGS(argv[:1])  # absl's own flags keep their defaults; app.run reads them
+  name = argv[1] if len(argv) > 1 else ""
+  if name in HELP:
+    print(__doc__)
+    sys.exit(0)
+  if name not in COMMANDS:
+    print(f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags] (launch.py --help describes "
+          f"them){f'; no command {name!r}' if name else ''}", file=sys.stderr)
+    sys.exit(2)
+  f = COMMANDS[name].flag_values()
+  if any(arg in HELP for arg in argv[2:]):
+    print(command_help(name, f))
+    sys.exit(0)
   try:
-    return flags.FLAGS(argv)
+    args = f([argv[0], *argv[2:]])[1:]
   except (flags.Error, AttributeError, KeyError, ValueError) as e:
-    fail(command, flag_error(e, argv), 2)
+    fail(name, flag_error(e, argv), 2)
+  if len(args) != len(COMMANDS[name].positional):
+    fail(name, usage(name), 2)
+  return Invocation(name, f, args)
 
 
 def flag_error(error: BaseException, argv) -> str:
