@@ -1,6 +1,9 @@
-"""Every test sees 8 simulated CPU devices, so sharding tests need no special launch."""
+"""What every test shares: 8 simulated CPU devices (so sharding tests need no special
+launch), the Fashion-MNIST skip marker, and the helpers several test files use.
+Test files import the helpers with `from conftest import ...`."""
 
 import os
+import socket
 
 from vgg_jax import xla_flags
 
@@ -16,3 +19,40 @@ try:
   import torchvision  # noqa: F401,E402
 except ImportError:
   pass
+
+import pytest  # noqa: E402
+
+from vgg_jax import config as config_lib  # noqa: E402
+from vgg_jax import data  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+HAS_FASHION_MNIST = all(os.path.exists(os.path.join(data.FASHION_MNIST_DIR, f))
+                        for files in data.FASHION_MNIST_FILES.values() for f in files)
+NO_FASHION_MNIST = "needs `apt-get install dataset-fashion-mnist` (setup.sh installs it)"
+needs_fashion_mnist = pytest.mark.skipif(not HAS_FASHION_MNIST, reason=NO_FASHION_MNIST)
+
+
+def tiny_config(steps=4, devices=1, model_axis=1, arg="quick,backend=numpy", **optim):
+  """A few steps of a 1/16-width A on real Fashion-MNIST (NumPy input: the same global
+  batches for any device or process count)."""
+  c = config_lib.experiment_config("fashion_mnist", arg)
+  c.model.width = 1 / 16  # convs 4..32 wide, fc 256
+  c.optim.update(batch_size=32, max_steps=steps, **optim)
+  c.data.eval_split = "test[:200]"
+  c.mesh = (("data", devices // model_axis), ("model", model_axis))
+  c.log_every_steps = 1
+  return c
+
+
+def finish(process, timeout=900, status=0):
+  """A subprocess's output once it ended with `status` (generous: CI machines differ)."""
+  out, _ = process.communicate(timeout=timeout)
+  assert process.returncode == status, out[-3000:]
+  return out
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]

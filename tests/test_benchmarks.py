@@ -17,10 +17,10 @@ import jax
 import pytest
 
 from benchmarks import device_run, loop_efficiency, throughput
+from conftest import ROOT, needs_fashion_mnist
 from vgg_jax import config as config_lib
-from vgg_jax import data, train
+from vgg_jax import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--resolution", "32", "--dtype", "float32", "--warmup", "1", "--steps", "2",
         "--windows", "1"]
 
@@ -94,9 +94,7 @@ def test_peak_flops_by_device_kind(kind, peak):
 
 
 @pytest.mark.parametrize("synthetic", [
-    pytest.param(False, marks=pytest.mark.skipif(
-        not os.path.exists(os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
-        reason="needs `apt-get install dataset-fashion-mnist`")),
+    pytest.param(False, marks=needs_fashion_mnist),
     pytest.param(True, marks=pytest.mark.slow)])  # the GPU route; the loop is the same
 def test_loop_efficiency_is_a_ratio(tmp_path, synthetic):
   config = config_lib.experiment_config("fashion_mnist", "quick,backend=numpy")
@@ -149,9 +147,7 @@ def test_cpu_command_from_a_fresh_clone_prints_the_table(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not os.path.exists(os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
-    reason="needs `apt-get install dataset-fashion-mnist`")
+@needs_fashion_mnist
 def test_device_run_smoke_writes_every_part_without_tensorflow(tmp_path):
   """`device_run.py --smoke` as CI runs it, TensorFlow unimportable in every process it
   starts (a sitecustomize puts None in sys.modules). The time limits are 4x the smoke's

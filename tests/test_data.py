@@ -13,15 +13,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from conftest import HAS_FASHION_MNIST, NO_FASHION_MNIST, needs_fashion_mnist
 from vgg_jax import data
 from vgg_jax import sharding as sharding_lib
 from vgg_jax.data import device_backend
 from vgg_jax.data import tfds_backend as data_tf
-
-FM_MISSING = not all(os.path.exists(os.path.join(data.FASHION_MNIST_DIR, f))
-                     for files in data.FASHION_MNIST_FILES.values() for f in files)
-needs_fashion_mnist = pytest.mark.skipif(
-    FM_MISSING, reason="apt-get install dataset-fashion-mnist for the real-data tests")
 
 
 def in_dataset(fn, *tensors):
@@ -289,8 +285,8 @@ def test_missing_imagenet_says_what_tfds_needs(tmp_path):
 @pytest.fixture(scope="session")
 def fm_cfg(tmp_path_factory):
   """Fashion-MNIST prepared once per session from the Debian IDX files (~6 s)."""
-  if FM_MISSING:
-    pytest.skip("apt-get install dataset-fashion-mnist for the real-data tests")
+  if not HAS_FASHION_MNIST:
+    pytest.skip(NO_FASHION_MNIST)
   cfg = data.default_config(
       name="fashion_mnist", data_dir=str(tmp_path_factory.mktemp("tfds")), eval_split="test",
       scale=32, crop=32, eval_scale=32, pad_to=32, cache=True, shuffle_buffer=1024)

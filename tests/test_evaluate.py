@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.test_train import ROOT, finish, free_port, needs_fashion_mnist, tiny_config
+from conftest import ROOT, finish, free_port, needs_fashion_mnist, tiny_config
 from vgg_jax import data, evaluate, sharding, train
 from vgg_jax.model import VGG, VGGConfig
 

@@ -3,18 +3,15 @@ GPU's cuDNN op names on an HLO excerpt."""
 
 import glob
 import json
-import os
 
 import jax
 import pytest
 
 from benchmarks import device_run, profile_summary
+from conftest import needs_fashion_mnist
 from vgg_jax import config as config_lib
-from vgg_jax import data, train
+from vgg_jax import train
 
-needs_fashion_mnist = pytest.mark.skipif(
-    not os.path.exists(os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
-    reason="needs `apt-get install dataset-fashion-mnist` (setup.sh installs it)")
 TINY_D = device_run.Size(configs="D", width=1 / 16, resolution=32, batch=4, dtype="float32")
 
 

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,25 +16,12 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import ROOT, finish, free_port, needs_fashion_mnist, tiny_config
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
 from vgg_jax import data, lock, metrics, sharding, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_fashion_mnist = pytest.mark.skipif(
-    not os.path.exists(os.path.join(data.FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")),
-    reason="needs `apt-get install dataset-fashion-mnist` (setup.sh installs it)")
 pytestmark = needs_fashion_mnist
-
-
-def tiny_config(steps=4, devices=1, model_axis=1, arg="quick,backend=numpy", **optim):
-  c = config_lib.experiment_config("fashion_mnist", arg)
-  c.model.width = 1 / 16  # convs 4..32 wide, fc 256
-  c.optim.update(batch_size=32, max_steps=steps, **optim)
-  c.data.eval_split = "test[:200]"
-  c.mesh = (("data", devices // model_axis), ("model", model_axis))
-  c.log_every_steps = 1
-  return c
 
 
 def flat(state) -> dict[str, np.ndarray]:
@@ -146,12 +132,6 @@ def test_weight_decay_applies_to_kernels_only():
   np.testing.assert_array_equal(updates["fc6"]["bias"], 0)
 
 
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 TINY = ("--config.model.width=0.0625", "--config.optim.batch_size=32",
         "--config.data.eval_split=test[:200]", "--config.log_every_steps=1")
 
@@ -166,12 +146,6 @@ def launch(workdir, config_arg, *flags, devices=1, tiny=True):
              f"--workdir={workdir}", *(TINY if tiny else ()), *flags]
   return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process, timeout=300, status=0):
-  out, _ = process.communicate(timeout=timeout)
-  assert process.returncode == status, out[-3000:]
-  return out
 
 
 def run_launch(*args, timeout=300) -> subprocess.CompletedProcess:
