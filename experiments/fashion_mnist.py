@@ -45,7 +45,6 @@ from vgg_jax import paper
 from vgg_jax import sweep as sweep_lib
 from vgg_jax.scale import Scale
 
-
 TRAIN_IMAGES = 60_000
 
 

@@ -20,9 +20,8 @@ import os
 
 import numpy as np
 
-from vgg_jax import architectures
+from vgg_jax import architectures, paper
 from vgg_jax import metrics as metrics_lib
-from vgg_jax import paper
 from vgg_jax.scale import Scale
 from vgg_jax.util import markdown_table
 

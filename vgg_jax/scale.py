@@ -23,8 +23,10 @@ class Scale:
   @classmethod
   def parse(cls, text: str) -> "Scale":
     """"256", "256-512" (command lines, run names) or "[256,512]" (tables)."""
-    lo, _, hi = str(text).strip().strip("[]").replace(",", "-").replace(" ", "").partition("-")
-    return cls(int(lo), int(hi or lo))
+    parts = str(text).strip().strip("[]").replace(",", "-").replace(" ", "").split("-")
+    if len(parts) > 2:
+      raise ValueError(f"a scale is S, S_min-S_max or [S_min,S_max], got {text!r}")
+    return cls(int(parts[0]), int(parts[-1]))
 
   @classmethod
   def of(cls, value) -> "Scale":

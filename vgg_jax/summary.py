@@ -6,8 +6,7 @@ the full-size table costs no compute and no memory.
 
 from flax import nnx
 
-from vgg_jax import architectures
-from vgg_jax import paper
+from vgg_jax import architectures, paper
 from vgg_jax.model import count_macs, count_params, create_model
 from vgg_jax.util import markdown_table
 

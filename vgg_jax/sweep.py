@@ -36,8 +36,7 @@ import jax
 
 from vgg_jax import config as config_lib
 from vgg_jax import metrics as metrics_lib
-from vgg_jax import paper
-from vgg_jax import train
+from vgg_jax import paper, train
 from vgg_jax.scale import Scale
 from vgg_jax.util import PEAK_FLOPS, markdown_table
 
