@@ -97,8 +97,6 @@ def paper_numbers(table: int, config: str, paper_s: str, protocol: str):
     members = ("+".join(c for c, _ in paper.TABLE6_MEMBERS),
                "+".join(s.name for _, s in paper.TABLE6_MEMBERS))
     return paper.TABLE6.get(protocol) if (config, paper_s) == members else None
-  if "+" in paper_s:
-    return None
   if table == 5:
     return paper.TABLE5.get((config, protocol)) if Scale.parse(paper_s) == paper.S256_512 \
         else None
