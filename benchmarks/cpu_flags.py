@@ -38,7 +38,7 @@ import jax  # noqa: E402
 from benchmarks import throughput  # noqa: E402
 from vgg_jax import sharding as sharding_lib  # noqa: E402
 from vgg_jax import train  # noqa: E402
-from vgg_jax.summary import markdown_table  # noqa: E402
+from vgg_jax.util import markdown_table  # noqa: E402
 
 YNN = "xla_cpu_experimental_ynn_fusion_type"
 VARIANTS = {  # name -> XLA flags, as XLA_FLAGS spells them (without the leading --)

@@ -266,7 +266,7 @@ def time_step(size: Size, model: dict, options: dict, smoke: bool) -> dict:
 
 
 def write_levers(out: str, rows: list[dict], size: Size) -> None:
-  from vgg_jax.summary import markdown_table
+  from vgg_jax.util import markdown_table
   base = rows[0].get("img_s")
   for row in rows:
     row["ratio"] = round(row["img_s"] / base, 3) if base and row.get("img_s") else None

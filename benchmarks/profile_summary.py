@@ -311,7 +311,7 @@ def layer_order(layer: str) -> tuple:
 
 
 def markdown(summary: dict) -> str:
-  from vgg_jax.summary import markdown_table  # pylint: disable=import-outside-toplevel
+  from vgg_jax.util import markdown_table  # pylint: disable=import-outside-toplevel
   busy = sum(summary["kinds_ms"].values()) or 1.0
   where = "device streams" if summary["source"] == "device" else "host threads"
   lines = [f"{summary['steps']} steps traced ({summary['events']} op events on the "

@@ -36,8 +36,7 @@ from benchmarks import throughput  # noqa: E402
 from vgg_jax import architectures, sharding as sharding_lib, train  # noqa: E402
 from vgg_jax.model import (count_params, create_model,  # noqa: E402
                            training_flops_per_image)
-from vgg_jax.summary import markdown_table  # noqa: E402
-from vgg_jax.sweep import PEAK_FLOPS  # noqa: E402
+from vgg_jax.util import PEAK_FLOPS, markdown_table  # noqa: E402
 
 # name -> (chips in the all-reduce, all-reduce bandwidth per chip in bytes/s, peak key).
 # TPU v4: the "all-reduce bandwidth per Pod" of 1.1 PB/s over its 4096 chips

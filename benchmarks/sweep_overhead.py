@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/sweep_overhead.py`
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vgg_jax import sweep  # noqa: E402
-from vgg_jax.summary import markdown_table  # noqa: E402
+from vgg_jax.util import markdown_table  # noqa: E402
 
 EXPERIMENT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                           "experiments", "fashion_mnist.py")

@@ -73,8 +73,7 @@ from vgg_jax import architectures, train  # noqa: E402
 from vgg_jax import config as config_lib  # noqa: E402
 from vgg_jax import sharding as sharding_lib  # noqa: E402
 from vgg_jax.model import VGG, training_flops_per_image  # noqa: E402
-from vgg_jax.summary import markdown_table  # noqa: E402
-from vgg_jax.sweep import PEAK_FLOPS  # noqa: E402
+from vgg_jax.util import PEAK_FLOPS, markdown_table  # noqa: E402
 
 NUM_CLASSES = 1000  # ImageNet's head, for us and for torchvision
 CHANNELS = 3

@@ -13,7 +13,9 @@ from S=256): e.g. A/256 29.6% top-1, 10.4% top-5 at Q=256 with dense evaluation.
 """
 
 from vgg_jax import config as config_lib
+from vgg_jax import paper
 from vgg_jax import sweep as sweep_lib
+from vgg_jax.scale import Scale
 
 
 def get_config(arg: str = ""):
@@ -23,11 +25,11 @@ def get_config(arg: str = ""):
   c.seed = arg.seed
   c.model.name = arg.model
   c.model.init = arg.init
-  lo, hi = config_lib.parse_scale(arg.S)
-  c.data.update(name="imagenet2012", data_dir=arg.data_dir, scale=(lo, hi), crop=224,
-                eval_scale=(lo + hi) // 2, eval_crop=224)  # Q = S, or 384 for [256,512]
-  c.evaluations = config_lib.paper_evaluations((lo, hi))  # on ILSVRC's validation set
-  if lo == 384 and hi == 384:
+  s = Scale.parse(arg.S)
+  c.data.update(name="imagenet2012", data_dir=arg.data_dir, scale=tuple(s), crop=224,
+                eval_scale=s.mid, eval_crop=224)  # Q = S, or 384 for [256,512]
+  c.evaluations = config_lib.paper_evaluations(s)  # on ILSVRC's validation set
+  if s == paper.S384:
     c.optim.lr = 1e-3  # S=384 is fine-tuned from S=256 with a lower initial LR
   if arg.runlocal:  # a minute-long smoke run of the same program
     c.model.width = 1 / 16
@@ -39,5 +41,5 @@ def get_config(arg: str = ""):
 def sweep(arg: str = ""):
   """Table 3's runs, chained as in the paper (see `sweep_lib.table3_sweep`):
   python launch.py sweep --config THIS_FILE:seeds=3 --workdir ROOT"""
-  return sweep_lib.table3_sweep(arg, scales=sweep_lib.PAPER_SCALES["imagenet2012"],
+  return sweep_lib.table3_sweep(arg, scales=paper.STAND_INS["imagenet2012"],
                                 runlocal=False)

@@ -12,7 +12,7 @@ import vgg_jax
 from vgg_jax import architectures
 from vgg_jax import model as model_lib
 
-FULL_SIZE_PARAMS = {  # PAPER.md; A, B, D, E are also torchvision's vgg11/13/16/19
+FULL_SIZE_PARAMS = {  # docs/paper.md; A, B, D, E are also torchvision's vgg11/13/16/19
     "A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848,
     "C": 133_638_952, "D": 138_357_544, "E": 143_667_240,
 }

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from vgg_jax import metrics, sweep
+from vgg_jax import metrics, sweep, util
 from vgg_jax.config import load_experiment_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -374,7 +374,7 @@ def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
         0.5, "bfloat16", 512)
     assert config.data.crop == (64 if run.name.startswith("he64_") else 32)
   flops = sweep.run_flops(runs, config_file)
-  minutes = sum(flops.values()) / (sweep.PEAK_FLOPS["h200"] * 0.2) / 60
+  minutes = sum(flops.values()) / (util.PEAK_FLOPS["h200"] * 0.2) / 60
   assert minutes <= 8
   assert f"{minutes:.1f} h200-minutes" in sweep.forecast(runs, config_file, "h200", 0.2, flops)
   _, smoke = sweep.load_sweep(f"{FASHION}:smoke")

@@ -61,16 +61,6 @@ ALIASES = {"vgg11": "A", "vgg11_lrn": "A-LRN", "vgg13": "B", "vgg16": "D", "vgg1
 
 CONFIG_NAMES: tuple[str, ...] = tuple(TABLE1) + tuple(ALIASES)
 
-# What Table 2 and PAPER.md state, for `launch.py summary` to print beside our counts.
-# These are references to compare against, never used to compute anything.
-PAPER_PARAMS_MILLIONS = {"A": 133, "A-LRN": 133, "B": 133, "C": 134, "D": 138, "E": 144}
-PAPER_EXACT_PARAMS = {
-    "A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848,
-    "C": 133_638_952, "D": 138_357_544, "E": 143_667_240,
-}
-PAPER_GMACS_224 = {"A": 7.609, "B": 11.308, "C": 11.771, "D": 15.470, "E": 19.632}
-
-
 @dataclasses.dataclass(frozen=True)
 class Layer:
   """One entry of Table 1, parsed: kind is "conv" or "lrn"."""

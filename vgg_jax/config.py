@@ -12,6 +12,7 @@ import os
 import ml_collections
 
 from vgg_jax import architectures, data, model, profiling
+from vgg_jax.scale import Scale
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -97,17 +98,6 @@ def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
   return parsed
 
 
-def parse_scale(text: str) -> tuple[int, int]:
-  """S as the command line writes it: "256" (fixed) or "256-512" (jittered)."""
-  lo, _, hi = str(text).partition("-")
-  return int(lo), int(hi or lo)
-
-
-def scale_name(scale) -> str:
-  lo, hi = scale
-  return str(lo) if lo == hi else f"[{lo},{hi}]"
-
-
 PROTOCOLS = ("single", "dense", "multicrop", "multicrop+dense")
 
 
@@ -128,8 +118,7 @@ def paper_evaluations(scale, split: str = "", table5_split: str = "") -> tuple[s
   per scale, so a small data set's sweep may take a subset; "" : `split`)."""
   spec = lambda protocol, scales, on: "@".join((protocol, scales, on)).rstrip("@")  # noqa: E731
   evaluations = (spec("dense", "", split), spec("dense", "table4", split))
-  lo, hi = scale
-  if lo != hi:
+  if not Scale.of(scale).fixed:
     evaluations += tuple(spec(protocol, "table4", table5_split or split)
                          for protocol in ("dense", "multicrop", "multicrop+dense"))
   return tuple(dict.fromkeys(evaluations))  # table5_split == split: dense@table4 once
@@ -158,9 +147,9 @@ def _check(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   if config.optim.batch_size % data_parallel:
     raise ValueError(f"batch_size {config.optim.batch_size} is not divisible by the "
                      f"{data_parallel} devices of the mesh's data axis")
-  lo, hi = data.scale_range(config.data.scale)
-  if not config.data.crop <= lo <= hi:
-    raise ValueError(f"training scale S={scale_name(config.data.scale)} must be at least "
+  scale = Scale.of(config.data.scale)
+  if config.data.crop > scale.lo:
+    raise ValueError(f"training scale S={scale} must be at least "
                      f"the crop {config.data.crop}")
   if config.data.eval_scale < config.data.crop:
     raise ValueError(f"eval_scale Q={config.data.eval_scale} is below the crop "

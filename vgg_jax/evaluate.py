@@ -58,6 +58,7 @@ from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
 from vgg_jax import data, sharding
 from vgg_jax.model import VGGConfig, abstract_weights, model_graphdef
+from vgg_jax.scale import Scale
 
 PROTOCOLS = config_lib.PROTOCOLS
 VIEWS = {"single": 1, "dense": 2, "multicrop": 50}
@@ -413,8 +414,7 @@ def evaluate_many(models: Sequence[Trained], evaluations: Sequence[tuple[str, st
       results[index] = dict(
           score(total), protocol=protocol, split=split,
           models=[dict(workdir=m.workdir, step=m.step, checkpoint=m.checkpoint,
-                       config=m.model.name, S=config_lib.scale_name(
-                           data.scale_range(m.config.data.scale)), Q=list(q))
+                       config=m.model.name, S=str(Scale.of(m.config.data.scale)), Q=list(q))
                   for m, q in zip(models, per_model)],
           views_per_image=[sum(VIEWS[k] for k in view_kinds(protocol)) * len(q)
                            for q in per_model],

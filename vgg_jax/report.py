@@ -20,38 +20,13 @@ import os
 
 import numpy as np
 
-from vgg_jax import architectures
+from vgg_jax import architectures, paper
 from vgg_jax import metrics as metrics_lib
-from vgg_jax import sweep
-from vgg_jax.summary import markdown_table
+from vgg_jax.scale import Scale
+from vgg_jax.util import markdown_table
 
-# The paper's S regimes ("256", "384", "256-512") per dataset, in the experiment's
-# notation (experiments/fashion_mnist.py); ImageNet's S are the regimes themselves.
-REGIMES = {}
-for _key, _scales in sweep.PAPER_SCALES.items():  # "fashion_mnist@64" is Fashion-MNIST too
-  REGIMES.setdefault(_key.partition("@")[0], {}).update(
-      {ours: paper for paper, ours in _scales.items()})
-REGIME_ORDER = ("256", "384", "256-512")
-
-# The paper's top-1 / top-5 validation error (%) on ILSVRC-2012, dense evaluation.
-PAPER_TABLE3 = {  # at a single test scale
-    ("A", "256"): (29.6, 10.4), ("A-LRN", "256"): (29.7, 10.5), ("B", "256"): (28.7, 9.9),
-    ("C", "256"): (28.1, 9.4), ("C", "384"): (28.1, 9.3), ("C", "256-512"): (27.3, 8.8),
-    ("D", "256"): (27.0, 8.8), ("D", "384"): (26.8, 8.7), ("D", "256-512"): (25.6, 8.1),
-    ("E", "256"): (27.3, 9.0), ("E", "384"): (26.9, 8.7), ("E", "256-512"): (25.5, 8.0)}
-PAPER_TABLE4 = {  # at three test scales
-    ("B", "256"): (28.2, 9.6),
-    ("C", "256"): (27.7, 9.2), ("C", "384"): (27.8, 9.2), ("C", "256-512"): (26.3, 8.2),
-    ("D", "256"): (26.6, 8.6), ("D", "384"): (26.5, 8.6), ("D", "256-512"): (24.8, 7.5),
-    ("E", "256"): (26.9, 8.7), ("E", "384"): (26.7, 8.6), ("E", "256-512"): (24.8, 7.5)}
-PAPER_TABLE5 = {  # jittered S, Q = {256, 384, 512}, by protocol
-    ("D", "dense"): (24.8, 7.5), ("D", "multicrop"): (24.6, 7.5),
-    ("D", "multicrop+dense"): (24.4, 7.2),
-    ("E", "dense"): (24.8, 7.5), ("E", "multicrop"): (24.6, 7.4),
-    ("E", "multicrop+dense"): (24.4, 7.1)}
-PROTOCOL_ORDER = ("dense", "multicrop", "multicrop+dense")
-PAPER_TABLE6 = {  # D/[256,512] + E/[256,512], by protocol
-    "dense": (24.0, 7.1), "multicrop": (23.9, 7.2), "multicrop+dense": (23.7, 6.8)}
+REGIME_ORDER = tuple(s.name for s in paper.REGIMES)  # "256", "384", "256-512"
+PROTOCOL_ORDER = paper.PROTOCOLS
 TITLES = {3: "Table 3: single test scale (dense)",
           4: "Table 4: multiple test scales (dense)",
           5: "Table 5: jittered S, multiple test scales, by protocol",
@@ -64,8 +39,7 @@ CSV_HEADER = ["arm", "config", "S", "paper_S", "Q", "protocol", "split", "n", "t
 
 def regime(dataset: str, scale: str) -> str:
   """A run's S ("32", "[32,48]") -> the paper's regime it stands for ("256-512")."""
-  s = scale.strip("[]").replace(",", "-")
-  return REGIMES.get(dataset, {}).get(s, s)
+  return paper.regime(dataset, Scale.parse(scale)).name
 
 
 def arm(config: dict) -> str:
@@ -102,7 +76,7 @@ def table_of(record: dict) -> set[int]:
   multi-scale one of a jittered S to Table 5."""
   if record.get("ensemble"):
     return {6}
-  multi, jittered = "," in record["Q"], record["S"].startswith("[")
+  multi, jittered = "," in record["Q"], not Scale.parse(record["S"]).fixed
   tables = set()
   if record["protocol"] == "dense":
     tables.add(4 if multi else 3)
@@ -118,12 +92,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def paper_numbers(table: int, config: str, paper_s: str, protocol: str):
+  """The paper's (top-1, top-5) for a row of Table `table`, or None."""
   if table == 6:
-    return PAPER_TABLE6.get(protocol) if (config, paper_s) == ("D+E", "256-512+256-512") \
-        else None
+    members = ("+".join(c for c, _ in paper.TABLE6_MEMBERS),
+               "+".join(s.name for _, s in paper.TABLE6_MEMBERS))
+    return paper.TABLE6.get(protocol) if (config, paper_s) == members else None
   if table == 5:
-    return PAPER_TABLE5.get((config, protocol)) if paper_s == "256-512" else None
-  return (PAPER_TABLE3 if table == 3 else PAPER_TABLE4).get((config, paper_s))
+    return paper.TABLE5.get((config, protocol)) if Scale.parse(paper_s) == paper.S256_512 \
+        else None
+  return (paper.TABLE3 if table == 3 else paper.TABLE4).get((config, Scale.parse(paper_s)))
 
 
 def aggregate(records: list[dict], table: int) -> list[dict]:
@@ -136,12 +113,12 @@ def aggregate(records: list[dict], table: int) -> list[dict]:
   rows = []
   for (arm_name, config, s, paper_s, q, protocol, split), members in groups.items():
     top1, top5 = (mean_std([m[k] for m in members]) for k in ("top1_err", "top5_err"))
-    paper = paper_numbers(table, config, paper_s, protocol) or (None, None)
+    theirs = paper_numbers(table, config, paper_s, protocol) or (None, None)
     rows.append(dict(arm=arm_name, config=config, S=s, paper_S=paper_s, Q=q,
                      protocol=protocol,
                      split=split, n=len(members), top1_mean=top1[0], top1_std=top1[1],
-                     top5_mean=top5[0], top5_std=top5[1], paper_top1=paper[0],
-                     paper_top5=paper[1]))
+                     top5_mean=top5[0], top5_std=top5[1], paper_top1=theirs[0],
+                     paper_top5=theirs[1]))
   return sorted(rows, key=_order)
 
 
@@ -202,45 +179,19 @@ def tables_markdown(rows: dict[int, list[dict]]) -> str:
 # ----------------------------------------------------------------------------- claims
 
 
-# One side of a comparison: (config, the paper's S regime, protocol, multi-scale Q).
-Side = tuple[str, str, str, bool]
-
-
-def paper_claims() -> list[tuple[str, Side, Side]]:
-  """The paper's comparisons as (claim, baseline, other): the other side has the lower
-  top-1 error in the paper, except A-LRN (no gain from LRN: slightly higher)."""
-  single = lambda config, s="256", protocol="dense": (config, s, protocol, False)  # noqa
-  multi = lambda config, s="256-512", protocol="dense": (config, s, protocol, True)  # noqa
-  return ([(f"depth: A vs {c}", single("A"), single(c)) for c in "BDE"]
-          + [("LRN: A vs A-LRN", single("A"), single("A-LRN"))]
-          + [(f"3x3 over 1x1: C vs D, S {s}", single("C", s), single("D", s))
-             for s in REGIME_ORDER]
-          + [(f"jittered S: {c}, S {s} vs [256,512]", single(c, s), single(c, "256-512"))
-             for c in "CDE" for s in ("256", "384")]
-          + [(f"multi-scale test: {c}, S {s}, one Q vs three", single(c, s), multi(c, s))
-             for c, s in PAPER_TABLE4]
-          + [(f"multi-crop vs dense: {c}", multi(c), multi(c, protocol="multicrop"))
-             for c in "DE"]
-          + [(f"multi-crop & dense vs multi-crop: {c}", multi(c, protocol="multicrop"),
-              multi(c, protocol="multicrop+dense")) for c in "DE"])
-
-
-def paper_top1(side: Side) -> float | None:
-  config, paper_s, protocol, multi_q = side
-  if not multi_q:
-    return PAPER_TABLE3.get((config, paper_s)) and PAPER_TABLE3[config, paper_s][0]
-  table = 4 if protocol == "dense" else 5
-  numbers = paper_numbers(table, config, paper_s, protocol)
+def paper_top1(side: paper.Side) -> float | None:
+  table = 3 if not side.multi_q else 4 if side.protocol == "dense" else 5
+  numbers = paper_numbers(table, side.config, side.scale.name, side.protocol)
   return numbers[0] if numbers else None
 
 
-def side_errors(records: list[dict], arm_name: str, side: Side) -> dict[int, dict]:
+def side_errors(records: list[dict], arm_name: str, side: paper.Side) -> dict[int, dict]:
   """{seed: {split: (top-1 error %, images)}} of one side's single-net records."""
-  config, paper_s, protocol, multi_q = side
+  key = (arm_name, side.config, side.scale.name, side.protocol)
   errors = {}
   for r in records:
-    if (not r.get("ensemble") and (r["arm"], r["config"], r["regime"], r["protocol"])
-        == (arm_name, config, paper_s, protocol) and ("," in r["Q"]) == multi_q):
+    if (not r.get("ensemble") and (r["arm"], r["config"], r["regime"], r["protocol"]) == key
+        and ("," in r["Q"]) == side.multi_q):
       errors.setdefault(r["seed"], {})[r["split"]] = (100 * r["top1_err"], r["count"])
   return errors
 
@@ -284,17 +235,17 @@ def claims(records: list[dict], level: float = 0.95) -> list[dict]:
   base, points) with its t-interval, the paper's, and the verdict."""
   rows = []
   for arm_name in sorted({r["arm"] for r in records}):
-    for claim, base, other in paper_claims():
-      paper = (paper_top1(base), paper_top1(other))
+    for claim, base, other in paper.claims():
+      theirs = (paper_top1(base), paper_top1(other))
       diffs = paired_differences(side_errors(records, arm_name, base),
                                  side_errors(records, arm_name, other))
-      if not diffs or None in paper:
+      if not diffs or None in theirs:
         continue
       mean, low, high = t_interval(diffs, level)
-      rows.append(dict(arm=arm_name, claim=claim, n=len(diffs), paper_base=paper[0],
-                       paper_other=paper[1], paper_diff=round(paper[1] - paper[0], 2),
+      rows.append(dict(arm=arm_name, claim=claim, n=len(diffs), paper_base=theirs[0],
+                       paper_other=theirs[1], paper_diff=round(theirs[1] - theirs[0], 2),
                        diff=mean, low=low, high=high,
-                       verdict=verdict(paper[1] - paper[0], low, high)))
+                       verdict=verdict(theirs[1] - theirs[0], low, high)))
   return rows
 
 
@@ -360,8 +311,9 @@ def depth_figure(rows: list[dict], path: str) -> str:
                       yerr=[r[f"{metric}_std"] for r in ours], marker="o", capsize=3,
                       linestyle=style, color=colours[paper_s],
                       label=f"ours, {arm_name}, S ~ {paper_s}")
-      paper = sorted((x[c], v[which]) for (c, s), v in PAPER_TABLE3.items() if s == paper_s)
-      paper_ax.plot(*zip(*paper), "--o", mfc="none", color=colours[paper_s], alpha=0.6,
+      theirs = sorted((x[c], v[which]) for (c, s), v in paper.TABLE3.items()
+                      if s.name == paper_s)
+      paper_ax.plot(*zip(*theirs), "--o", mfc="none", color=colours[paper_s], alpha=0.6,
                     label=f"paper, S = {paper_s}")
     ax.set_xticks(list(x.values()),
                   [f"{c}\n{architectures.weight_layers(c)}" for c in x], fontsize=8)

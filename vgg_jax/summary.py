@@ -6,13 +6,9 @@ the full-size table costs no compute and no memory.
 
 from flax import nnx
 
-from vgg_jax import architectures
+from vgg_jax import architectures, paper
 from vgg_jax.model import count_macs, count_params, create_model
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-  lines = [header, ["---"] * len(header)] + [[str(c) for c in row] for row in rows]
-  return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+from vgg_jax.util import markdown_table
 
 
 def paper_number(table: dict[str, float], name: str) -> str:
@@ -28,10 +24,10 @@ def summary_rows(resolution: int | None = None) -> tuple[list[str], list[list]]:
   for name in architectures.TABLE1:
     model = nnx.eval_shape(lambda: create_model(name))
     row = [name, architectures.weight_layers(name), f"{count_params(model):,}",
-           f"{architectures.PAPER_EXACT_PARAMS[name]:,}",
-           architectures.PAPER_PARAMS_MILLIONS[name],
+           f"{paper.EXACT_PARAMS[name]:,}",
+           paper.PARAMS_MILLIONS[name],
            f"{count_macs(model, 224) / 1e9:.3f}",
-           paper_number(architectures.PAPER_GMACS_224, name)]
+           paper_number(paper.GMACS_224, name)]
     if resolution:
       row.append(f"{count_macs(model, resolution, dense=True) / 1e9:.3f}")
     rows.append(row)

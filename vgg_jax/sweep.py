@@ -36,7 +36,9 @@ import jax
 
 from vgg_jax import config as config_lib
 from vgg_jax import metrics as metrics_lib
-from vgg_jax import train
+from vgg_jax import paper, train
+from vgg_jax.scale import Scale
+from vgg_jax.util import PEAK_FLOPS, markdown_table
 
 DONE, EVALUATED, FAILED = "sweep_done.json", "sweep_evaluated.json", "sweep_failed.txt"
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -53,47 +55,36 @@ class Run:
   stage: int = 0  # runs of a later stage start after every run of the earlier ones
 
 
-# The training scales that stand for the paper's S = 256, 384 and [256, 512], per data
-# set (Fashion-MNIST's 32x32 crops scale S down by 7; "@64": at 64x64 crops).
-PAPER_SCALES = {"imagenet2012": {"256": "256", "384": "384", "256-512": "256-512"},
-                "fashion_mnist": {"256": "32", "384": "40", "256-512": "32-48"},
-                "fashion_mnist@64": {"256": "64", "384": "80", "256-512": "64-96"}}
-
-# Table 3's (configuration, training scale) pairs.
-TABLE3 = (("A", "256"), ("A-LRN", "256"), ("B", "256"),
-          ("C", "256"), ("C", "384"), ("C", "256-512"),
-          ("D", "256"), ("D", "384"), ("D", "256-512"),
-          ("E", "256"), ("E", "384"), ("E", "256-512"))
-
-
-def paper_chain(table: Sequence[tuple[str, str]], seeds: Sequence[int], *,
-                warm_start: bool = True, scales: dict[str, str], extra: str = "",
+def paper_chain(table: Sequence[tuple[str, Scale]], seeds: Sequence[int], *,
+                warm_start: bool = True, scales: dict[Scale, Scale], extra: str = "",
                 finetune: dict | None = None, init: str = "glorot",
                 prefix: str = "") -> list[dict]:
-  """Runs for the (config, S) pairs of `table` per seed; `scales` maps the paper's S
-  ("256", "384", "256-512") to this data set's, `extra` is appended to every run's arg
-  and `finetune` (overrides) to the fine-tuned runs'. With `warm_start`, the paper's
-  chain; without, every run starts from `init` (Glorot's: the paper's note). `prefix`
-  starts every run's name (several arms in one sweep)."""
+  """Runs for the (config, paper S) pairs of `table` per seed; `scales` maps the paper's
+  S to this data set's (`paper.STAND_INS`; any spelling `Scale.of` reads), `extra` is
+  appended to every run's arg and `finetune` (overrides) to the fine-tuned runs'. With
+  `warm_start`, the paper's chain; without, every run starts from `init` (Glorot's: the
+  paper's note). `prefix` starts every run's name (several arms in one sweep)."""
+  scales = {Scale.of(theirs): Scale.of(ours) for theirs, ours in scales.items()}
   runs = []
   for seed in seeds:
-    name = lambda model, scale: f"{prefix}{model}_S{scales[scale]}_seed{seed}"  # noqa: E731
+    name = lambda model, s: f"{prefix}{model}_S{scales[s].name}_seed{seed}"  # noqa: E731
     for model, scale in table:
+      scale = Scale.of(scale)
       run = dict(name=name(model, scale),
-                 arg=f"model={model},S={scales[scale]},seed={seed}{extra}")
-      previous = {"384": "256", "256-512": "384"}.get(scale)
+                 arg=f"model={model},S={scales[scale].name},seed={seed}{extra}")
+      previous = paper.FINE_TUNED_FROM.get(scale)
       if previous:  # fine-tune the same config's net trained at the previous scale
         run.update(parent=name(model, previous), layers="all",
                    overrides={"optim.lr": 1e-3, **(finetune or {})})
       elif model not in ("A", "A-LRN") and warm_start:
-        run.update(parent=name("A", "256"), layers="paper")
+        run.update(parent=name("A", paper.S256), layers="paper")
       elif not warm_start:
         run["arg"] += f",init={init}"
       runs.append(run)
   return runs
 
 
-def table3_sweep(arg: str, scales: dict[str, str], finetune_epochs: int = 0,
+def table3_sweep(arg: str, scales: dict[Scale, Scale], finetune_epochs: int = 0,
                  **run_args) -> list[dict]:
   """An experiment's `sweep(arg)`: Table 3's runs with the paper's chain (`chain=glorot`:
   no warm start, Glorot init), `seeds=N` of each, the fine-tuned runs (S=384 and
@@ -103,7 +94,7 @@ def table3_sweep(arg: str, scales: dict[str, str], finetune_epochs: int = 0,
   parsed = config_lib.parse_arg(arg, seeds=1, chain="paper", finetune_epochs=finetune_epochs,
                                 **run_args)
   return paper_chain(
-      TABLE3, range(parsed.seeds), warm_start=parsed.chain == "paper", scales=scales,
+      paper.TABLE3_RUNS, range(parsed.seeds), warm_start=parsed.chain == "paper", scales=scales,
       extra="".join(f",{key}={parsed[key]}" for key in run_args),
       finetune={"optim.epochs": parsed.finetune_epochs} if parsed.finetune_epochs else {})
 
@@ -462,7 +453,6 @@ def last_metrics(workdir: str) -> dict:
 
 
 def status_table(runs: Sequence[Run], root: str) -> str:
-  from vgg_jax.summary import markdown_table  # pylint: disable=import-outside-toplevel
   rows = []
   for run in runs:
     last = last_metrics(os.path.join(root, run.name))
@@ -493,9 +483,6 @@ def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
 DATASETS = {"imagenet2012": (1_281_167, 1000, 3), "fashion_mnist": (60_000, 10, 1),
             "cifar10": (50_000, 10, 3), "cifar100": (50_000, 100, 3),
             "imagenette": (9_469, 10, 3)}
-# Dense bf16 peak FLOP/s per chip, from the vendors' data sheets.
-PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "a100": 312e12, "tpu-v4": 275e12,
-              "tpu-v5p": 459e12}
 
 
 def training_flops(config) -> float:
@@ -520,7 +507,6 @@ def run_flops(runs: Sequence[Run], config_file: str) -> dict[str, float]:
 def forecast(runs: Sequence[Run], config_file: str, accelerator: str, mfu: float,
              flops: dict[str, float] | None = None) -> str:
   """Per run: training FLOPs and device-hours on `accelerator` at `mfu` of its peak."""
-  from vgg_jax.summary import markdown_table  # pylint: disable=import-outside-toplevel
   flops = flops or run_flops(runs, config_file)
   rows, total = [], 0.0
   for run in runs:
