@@ -2,6 +2,7 @@
 launch), the Fashion-MNIST skip marker, and the helpers several test files use.
 Test files import the helpers with `from conftest import ...`."""
 
+import json
 import os
 import socket
 
@@ -26,6 +27,7 @@ from vgg_jax import config as config_lib  # noqa: E402
 from vgg_jax import data  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION = os.path.join(ROOT, "experiments", "fashion_mnist.py")
 
 HAS_FASHION_MNIST = all(os.path.exists(os.path.join(data.FASHION_MNIST_DIR, f))
                         for files in data.FASHION_MNIST_FILES.values() for f in files)
@@ -56,3 +58,27 @@ def free_port() -> int:
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------- sweeps and reports
+
+SWEEP_TINY = {  # a sweep run's overrides: 4 steps of a 1/16-width net
+    "model.width": 0.0625, "optim.batch_size": 32, "optim.max_steps": 4,
+    "data.eval_split": "test[:64]", "mesh": (("data", 1), ("model", 1)),
+    "evaluations": ("dense@@test[:64]", "dense@table4@test[:64]")}
+
+
+def write_run(root, name: str, seed: int, results: list[dict], init: str = "glorot",
+              crop: int = 32):
+  """A run directory as a sweep leaves it: config.json and eval/*.json."""
+  os.makedirs(root / name / "eval")
+  (root / name / "config.json").write_text(json.dumps(
+      dict(seed=seed, data=dict(name="fashion_mnist", crop=crop), model=dict(init=init))))
+  for i, result in enumerate(results):
+    (root / name / "eval" / f"{i}.json").write_text(json.dumps(result))
+
+
+def result(config: str, s: str, q: list[int], protocol: str, top1: float, top5: float,
+           models: int = 1, split: str = "test", count: int = 10_000) -> dict:
+  return dict(models=[dict(config=config, S=s, Q=q)] * models, protocol=protocol,
+              split=split, count=count, top1_err=top1, top5_err=top5)

@@ -9,26 +9,11 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import FASHION, ROOT, result, write_run
+from conftest import SWEEP_TINY as TINY
 from vgg_jax import report, sweep
-from test_sweep import FASHION, ROOT, TINY
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def write_run(root, name: str, seed: int, results: list[dict], init: str = "glorot",
-              crop: int = 32):
-  """A run directory as a sweep leaves it: config.json and eval/*.json."""
-  os.makedirs(root / name / "eval")
-  (root / name / "config.json").write_text(json.dumps(
-      dict(seed=seed, data=dict(name="fashion_mnist", crop=crop), model=dict(init=init))))
-  for i, result in enumerate(results):
-    (root / name / "eval" / f"{i}.json").write_text(json.dumps(result))
-
-
-def result(config: str, s: str, q: list[int], protocol: str, top1: float, top5: float,
-           models: int = 1, split: str = "test", count: int = 10_000) -> dict:
-  return dict(models=[dict(config=config, S=s, Q=q)] * models, protocol=protocol,
-              split=split, count=count, top1_err=top1, top5_err=top5)
 
 
 def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):

@@ -6,11 +6,10 @@ import types
 
 import pytest
 
+from conftest import FASHION, ROOT, result, write_run
+from conftest import SWEEP_TINY as TINY
 from vgg_jax import metrics, sweep, util
 from vgg_jax.config import load_experiment_module
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION = os.path.join(ROOT, "experiments", "fashion_mnist.py")
 
 
 def test_paper_chain_expands_table3_per_seed_parents_first():
@@ -121,9 +120,6 @@ def test_each_run_is_evaluated_once_and_a_failed_evaluation_is_redone(tmp_path):
   assert os.path.exists(tmp_path / "J" / sweep.EVALUATED)
 
 
-TINY = {"model.width": 0.0625, "optim.batch_size": 32, "optim.max_steps": 4,
-        "data.eval_split": "test[:64]", "mesh": (("data", 1), ("model", 1)),
-        "evaluations": ("dense@@test[:64]", "dense@table4@test[:64]")}
 
 
 @pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
@@ -386,7 +382,6 @@ def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
 def test_table6_ensembles_pair_d_with_e_and_the_best_two_per_seed(tmp_path, monkeypatch):
   """Done runs A, B, D, E of two seeds, B and D best on Table 3: the ensembles are D+E
   and B+D of each seed, evaluated once each into the first run's eval/."""
-  from test_report import result, write_run
   from vgg_jax import evaluate
   top1 = {"A": 0.12, "B": 0.09, "D": 0.10, "E": 0.11}
   specs = []

@@ -4,10 +4,10 @@ torchvision is a peer nobody here wrote; its models are built with random weight
 (`weights=None`, nothing downloaded), saved with torch.save and imported from the file.
 """
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-import jax.numpy as jnp
 
 import vgg_jax
 from vgg_jax import weights

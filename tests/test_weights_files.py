@@ -48,7 +48,8 @@ def test_another_model_is_refused_by_name(tmp_path):
 
 
 def test_weights_of_a_training_workdir_without_its_optimiser(tmp_path):
-  from vgg_jax import config as config_lib, train
+  from vgg_jax import config as config_lib
+  from vgg_jax import train
   from vgg_jax.model import VGG, VGGConfig
   config = config_lib.experiment_config("fashion_mnist", "quick,backend=numpy")
   config.model.width = 1 / 16

@@ -65,6 +65,7 @@ def loss_and_gradients(out_path: str) -> None:
   import jax
   import optax
   from flax import nnx
+
   from vgg_jax import create_model
 
   rng = np.random.default_rng(0)
