@@ -89,6 +89,7 @@ SMOKE = Size(configs="D,A", width=1 / 16, resolution=32, batch=8, dtype="float32
 def part_env(args, size: Size) -> str:
   """Device, driver, versions, flags: written first, as it takes seconds."""
   import importlib.metadata
+
   import jax
   packages = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin",
               "jax-cuda12-pjrt", "flax", "optax", "orbax-checkpoint", "ml-collections",
@@ -138,6 +139,7 @@ def part_throughput(args, size: Size) -> str:
 def part_profile(args, size: Size) -> str:
   """A trace of D's step and its per-op summary; the trace, HLO and JSON as a tarball."""
   import jax
+
   from benchmarks import profile_summary
   trace_dir = os.path.join(args.scratch, "profile")
   shutil.rmtree(trace_dir, ignore_errors=True)
@@ -182,7 +184,7 @@ def part_profile(args, size: Size) -> str:
 def part_levers(args, size: Size) -> str:
   """D's step with each lever, in one process: img/s and the ratio to today's."""
   import jax
-  from benchmarks import throughput
+
   gpu = jax.devices()[0].platform == "gpu"
   rows = []
   for name, model, options in LEVERS[:3] if args.smoke else LEVERS:  # CPU: the plumbing
@@ -244,6 +246,7 @@ def compiled_step(size: Size, name: str, model: dict, options: dict):
 def time_step(size: Size, model: dict, options: dict, smoke: bool) -> dict:
   """img/s of one setting; a compile or run failure is a note, not an error."""
   import jax
+
   from benchmarks import throughput
   try:
     start = time.perf_counter()

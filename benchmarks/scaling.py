@@ -33,9 +33,9 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import throughput  # noqa: E402
-from vgg_jax import architectures, sharding as sharding_lib, train  # noqa: E402
-from vgg_jax.model import (count_params, create_model,  # noqa: E402
-                           training_flops_per_image)
+from vgg_jax import architectures, train  # noqa: E402
+from vgg_jax import sharding as sharding_lib  # noqa: E402
+from vgg_jax.model import count_params, create_model, training_flops_per_image  # noqa: E402
 from vgg_jax.util import PEAK_FLOPS, markdown_table  # noqa: E402
 
 # name -> (chips in the all-reduce, all-reduce bandwidth per chip in bytes/s, peak key).

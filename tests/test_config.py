@@ -20,8 +20,8 @@ def test_paper_recipe():
 
 
 def test_fashion_mnist_scales_map_onto_the_papers():
-  assert [experiment_config("fashion_mnist", f"S={s}").data.scale for s in ("32", "40", "32-48")] == [
-      (32, 32), (40, 40), (32, 48)]
+  scales = [experiment_config("fashion_mnist", f"S={s}").data.scale for s in ("32", "40", "32-48")]
+  assert scales == [(32, 32), (40, 40), (32, 48)]
   assert experiment_config("fashion_mnist", "S=32-48").data.eval_scale == 40
   quick = experiment_config("fashion_mnist", "quick")
   assert quick.optim.max_steps > 0 and quick.data.crop == 32 and quick.data.pad_to == 32

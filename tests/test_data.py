@@ -153,8 +153,9 @@ def test_jax_rescale_crop_matches_tf(hw, s, offset, crop):
 def test_jax_augment_batch_draws_in_range():
   images = np.stack([position_image(32, 32)] * 256)
   stats = data.Stats(np.zeros(3, np.float32), np.zeros(3, np.float32), np.eye(3, dtype=np.float32))
-  out = np.asarray(data.augment_batch(jax.random.split(jax.random.key(0), 256), images, stats, scale=(32, 32), crop=24,
-                                      flip=True, pca_std=0.0))
+  keys = jax.random.split(jax.random.key(0), 256)
+  out = np.asarray(data.augment_batch(keys, images, stats, scale=(32, 32), crop=24, flip=True,
+                                      pca_std=0.0))
   assert out.shape == (256, 24, 24, 3)
   top = np.round(out[:, 0, 0, 0])
   left = np.round(out[:, 0, [0, -1], 1].min(1))  # the window's left edge, flipped or not
@@ -167,8 +168,9 @@ def test_jax_scale_jitter_is_uniform_over_the_range():
   """On a ramp, neighbouring output pixels differ by 32 / S: S is read back from the crop."""
   images = np.stack([position_image(32, 32)] * 2000)
   stats = data.Stats(np.zeros(3, np.float32), np.zeros(3, np.float32), np.eye(3, dtype=np.float32))
-  out = np.asarray(data.augment_batch(jax.random.split(jax.random.key(1), 2000), images, stats, scale=(32, 64), crop=32,
-                                      flip=False, pca_std=0.0))
+  keys = jax.random.split(jax.random.key(1), 2000)
+  out = np.asarray(data.augment_batch(keys, images, stats, scale=(32, 64), crop=32, flip=False,
+                                      pca_std=0.0))
   s = np.round(32 / (out[:, 16, 16, 1] - out[:, 16, 15, 1]))
   assert s.min() == 32 and s.max() == 64 and abs(s.mean() - 48) < 1
 

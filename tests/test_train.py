@@ -100,7 +100,7 @@ def test_warm_start_copies_exactly_the_papers_layers(reference):
   untouched = flat(fresh_state(config)[1]["params"])
   copied = train.warm_start(state, program.model, config.warm_start)
   layers = ["conv1_1", "conv2_1", "conv3_1", "conv3_2", "fc6", "fc7", "fc8"]
-  assert copied == sorted(f"{l}/{k}" for l in layers for k in ("bias", "kernel"))
+  assert copied == sorted(f"{layer}/{k}" for layer in layers for k in ("bias", "kernel"))
   parent, child = flat(parent_state["params"]), flat(state["params"])
   for path, value in child.items():
     expected = parent if path in copied else untouched

@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from vgg_jax import architectures, data, model, profiling
+from vgg_jax import data, model, profiling
 from vgg_jax.scale import Scale
 
 

@@ -17,7 +17,8 @@ import re
 from typing import Any, Sequence
 
 import jax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 Rules = Sequence[tuple[str, tuple]]
 

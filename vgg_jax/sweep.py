@@ -489,7 +489,9 @@ def training_flops(config) -> float:
   """FLOPs to train the model at the training crop (see `model.training_flops_per_image`),
   x the images the run trains on."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from vgg_jax import model as model_lib, train  # pylint: disable=import-outside-toplevel
+
+  from vgg_jax import model as model_lib  # pylint: disable=import-outside-toplevel
+  from vgg_jax import train
   images, classes, channels = DATASETS[config.data.name]
   cfg = train.model_config(config, num_classes=classes, in_channels=channels)
   per_image = model_lib.training_flops_per_image(

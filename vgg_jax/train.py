@@ -27,7 +27,8 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib

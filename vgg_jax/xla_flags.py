@@ -4,8 +4,9 @@ XLA reads XLA_FLAGS once per process, when JAX starts its first backend, so ever
 point (launch.py, benchmarks/*.py, tests/conftest.py) calls `apply_cpu_defaults()` before
 it uses a device. The flags name only XLA's CPU compiler, which GPU and TPU runs use for
 host code alone; jaxlib 0.10.2 and 0.11.2 (CPU and CUDA) know them: XLA aborts on a
-flag it does not know. `VGG_JAX_XLA_CPU_DEFAULTS=0` turns them off; a flag that XLA_FLAGS already sets
-keeps the user's value. Measured in benchmarks/README.md ("XLA flags on a CPU").
+flag it does not know. `VGG_JAX_XLA_CPU_DEFAULTS=0` turns them off; a flag that
+XLA_FLAGS already sets keeps the user's value. Measured in benchmarks/README.md ("XLA
+flags on a CPU").
 """
 
 import os

@@ -29,16 +29,45 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from vgg_jax.data.augment import (augment_batch, eval_batch, lighting, on_cpu, rescale_crop,
-                                  rescaled_hw)
-from vgg_jax.data.core import (BACKENDS, DEFAULTS, FASHION_MNIST_CLASSES, FASHION_MNIST_DIR,
-                               FASHION_MNIST_FILES, STATS_COMMAND, STATS_PATH, Pipeline,
-                               Stats, compute_stats, default_config, eval_crop,
-                               eval_steps, fashion_mnist_dir, load_idx_numpy,
-                               load_idx_split, load_stats, pad_images, parse_split,
-                               pixel_moments, process_seed, read_idx, rescaled_shape,
-                               resolve_config, scale_range, shard, to_global, train_order,
-                               write_stats)
+from vgg_jax.data.augment import (
+  augment_batch,
+  eval_batch,
+  lighting,
+  on_cpu,
+  rescale_crop,
+  rescaled_hw,
+)
+from vgg_jax.data.core import (
+  BACKENDS,
+  DEFAULTS,
+  FASHION_MNIST_CLASSES,
+  FASHION_MNIST_DIR,
+  FASHION_MNIST_FILES,
+  STATS_COMMAND,
+  STATS_PATH,
+  Pipeline,
+  Stats,
+  compute_stats,
+  default_config,
+  eval_crop,
+  eval_steps,
+  fashion_mnist_dir,
+  load_idx_numpy,
+  load_idx_split,
+  load_stats,
+  pad_images,
+  parse_split,
+  pixel_moments,
+  process_seed,
+  read_idx,
+  rescaled_shape,
+  resolve_config,
+  scale_range,
+  shard,
+  to_global,
+  train_order,
+  write_stats,
+)
 
 CHUNK = 1024  # images `read_split` yields at a time
 

@@ -29,7 +29,8 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vgg_jax import sharding as sharding_lib
 from vgg_jax.data import augment, core
