@@ -47,32 +47,44 @@ def define_workdir(f: flags.FlagValues, help_string: str):
 
 def define_distributed(f: flags.FlagValues):
   """How a train or eval on several hosts calls jax.distributed.initialize()."""
-  flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() and let JAX "
-                    "detect the cluster (Cloud TPU, SLURM).", flag_values=f)
-  flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (names the "
-                      "cluster explicitly, with --num_processes and --process_id).",
-                      flag_values=f)
+  flags.DEFINE_bool(
+    "distributed",
+    False,
+    "call jax.distributed.initialize() and let JAX detect the cluster (Cloud TPU, SLURM).",
+    flag_values=f,
+  )
+  flags.DEFINE_string(
+    "coordinator_address",
+    None,
+    "host:port of process 0 (names the cluster explicitly, with --num_processes and --process_id).",
+    flag_values=f,
+  )
   flags.DEFINE_integer("num_processes", None, "processes in the job.", flag_values=f)
   flags.DEFINE_integer("process_id", None, "this process's index.", flag_values=f)
 
 
 def define_sweep_spec(f: flags.FlagValues):
   """A sweep's --config names its sweep(ARG), which ml_collections must not load."""
-  flags.DEFINE_string("config", None, "experiments/FILE.py:ARG: the runs of its sweep(ARG).",
-                      flag_values=f)
+  flags.DEFINE_string(
+    "config", None, "experiments/FILE.py:ARG: the runs of its sweep(ARG).", flag_values=f
+  )
   flags.mark_flag_as_required("config", flag_values=f)
   define_workdir(f, "the sweep's root: each run in ROOT/NAME.")
 
 
 def summary_flags(f: flags.FlagValues):
-  flags.DEFINE_integer("resolution", None, "also report the dense multiply-adds at N x N.",
-                       flag_values=f)
+  flags.DEFINE_integer(
+    "resolution", None, "also report the dense multiply-adds at N x N.", flag_values=f
+  )
 
 
 def train_flags(f: flags.FlagValues):
-  config_flags.DEFINE_config_file("config", None, "experiments/FILE.py:ARG; "
-                                  "--config.field=value overrides one of its fields.",
-                                  flag_values=f)
+  config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "experiments/FILE.py:ARG; --config.field=value overrides one of its fields.",
+    flag_values=f,
+  )
   flags.mark_flag_as_required("config", flag_values=f)
   define_workdir(f, "where checkpoints and metrics go; training resumes from them.")
   define_distributed(f)
@@ -80,55 +92,101 @@ def train_flags(f: flags.FlagValues):
 
 def eval_flags(f: flags.FlagValues):
   define_workdir(f, "the trained run.")
-  flags.DEFINE_enum("protocol", "dense", ["single", "dense", "multicrop", "multicrop+dense"],
-                    "the test protocol (Section 3.2).", flag_values=f)
-  flags.DEFINE_string("scales", "", "test scales Q, '32,40,48' or 'table4' (default: the "
-                      "run's validation Q).", flag_values=f)
-  flags.DEFINE_bool("configured", False, "every evaluation in the run's config.evaluations, "
-                    "in one process (what a sweep runs).", flag_values=f)
+  flags.DEFINE_enum(
+    "protocol",
+    "dense",
+    ["single", "dense", "multicrop", "multicrop+dense"],
+    "the test protocol (Section 3.2).",
+    flag_values=f,
+  )
+  flags.DEFINE_string(
+    "scales",
+    "",
+    "test scales Q, '32,40,48' or 'table4' (default: the run's validation Q).",
+    flag_values=f,
+  )
+  flags.DEFINE_bool(
+    "configured",
+    False,
+    "every evaluation in the run's config.evaluations, in one process (what a sweep runs).",
+    flag_values=f,
+  )
   flags.DEFINE_list("ensemble", [], "more workdirs to average with --workdir.", flag_values=f)
-  flags.DEFINE_integer("step", None, "this checkpoint of --workdir, not the best.",
-                       flag_values=f)
+  flags.DEFINE_integer("step", None, "this checkpoint of --workdir, not the best.", flag_values=f)
   flags.DEFINE_string("eval_split", "", "the split (default: the run's).", flag_values=f)
-  flags.DEFINE_integer("eval_batch_size", None, "views per batch (default: the run's batch "
-                       "size).", flag_values=f)
-  flags.DEFINE_integer("eval_chunk", 1024, "images read and scored at a time per process "
-                       "(bounds memory).", flag_values=f)
-  flags.DEFINE_integer("bucket", 32, "cut dense views to multiples of this (bounds "
-                       "compilations); 0 runs every shape exactly.", flag_values=f)
+  flags.DEFINE_integer(
+    "eval_batch_size", None, "views per batch (default: the run's batch size).", flag_values=f
+  )
+  flags.DEFINE_integer(
+    "eval_chunk",
+    1024,
+    "images read and scored at a time per process (bounds memory).",
+    flag_values=f,
+  )
+  flags.DEFINE_integer(
+    "bucket",
+    32,
+    "cut dense views to multiples of this (bounds compilations); 0 runs every shape exactly.",
+    flag_values=f,
+  )
   define_distributed(f)
 
 
 def sweep_flags(f: flags.FlagValues):
   define_sweep_spec(f)
   flags.DEFINE_bool("dry_run", False, "print the commands, run nothing.", flag_values=f)
-  flags.DEFINE_enum("backend", "local", ["local", "slurm", "tpu"], "run here, submit sbatch "
-                    "scripts, or start on a TPU pod.", flag_values=f)
-  flags.DEFINE_string("repo", os.path.dirname(os.path.abspath(__file__)), "where the code "
-                      "is on the cluster's hosts.", flag_values=f)
-  flags.DEFINE_integer("parallel", 1, "local runs at a time (each starts once its parent "
-                       "is done).", flag_values=f)
-  flags.DEFINE_bool("subprocess", False, "run each run as `launch.py train` and `eval` "
-                    "subprocesses (implied by --parallel > 1) instead of in this process.",
-                    flag_values=f)
-  flags.DEFINE_float("time_budget_s", None, "start no run after this many seconds; the "
-                     "same command later continues.", flag_values=f)
-  flags.DEFINE_string("accelerator", "h100", "the chip the forecast assumes (h100, h200, "
-                      "a100, tpu-v4, tpu-v5p).", flag_values=f)
-  flags.DEFINE_float("mfu", 0.4, "the fraction of the chip's bf16 peak the forecast "
-                     "assumes.", flag_values=f)
+  flags.DEFINE_enum(
+    "backend",
+    "local",
+    ["local", "slurm", "tpu"],
+    "run here, submit sbatch scripts, or start on a TPU pod.",
+    flag_values=f,
+  )
+  flags.DEFINE_string(
+    "repo",
+    os.path.dirname(os.path.abspath(__file__)),
+    "where the code is on the cluster's hosts.",
+    flag_values=f,
+  )
+  flags.DEFINE_integer(
+    "parallel", 1, "local runs at a time (each starts once its parent is done).", flag_values=f
+  )
+  flags.DEFINE_bool(
+    "subprocess",
+    False,
+    "run each run as `launch.py train` and `eval` "
+    "subprocesses (implied by --parallel > 1) instead of in this process.",
+    flag_values=f,
+  )
+  flags.DEFINE_float(
+    "time_budget_s",
+    None,
+    "start no run after this many seconds; the same command later continues.",
+    flag_values=f,
+  )
+  flags.DEFINE_string(
+    "accelerator",
+    "h100",
+    "the chip the forecast assumes (h100, h200, a100, tpu-v4, tpu-v5p).",
+    flag_values=f,
+  )
+  flags.DEFINE_float(
+    "mfu", 0.4, "the fraction of the chip's bf16 peak the forecast assumes.", flag_values=f
+  )
   flags.DEFINE_integer("nodes", 1, "--backend slurm: hosts per run.", flag_values=f)
   flags.DEFINE_integer("gpus_per_node", 8, "--backend slurm: GPUs per host.", flag_values=f)
   flags.DEFINE_string("tpu", None, "--backend tpu: the TPU VM's name.", flag_values=f)
   flags.DEFINE_string("zone", None, "--backend tpu: its zone.", flag_values=f)
   flags.register_multi_flags_validator(
-      ["backend", "tpu", "zone"], lambda v: v["backend"] != "tpu" or (v["tpu"] and v["zone"]),
-      "--backend tpu needs --tpu NAME --zone ZONE", flag_values=f)
+    ["backend", "tpu", "zone"],
+    lambda v: v["backend"] != "tpu" or (v["tpu"] and v["zone"]),
+    "--backend tpu needs --tpu NAME --zone ZONE",
+    flag_values=f,
+  )
 
 
 def convert_flags(f: flags.FlagValues):
-  flags.DEFINE_enum("from", None, ["torchvision", "keras"], "the format of FILE.",
-                    flag_values=f)
+  flags.DEFINE_enum("from", None, ["torchvision", "keras"], "the format of FILE.", flag_values=f)
   flags.DEFINE_string("to", None, "the directory to write.", flag_values=f)
   flags.mark_flags_as_required(["from", "to"], flag_values=f)
 
@@ -137,20 +195,26 @@ def convert_flags(f: flags.FlagValues):
 
 
 def initialize_distributed(f: flags.FlagValues):
-  explicit = dict(coordinator_address=f.coordinator_address, num_processes=f.num_processes,
-                  process_id=f.process_id)
+  explicit = dict(
+    coordinator_address=f.coordinator_address,
+    num_processes=f.num_processes,
+    process_id=f.process_id,
+  )
   if any(v is not None for v in explicit.values()):
     import jax
+
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**explicit)
   elif f.distributed:
     import jax
+
     jax.distributed.initialize()
 
 
 def summary_main(f: flags.FlagValues):
   """Parameters, depth and multiply-adds of all six nets beside the paper's."""
   from vgg_jax import summary
+
   print(summary.summary(f.resolution))
 
 
@@ -159,14 +223,17 @@ def train_main(f: flags.FlagValues):
   when SIGTERM stopped it after saving: rerun the same command to resume."""
   initialize_distributed(f)
   from vgg_jax import train
+
   try:
     _, result = train.train_and_evaluate(f.config, f.workdir)
   except train.Preempted as e:
     fail("train", e, train.PREEMPTED_EXIT_CODE)
   if result:
-    print(f"final: top-1 error {result['val_top1_err']:.4f}, top-5 error "
-          f"{result['val_top5_err']:.4f} on {result['val_count']} "
-          f"{f.config.data.name} {f.config.data.eval_split} images")
+    print(
+      f"final: top-1 error {result['val_top1_err']:.4f}, top-5 error "
+      f"{result['val_top5_err']:.4f} on {result['val_count']} "
+      f"{f.config.data.name} {f.config.data.eval_split} images"
+    )
 
 
 def eval_main(f: flags.FlagValues):
@@ -174,6 +241,7 @@ def eval_main(f: flags.FlagValues):
   protocols; prints a table row, writes WORKDIR/eval/*.json."""
   initialize_distributed(f)
   from vgg_jax import checkpoint, lock
+
   if not os.path.isdir(f.workdir):  # the lock would create it
     raise checkpoint.NoCheckpoint(f"no vgg_jax checkpoint in {f.workdir}: no such directory")
   with lock.workdir_lock(f.workdir, "eval"):  # it writes WORKDIR/eval/
@@ -182,14 +250,16 @@ def eval_main(f: flags.FlagValues):
 
 def evaluate_main(f: flags.FlagValues):
   from vgg_jax import evaluate
+
   models = [evaluate.load_trained(f.workdir, f.step)]
   models += [evaluate.load_trained(workdir) for workdir in f.ensemble]
   if f.configured:
     evaluations = evaluate.configured(models[0].config)
   else:
     evaluations = [(f.protocol, f.scales, f.eval_split)]
-  results = evaluate.evaluate_many(models, evaluations, batch_size=f.eval_batch_size,
-                                   bucket=f.bucket, chunk=f.eval_chunk)
+  results = evaluate.evaluate_many(
+    models, evaluations, batch_size=f.eval_batch_size, bucket=f.bucket, chunk=f.eval_chunk
+  )
   paths = [evaluate.write_result(result) for result in results]
   print("\n".join([evaluate.TABLE_HEADER] + [evaluate.table_row(r) for r in results]))
   print("\n".join(f"{r['count']} {r['split']} images: {path}" for r, path in zip(results, paths)))
@@ -203,13 +273,15 @@ def sweep_main(f: flags.FlagValues):
   --backend slurm writes ROOT/slurm/*.sbatch and submits them with afterok
   dependencies; --backend tpu starts each run on every host of a Cloud TPU VM pod."""
   from vgg_jax import sweep
+
   config_file, runs = sweep.load_sweep(f.config)
   root = f.workdir
   flops = sweep.run_flops(runs, config_file)
   print(sweep.forecast(runs, config_file, f.accelerator, f.mfu, flops), flush=True)
   if f.backend == "slurm":
-    scripts = sweep.slurm_scripts(runs, config_file, root, repo=f.repo, nodes=f.nodes,
-                                  gpus_per_node=f.gpus_per_node)
+    scripts = sweep.slurm_scripts(
+      runs, config_file, root, repo=f.repo, nodes=f.nodes, gpus_per_node=f.gpus_per_node
+    )
     if f.dry_run:
       print("\n".join(f"# {name}\n{text}" for name, text in scripts.items()))
       return
@@ -219,8 +291,7 @@ def sweep_main(f: flags.FlagValues):
         file.write(text)
     subprocess.run(["bash", os.path.join(root, "slurm", "submit.sh")], check=True)
   elif f.backend == "tpu":
-    for command in sweep.tpu_commands(runs, config_file, root, repo=f.repo, tpu=f.tpu,
-                                      zone=f.zone):
+    for command in sweep.tpu_commands(runs, config_file, root, repo=f.repo, tpu=f.tpu, zone=f.zone):
       print(command)
       if not f.dry_run:
         subprocess.run(command, shell=True, check=True)
@@ -228,9 +299,15 @@ def sweep_main(f: flags.FlagValues):
     for run in runs:
       print(" ".join(sweep.train_command(run, config_file, root)[1:]))
   else:
-    outcome = sweep.run_local(runs, config_file, root, parallel=f.parallel,
-                              subprocesses=f.subprocess, costs=flops,
-                              time_budget_s=f.time_budget_s)
+    outcome = sweep.run_local(
+      runs,
+      config_file,
+      root,
+      parallel=f.parallel,
+      subprocesses=f.subprocess,
+      costs=flops,
+      time_budget_s=f.time_budget_s,
+    )
     print(sweep.status_table(runs, root))
     sys.exit(sweep.exit_status(outcome))
 
@@ -238,6 +315,7 @@ def sweep_main(f: flags.FlagValues):
 def status_main(f: flags.FlagValues):
   """Each run of --config's sweep(ARG): its state and last validation metrics."""
   from vgg_jax import sweep
+
   _, runs = sweep.load_sweep(f.config)
   print(sweep.status_table(runs, f.workdir))
 
@@ -249,6 +327,7 @@ def report_main(f: flags.FlagValues, root: str):
   training curves, in ROOT/report/; prints the Markdown."""
   del f  # report has no flags
   from vgg_jax import report
+
   text, written = report.report(root)
   print(text + "\nwritten:" + "\n  ".join([""] + written))
 
@@ -259,16 +338,20 @@ def convert_main(f: flags.FlagValues, path: str):
   it with weights.load_orbax)."""
   import vgg_jax
   from vgg_jax import weights
+
   model = weights.import_file(f["from"].value, path)
   directory = weights.save_orbax(model, f.to)
-  print(f"VGG-{model.cfg.name} ({vgg_jax.count_params(model):,} parameters) from {path} "
-        f"written to {directory}; read it with weights.load_orbax({f.to!r}, model) "
-        f"for a model of signature {model.cfg.signature()}")
+  print(
+    f"VGG-{model.cfg.name} ({vgg_jax.count_params(model):,} parameters) from {path} "
+    f"written to {directory}; read it with weights.load_orbax({f.to!r}, model) "
+    f"for a model of signature {model.cfg.signature()}"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Command:
   """What a command runs, given its own parsed flags and its positional arguments."""
+
   run: Callable[..., None]
   define_flags: Callable[[flags.FlagValues], None] = lambda f: None
   positional: tuple[str, ...] = ()
@@ -280,13 +363,13 @@ class Command:
 
 
 COMMANDS = {
-    "summary": Command(summary_main, summary_flags),
-    "train": Command(train_main, train_flags),
-    "eval": Command(eval_main, eval_flags),
-    "sweep": Command(sweep_main, sweep_flags),
-    "status": Command(status_main, define_sweep_spec),
-    "report": Command(report_main, positional=("ROOT",)),
-    "convert": Command(convert_main, convert_flags, positional=("FILE",)),
+  "summary": Command(summary_main, summary_flags),
+  "train": Command(train_main, train_flags),
+  "eval": Command(eval_main, eval_flags),
+  "sweep": Command(sweep_main, sweep_flags),
+  "status": Command(status_main, define_sweep_spec),
+  "report": Command(report_main, positional=("ROOT",)),
+  "convert": Command(convert_main, convert_flags, positional=("FILE",)),
 }
 HELP = ("--help", "-h", "--helpfull", "-?")
 
@@ -304,9 +387,16 @@ def known_failure(error: BaseException) -> BaseException | None:
   error or one it interrupted (closing files after a full disk may fail again), or a
   full disk itself."""
   from vgg_jax import checkpoint, config, lock, train
-  known = (config.ConfigError, lock.Locked, checkpoint.CheckpointMismatch,
-           checkpoint.CorruptCheckpoint, checkpoint.NoCheckpoint, checkpoint.DiskFull,
-           train.NonFiniteLoss)
+
+  known = (
+    config.ConfigError,
+    lock.Locked,
+    checkpoint.CheckpointMismatch,
+    checkpoint.CorruptCheckpoint,
+    checkpoint.NoCheckpoint,
+    checkpoint.DiskFull,
+    train.NonFiniteLoss,
+  )
   cause = error
   while cause is not None:
     if isinstance(cause, known):
@@ -318,6 +408,7 @@ def known_failure(error: BaseException) -> BaseException | None:
 @dataclasses.dataclass(frozen=True)
 class Invocation:
   """One command line, parsed: what `parse_flags` hands to `main`."""
+
   name: str
   flags: flags.FlagValues
   args: list[str]
@@ -355,8 +446,11 @@ def parse_flags(argv: list[str]) -> Invocation:
     print(__doc__)
     sys.exit(0)
   if name not in COMMANDS:
-    print(f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags] (launch.py --help describes "
-          f"them){f'; no command {name!r}' if name else ''}", file=sys.stderr)
+    print(
+      f"usage: launch.py {{{'|'.join(COMMANDS)}}} [flags] (launch.py --help describes "
+      f"them){f'; no command {name!r}' if name else ''}",
+      file=sys.stderr,
+    )
     sys.exit(2)
   f = COMMANDS[name].flag_values()
   if any(arg in HELP for arg in argv[2:]):
@@ -380,10 +474,17 @@ def flag_error(error: BaseException, argv) -> str:
   text = " ".join(str(error.args[0] if error.args else error).split())
   if isinstance(error, KeyError):
     field = text.split("'")[1] if text.count("'") >= 2 else text
-    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
-                 and f".{field}." in a.split("=")[0] + "."), "--config")
-    return (f"{flag}: unknown config field {text} (every field is in vgg_jax/config.py's "
-            f"base_config())")
+    flag = next(
+      (
+        a.split("=")[0]
+        for a in argv
+        if a.startswith("--config.") and f".{field}." in a.split("=")[0] + "."
+      ),
+      "--config",
+    )
+    return (
+      f"{flag}: unknown config field {text} (every field is in vgg_jax/config.py's base_config())"
+    )
   first = top.splitlines()[0] if top else ""
   if text in first:
     return first

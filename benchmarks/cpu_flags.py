@@ -42,30 +42,36 @@ from vgg_jax.util import markdown_table  # noqa: E402
 
 YNN = "xla_cpu_experimental_ynn_fusion_type"
 VARIANTS = {  # name -> XLA flags, as XLA_FLAGS spells them (without the leading --)
-    "default": {},
-    "ynn": {YNN: "dot,eltwise,reduce"},
-    "ynn+conv": {YNN: "dot,eltwise,reduce,individual_convolution"},
-    "ynn_conv": {YNN: "individual_convolution"},
-    "xnn": {"xla_cpu_experimental_xnn_fusion_type": "dot,eltwise,reduce"},
-    "xnn_greedy": {"xla_cpu_experimental_xnn_graph_fusion_mode":
-                   "XNN_GRAPH_FUSION_MODE_GREEDY"},
-    "onednn": {"xla_cpu_use_onednn": "true",
-               "xla_cpu_experimental_onednn_fusion_type": "dot,eltwise,reduce"},
-    "no_xnnpack": {"xla_cpu_use_xnnpack": "false"},
-    "eigen_1_thread": {"xla_cpu_multi_thread_eigen": "false"},
+  "default": {},
+  "ynn": {YNN: "dot,eltwise,reduce"},
+  "ynn+conv": {YNN: "dot,eltwise,reduce,individual_convolution"},
+  "ynn_conv": {YNN: "individual_convolution"},
+  "xnn": {"xla_cpu_experimental_xnn_fusion_type": "dot,eltwise,reduce"},
+  "xnn_greedy": {"xla_cpu_experimental_xnn_graph_fusion_mode": "XNN_GRAPH_FUSION_MODE_GREEDY"},
+  "onednn": {
+    "xla_cpu_use_onednn": "true",
+    "xla_cpu_experimental_onednn_fusion_type": "dot,eltwise,reduce",
+  },
+  "no_xnnpack": {"xla_cpu_use_xnnpack": "false"},
+  "eigen_1_thread": {"xla_cpu_multi_thread_eigen": "false"},
 }
 # Flags whose XLA_FLAGS value is a list of fusion types: as a compile option each is named
 # by its enum value (dot -> LIBRARY_FUSION_TYPE_DOT).
-FUSION_TYPE_LISTS = {YNN, "xla_cpu_experimental_xnn_fusion_type",
-                     "xla_cpu_experimental_onednn_fusion_type"}
+FUSION_TYPE_LISTS = {
+  YNN,
+  "xla_cpu_experimental_xnn_fusion_type",
+  "xla_cpu_experimental_onednn_fusion_type",
+}
 
 
 def compiler_options(flags: dict[str, str]) -> dict:
   """A variant's flags as `Lowered.compile(compiler_options=...)` takes them."""
+
   def option(name, value):
     if name in FUSION_TYPE_LISTS:
       return ",".join(f"LIBRARY_FUSION_TYPE_{t.upper()}" for t in value.split(","))
     return {"true": True, "false": False}.get(value, value)
+
   return {name: option(name, value) for name, value in flags.items()}
 
 
@@ -73,17 +79,18 @@ def flags_text(flags: dict[str, str]) -> str:
   return " ".join(f"--{name}={value}" for name, value in flags.items()) or "(none)"
 
 
-def compare(config, variants: list[str], *, steps: int, rounds: int,
-            torch_baseline: bool) -> dict[str, list[tuple[float, float]]]:
+def compare(
+  config, variants: list[str], *, steps: int, rounds: int, torch_baseline: bool
+) -> dict[str, list[tuple[float, float]]]:
   """{variant (or "torch eager"): [(wall s, CPU s) per step, per round]}, round 0 untimed."""
   mesh = sharding_lib.make_mesh(config.mesh)
   program = train.build_program(config, mesh, throughput.NUM_CLASSES, throughput.CHANNELS)
   state = program.init()
-  batch = throughput.random_batch(program.batch_sharding, config.optim.batch_size,
-                                  config.data.crop)
+  batch = throughput.random_batch(program.batch_sharding, config.optim.batch_size, config.data.crop)
   lowered = program.step.lower(state, batch)
-  compiled = {name: lowered.compile(compiler_options=compiler_options(VARIANTS[name]))
-              for name in variants}
+  compiled = {
+    name: lowered.compile(compiler_options=compiler_options(VARIANTS[name])) for name in variants
+  }
   times = {name: [] for name in [*variants, *["torch eager"] * torch_baseline]}
 
   def window(step):
@@ -100,9 +107,12 @@ def compare(config, variants: list[str], *, steps: int, rounds: int,
     if torch_baseline:  # its CPU time is not measured (it also builds its net each time)
       row = throughput.bench_torch(config, "torch eager", warmup=0, steps=steps, windows=1)
       times["torch eager"].append((row["step_s"], None))
-    print(f"round {round_}: " + ", ".join(f"{name} {t[-1][0] * 1e3:.0f} ms"
-                                          for name, t in times.items()),
-          file=sys.stderr, flush=True)
+    print(
+      f"round {round_}: "
+      + ", ".join(f"{name} {t[-1][0] * 1e3:.0f} ms" for name, t in times.items()),
+      file=sys.stderr,
+      flush=True,
+    )
   return {name: t[1:] for name, t in times.items()}
 
 
@@ -118,45 +128,84 @@ def table(times: dict[str, list[tuple[float, float]]]) -> str:
   walls = {name: [w for w, _ in t] for name, t in times.items()}
   cpus = {name: [c for _, c in t] for name, t in times.items()}
   torch = walls.get("torch eager")
-  body = [[name, flags_text(VARIANTS.get(name, {})) if name in VARIANTS else "n/a",
-           f"{statistics.median(walls[name]) * 1e3:.1f}",
-           ratio_text(walls[name], walls[base]),
-           "n/a" if None in cpus[name] else f"{statistics.median(cpus[name]) * 1e3:.0f}",
-           ratio_text(cpus[name], cpus[base]),
-           ratio_text(torch, walls[name]) if torch and name in VARIANTS else "n/a"]
-          for name in times]
-  return markdown_table(["variant", "XLA flags", "step (ms)", f"step / {base}'s (range)",
-                         "CPU ms / step", f"CPU / {base}'s (range)",
-                         "ours / torch eager (range)"], body)
+  body = [
+    [
+      name,
+      flags_text(VARIANTS.get(name, {})) if name in VARIANTS else "n/a",
+      f"{statistics.median(walls[name]) * 1e3:.1f}",
+      ratio_text(walls[name], walls[base]),
+      "n/a" if None in cpus[name] else f"{statistics.median(cpus[name]) * 1e3:.0f}",
+      ratio_text(cpus[name], cpus[base]),
+      ratio_text(torch, walls[name]) if torch and name in VARIANTS else "n/a",
+    ]
+    for name in times
+  ]
+  return markdown_table(
+    [
+      "variant",
+      "XLA flags",
+      "step (ms)",
+      f"step / {base}'s (range)",
+      "CPU ms / step",
+      f"CPU / {base}'s (range)",
+      "ours / torch eager (range)",
+    ],
+    body,
+  )
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(prog="python benchmarks/cpu_flags.py", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python benchmarks/cpu_flags.py",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--configs", default="A", help="Table 1 configs, comma-separated")
   parser.add_argument("--width", type=float, default=1.0)
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--resolution", type=int, default=32)
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-  parser.add_argument("--variants", default="default,ynn",
-                      help=f"comma-separated, the first is the reference: {', '.join(VARIANTS)}")
+  parser.add_argument(
+    "--variants",
+    default="default,ynn",
+    help=f"comma-separated, the first is the reference: {', '.join(VARIANTS)}",
+  )
   parser.add_argument("--steps", type=int, default=3, help="steps per window")
   parser.add_argument("--rounds", type=int, default=5, help="timed turns of each variant")
-  parser.add_argument("--baseline", choices=("none", "torch"), default="none",
-                      help="also time torchvision's eager step in each round")
+  parser.add_argument(
+    "--baseline",
+    choices=("none", "torch"),
+    default="none",
+    help="also time torchvision's eager step in each round",
+  )
   args = parser.parse_args(argv)
   variants = args.variants.split(",")
   if unknown := set(variants) - set(VARIANTS):
     parser.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")
-  print(f"`{' '.join(sys.argv)}`: {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the start; jax {jax.__version__}")
+  print(
+    f"`{' '.join(sys.argv)}`: {os.cpu_count()} CPUs, load average "
+    f"{os.getloadavg()[0]:.1f} at the start; jax {jax.__version__}"
+  )
   for name in args.configs.split(","):
-    config = throughput.bench_config(name, batch=args.batch, resolution=args.resolution,
-                                     dtype=args.dtype, width=args.width)
-    print(f"\n{name}, width {args.width:g}, batch {args.batch}, {args.resolution}x"
-          f"{args.resolution}, {args.dtype}, {args.rounds} rounds of {args.steps} steps:\n")
-    print(table(compare(config, variants, steps=args.steps, rounds=args.rounds,
-                        torch_baseline=args.baseline == "torch")), flush=True)
+    config = throughput.bench_config(
+      name, batch=args.batch, resolution=args.resolution, dtype=args.dtype, width=args.width
+    )
+    print(
+      f"\n{name}, width {args.width:g}, batch {args.batch}, {args.resolution}x"
+      f"{args.resolution}, {args.dtype}, {args.rounds} rounds of {args.steps} steps:\n"
+    )
+    print(
+      table(
+        compare(
+          config,
+          variants,
+          steps=args.steps,
+          rounds=args.rounds,
+          torch_baseline=args.baseline == "torch",
+        )
+      ),
+      flush=True,
+    )
   print(f"\nload average {os.getloadavg()[0]:.1f} at the end")
 
 

@@ -56,12 +56,15 @@ SMOKE_ABLATION = "experiments/fashion_mnist.py:smoke"
 # (name, model overrides, XLA compiler options), most telling first. "today" is the
 # defaults: pool=reshape since the H200 run of 2026-11-28 (1.20x for D; docs/gpu.md).
 LEVERS = (
-    ("today", {}, {}),
-    ("pool=reduce_window", {"pool": "reduce_window"}, {}),
-    ("relu_grad=output", {"relu_grad": "output"}, {}),
-    ("conv fusion", {}, {"xla_gpu_experimental_enable_conv_fusion": True}),
-    ("relu_grad=output + conv fusion", {"relu_grad": "output"},
-     {"xla_gpu_experimental_enable_conv_fusion": True}),
+  ("today", {}, {}),
+  ("pool=reduce_window", {"pool": "reduce_window"}, {}),
+  ("relu_grad=output", {"relu_grad": "output"}, {}),
+  ("conv fusion", {}, {"xla_gpu_experimental_enable_conv_fusion": True}),
+  (
+    "relu_grad=output + conv fusion",
+    {"relu_grad": "output"},
+    {"xla_gpu_experimental_enable_conv_fusion": True},
+  ),
 )
 LOG_TAIL = 60  # lines of a part's output copied into log.txt
 MAX_FILE_BYTES = 15 * 2**20
@@ -70,6 +73,7 @@ MAX_FILE_BYTES = 15 * 2**20
 @dataclasses.dataclass(frozen=True)
 class Size:
   """What the GPU parts measure, and the toy size of --smoke."""
+
   configs: str = "D,A,B,C,E"
   width: float = 1.0
   resolution: int = 224
@@ -79,8 +83,9 @@ class Size:
 
 
 FULL = Size()
-SMOKE = Size(configs="D,A", width=1 / 16, resolution=32, batch=8, dtype="float32",
-             torch_compile=False)
+SMOKE = Size(
+  configs="D,A", width=1 / 16, resolution=32, batch=8, dtype="float32", torch_compile=False
+)
 
 
 # ------------------------------------------------------------------------ the parts
@@ -91,10 +96,27 @@ def part_env(args, size: Size) -> str:
   import importlib.metadata
 
   import jax
-  packages = ("jax", "jaxlib", "jax-cuda13-plugin", "jax-cuda13-pjrt", "jax-cuda12-plugin",
-              "jax-cuda12-pjrt", "flax", "optax", "orbax-checkpoint", "ml-collections",
-              "tensorboardX", "numpy", "torch", "torchvision", "triton", "matplotlib",
-              "nvidia-cudnn-cu13", "nvidia-cudnn-cu12")
+
+  packages = (
+    "jax",
+    "jaxlib",
+    "jax-cuda13-plugin",
+    "jax-cuda13-pjrt",
+    "jax-cuda12-plugin",
+    "jax-cuda12-pjrt",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "ml-collections",
+    "tensorboardX",
+    "numpy",
+    "torch",
+    "torchvision",
+    "triton",
+    "matplotlib",
+    "nvidia-cudnn-cu13",
+    "nvidia-cudnn-cu12",
+  )
   versions = {}
   for name in packages:
     try:
@@ -103,18 +125,31 @@ def part_env(args, size: Size) -> str:
       pass
   device = jax.devices()[0]
   env = dict(
-      date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      device_kind=device.device_kind, platform=device.platform,
-      device_count=jax.device_count(), versions=versions, python=sys.version,
-      cpu=cpu_model(), cpu_count=os.cpu_count(), avx512="avx512f" in cpu_flags(),
-      memory_gib=memory_gib(), machine=platform.platform(),
-      environment={k: v for k, v in os.environ.items()
-                   if k.startswith(("XLA_", "JAX_", "CUDA", "NVIDIA", "TF_"))},
-      jax_config={k: repr(v) for k, v in sorted(getattr(jax.config, "values", {}).items())},
-      nvidia_smi=command_output(["nvidia-smi", "--query-gpu=name,driver_version,"
-                                 "memory.total,clocks.max.sm,power.limit", "--format=csv"]),
-      jax_environment=jax.print_environment_info(return_string=True),
-      size=dataclasses.asdict(size))
+    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    device_kind=device.device_kind,
+    platform=device.platform,
+    device_count=jax.device_count(),
+    versions=versions,
+    python=sys.version,
+    cpu=cpu_model(),
+    cpu_count=os.cpu_count(),
+    avx512="avx512f" in cpu_flags(),
+    memory_gib=memory_gib(),
+    machine=platform.platform(),
+    environment={
+      k: v for k, v in os.environ.items() if k.startswith(("XLA_", "JAX_", "CUDA", "NVIDIA", "TF_"))
+    },
+    jax_config={k: repr(v) for k, v in sorted(getattr(jax.config, "values", {}).items())},
+    nvidia_smi=command_output(
+      [
+        "nvidia-smi",
+        "--query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit",
+        "--format=csv",
+      ]
+    ),
+    jax_environment=jax.print_environment_info(return_string=True),
+    size=dataclasses.asdict(size),
+  )
   write_json(os.path.join(args.out, "env.json"), env)
   return f"{env['device_kind']} x{env['device_count']}, jax {versions.get('jax')}"
 
@@ -122,11 +157,28 @@ def part_env(args, size: Size) -> str:
 def part_throughput(args, size: Size) -> str:
   """benchmarks/throughput.py, D first; its files are rewritten after each config."""
   from benchmarks import throughput
-  argv = ["--configs", size.configs, "--width", str(size.width), "--batch", str(size.batch),
-          "--resolution", str(size.resolution), "--dtype", size.dtype,
-          "--baseline", "torch", "--out", args.out]
-  argv += (["--warmup", "3", "--steps", "10", "--windows", "3"] if not args.smoke else
-           ["--warmup", "1", "--steps", "2", "--windows", "1"])
+
+  argv = [
+    "--configs",
+    size.configs,
+    "--width",
+    str(size.width),
+    "--batch",
+    str(size.batch),
+    "--resolution",
+    str(size.resolution),
+    "--dtype",
+    size.dtype,
+    "--baseline",
+    "torch",
+    "--out",
+    args.out,
+  ]
+  argv += (
+    ["--warmup", "3", "--steps", "10", "--windows", "3"]
+    if not args.smoke
+    else ["--warmup", "1", "--steps", "2", "--windows", "1"]
+  )
   if not size.torch_compile:
     argv.append("--no_torch_compile")
   result = throughput.main(argv)
@@ -141,6 +193,7 @@ def part_profile(args, size: Size) -> str:
   import jax
 
   from benchmarks import profile_summary
+
   trace_dir = os.path.join(args.scratch, "profile")
   shutil.rmtree(trace_dir, ignore_errors=True)
   os.makedirs(trace_dir)
@@ -155,17 +208,22 @@ def part_profile(args, size: Size) -> str:
     for _ in range(steps):
       state, _ = step(state, batch)
     jax.block_until_ready(state)
-  header = (f"D at {size.resolution}, batch {size.batch}, {size.dtype}, width "
-            f"{size.width:g}, on {jax.devices()[0].device_kind}; "
-            f"`python benchmarks/profile_summary.py profile` in profile.tar.gz's "
-            f"directory gives this again.\n\n")
+  header = (
+    f"D at {size.resolution}, batch {size.batch}, {size.dtype}, width "
+    f"{size.width:g}, on {jax.devices()[0].device_kind}; "
+    f"`python benchmarks/profile_summary.py profile` in profile.tar.gz's "
+    f"directory gives this again.\n\n"
+  )
   try:  # the trace and HLO come back even if they cannot be summarised here
-    summary = profile_summary.summarise(trace_dir, profile_summary.load_hlo(trace_dir),
-                                        steps=steps)
+    summary = profile_summary.summarise(trace_dir, profile_summary.load_hlo(trace_dir), steps=steps)
     write_json(os.path.join(trace_dir, "summary.json"), summary)
-    text, outcome = profile_summary.markdown(summary), (
+    text, outcome = (
+      profile_summary.markdown(summary),
+      (
         f"busy {summary['busy_ms']:.2f} ms/step, convolutions "
-        f"{sum(v for k, v in summary['kinds_ms'].items() if k.startswith('conv')):.2f}")
+        f"{sum(v for k, v in summary['kinds_ms'].items() if k.startswith('conv')):.2f}"
+      ),
+    )
   except Exception as e:
     text = outcome = f"summary failed: {type(e).__name__}: {e}\n"
   tarball = os.path.join(args.out, "profile.tar.gz")
@@ -173,8 +231,11 @@ def part_profile(args, size: Size) -> str:
     tar.add(trace_dir, arcname="profile")
   if os.path.getsize(tarball) > MAX_FILE_BYTES:  # what comes back is at most 16 MiB a file
     with tarfile.open(tarball, "w:gz") as tar:
-      tar.add(trace_dir, arcname="profile", filter=lambda info: None if info.name.endswith(
-          (".xplane.pb", ".trace.json.gz")) else info)
+      tar.add(
+        trace_dir,
+        arcname="profile",
+        filter=lambda info: None if info.name.endswith((".xplane.pb", ".trace.json.gz")) else info,
+      )
     text += "\nThe raw trace was left out of profile.tar.gz: over 15 MiB.\n"
   with open(os.path.join(args.out, "profile.md"), "w") as f:
     f.write(header + text)
@@ -209,20 +270,38 @@ def part_ablation(args, size: Size) -> str:
   # The sweep starts no run in its last `last_run` seconds, so the run in flight ends
   # (and is evaluated) before the part's limit, which then only stops a hung sweep.
   last_run = 15 if args.smoke else 50
-  sweep = run_group(launch + ["sweep", f"--config={spec}", f"--workdir={root}",
-                              f"--time_budget_s={max(1.0, sweep_s - last_run):.0f}",
-                              *args.sweep_flag], sweep_s,
-                    os.path.join(args.scratch, "ablation_sweep.log"))
-  report = run_group(launch + ["report", root], max(5.0, args.deadline - time.time() - 5),
-                     os.path.join(args.scratch, "ablation_report.log"))
-  pack_ablation(root, [os.path.join(args.scratch, f"ablation_{n}.log")
-                       for n in ("sweep", "report")],
-                os.path.join(args.out, "ablation.tar.gz"))
+  sweep = run_group(
+    launch
+    + [
+      "sweep",
+      f"--config={spec}",
+      f"--workdir={root}",
+      f"--time_budget_s={max(1.0, sweep_s - last_run):.0f}",
+      *args.sweep_flag,
+    ],
+    sweep_s,
+    os.path.join(args.scratch, "ablation_sweep.log"),
+  )
+  report = run_group(
+    launch + ["report", root],
+    max(5.0, args.deadline - time.time() - 5),
+    os.path.join(args.scratch, "ablation_report.log"),
+  )
+  pack_ablation(
+    root,
+    [os.path.join(args.scratch, f"ablation_{n}.log") for n in ("sweep", "report")],
+    os.path.join(args.out, "ablation.tar.gz"),
+  )
   return f"{spec}: sweep {sweep}, report {report}"
 
 
-PARTS = {"env": part_env, "throughput": part_throughput, "profile": part_profile,
-         "levers": part_levers, "ablation": part_ablation}
+PARTS = {
+  "env": part_env,
+  "throughput": part_throughput,
+  "profile": part_profile,
+  "levers": part_levers,
+  "ablation": part_ablation,
+}
 
 
 # ---------------------------------------------------------------------- part helpers
@@ -233,11 +312,14 @@ def compiled_step(size: Size, name: str, model: dict, options: dict):
   and a random batch on the device (as throughput.py times it)."""
   from benchmarks import throughput
   from vgg_jax import sharding, train
-  config = throughput.bench_config(name, batch=size.batch, resolution=size.resolution,
-                                   dtype=size.dtype, width=size.width)
+
+  config = throughput.bench_config(
+    name, batch=size.batch, resolution=size.resolution, dtype=size.dtype, width=size.width
+  )
   config.model.update(model)
-  program = train.build_program(config, sharding.make_mesh(config.mesh),
-                                throughput.NUM_CLASSES, throughput.CHANNELS)
+  program = train.build_program(
+    config, sharding.make_mesh(config.mesh), throughput.NUM_CLASSES, throughput.CHANNELS
+  )
   state = program.init()
   batch = throughput.random_batch(program.batch_sharding, size.batch, size.resolution)
   return program.step.lower(state, batch).compile(options or None), state, batch
@@ -248,6 +330,7 @@ def time_step(size: Size, model: dict, options: dict, smoke: bool) -> dict:
   import jax
 
   from benchmarks import throughput
+
   try:
     start = time.perf_counter()
     step, state, batch = compiled_step(size, "D", model, options)
@@ -259,45 +342,55 @@ def time_step(size: Size, model: dict, options: dict, smoke: bool) -> dict:
         state, _ = step(state, batch)
       jax.block_until_ready(state)
 
-    timing = dict(warmup=1, steps=2, windows=1) if smoke else dict(warmup=3, steps=10,
-                                                                    windows=3)
+    timing = dict(warmup=1, steps=2, windows=1) if smoke else dict(warmup=3, steps=10, windows=3)
     step_s = throughput.seconds_per_step(run, **timing)
   except Exception as e:  # an XLA option this jaxlib lacks, say
     return dict(note=f"failed: {type(e).__name__}: {str(e)[:300]}")
-  return dict(step_ms=step_s * 1e3, img_s=size.batch / step_s, compile_s=compile_s,
-              note="")
+  return dict(step_ms=step_s * 1e3, img_s=size.batch / step_s, compile_s=compile_s, note="")
 
 
 def write_levers(out: str, rows: list[dict], size: Size) -> None:
   from vgg_jax.util import markdown_table
+
   base = rows[0].get("img_s")
   for row in rows:
     row["ratio"] = round(row["img_s"] / base, 3) if base and row.get("img_s") else None
   table = markdown_table(
-      ["setting", "step (ms)", "img/s", "vs today", "compile (s)", "note"],
-      [[r["setting"], fmt(r.get("step_ms"), ".2f"), fmt(r.get("img_s"), ".1f"),
-        fmt(r["ratio"], ".3f"), fmt(r.get("compile_s"), ".1f"), r.get("note", "")]
-       for r in rows])
+    ["setting", "step (ms)", "img/s", "vs today", "compile (s)", "note"],
+    [
+      [
+        r["setting"],
+        fmt(r.get("step_ms"), ".2f"),
+        fmt(r.get("img_s"), ".1f"),
+        fmt(r["ratio"], ".3f"),
+        fmt(r.get("compile_s"), ".1f"),
+        r.get("note", ""),
+      ]
+      for r in rows
+    ],
+  )
   with open(os.path.join(out, "levers.md"), "w") as f:
-    f.write(f"D's train step at {size.resolution}, batch {size.batch}, {size.dtype}, "
-            f"width {size.width:g}, one process (levers: VGGConfig pool / relu_grad; "
-            f"conv fusion: XLA's xla_gpu_experimental_enable_conv_fusion).\n\n{table}\n\n"
-            f"```json\n{json.dumps(rows, indent=1)}\n```\n")
+    f.write(
+      f"D's train step at {size.resolution}, batch {size.batch}, {size.dtype}, "
+      f"width {size.width:g}, one process (levers: VGGConfig pool / relu_grad; "
+      f"conv fusion: XLA's xla_gpu_experimental_enable_conv_fusion).\n\n{table}\n\n"
+      f"```json\n{json.dumps(rows, indent=1)}\n```\n"
+    )
 
 
 def with_arg(spec: str, item: str) -> str:
-  """"FILE.py:a=1" + "b=2" -> "FILE.py:a=1,b=2"."""
+  """ "FILE.py:a=1" + "b=2" -> "FILE.py:a=1,b=2"."""
   file, _, arg = spec.partition(":")
   return f"{file}:{','.join(filter(None, (arg, item)))}"
 
 
-def run_group(command: list[str], timeout_s: float, log_path: str,
-              env: dict | None = None) -> str:
+def run_group(command: list[str], timeout_s: float, log_path: str, env: dict | None = None) -> str:
   """Runs `command` in its own process group, output to `log_path`; kills the group
   when out of time. Returns "ok", "exit N" or "killed after N s"."""
   with open(log_path, "w") as log:
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True, cwd=ROOT, env=env)
+    process = subprocess.Popen(
+      command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT, env=env
+    )
     try:
       code = process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -390,10 +483,9 @@ def run_part(args) -> None:
   print(f"PART {args.part} done in {time.time() - start:.1f} s: {summary}", flush=True)
 
 
-def part_limits(parts: list[str], shares: dict[str, float], budget_left: float,
-                name: str) -> float:
+def part_limits(parts: list[str], shares: dict[str, float], budget_left: float, name: str) -> float:
   """`name`'s time limit: what is left of the budget less the later parts' shares."""
-  later = parts[parts.index(name) + 1:]
+  later = parts[parts.index(name) + 1 :]
   return budget_left - sum(shares[p] for p in later)
 
 
@@ -405,20 +497,41 @@ def conduct(args) -> list[dict]:
   os.makedirs(args.out, exist_ok=True)
   scratch = args.scratch or tempfile.mkdtemp(prefix="device_run_")
   os.makedirs(scratch, exist_ok=True)
-  env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false",  # torch shares the GPU
-             JAX_COMPILATION_CACHE_DIR=os.path.join(scratch, "jax_cache"),
-             PYTHONUNBUFFERED="1")
+  env = dict(
+    os.environ,
+    XLA_PYTHON_CLIENT_PREALLOCATE="false",  # torch shares the GPU
+    JAX_COMPILATION_CACHE_DIR=os.path.join(scratch, "jax_cache"),
+    PYTHONUNBUFFERED="1",
+  )
   results = []
   for name in parts:
     limit = part_limits(parts, shares, end - time.time(), name)
     if limit < 5:
-      results.append(dict(part=name, status="not run: no time left", wall_s=0.0,
-                          limit_s=round(limit, 1), summary="", tail=""))
+      results.append(
+        dict(
+          part=name,
+          status="not run: no time left",
+          wall_s=0.0,
+          limit_s=round(limit, 1),
+          summary="",
+          tail="",
+        )
+      )
       write_log(args, results, scratch)
       continue
     deadline = time.time() + limit
-    command = [sys.executable, os.path.abspath(__file__), "--part", name, "--out", args.out,
-               "--scratch", scratch, "--deadline", str(deadline)]
+    command = [
+      sys.executable,
+      os.path.abspath(__file__),
+      "--part",
+      name,
+      "--out",
+      args.out,
+      "--scratch",
+      scratch,
+      "--deadline",
+      str(deadline),
+    ]
     command += ["--smoke"] if args.smoke else []
     command += ["--fashion_mnist_dir", args.fashion_mnist_dir] if args.fashion_mnist_dir else []
     command += ["--ablation", args.ablation] if args.ablation else []
@@ -429,11 +542,20 @@ def conduct(args) -> list[dict]:
     status = run_group(command, limit, log_path, env)
     output = read_text(log_path)
     done = [line for line in output.splitlines() if line.startswith(f"PART {name} done")]
-    results.append(dict(part=name, status=status, wall_s=round(time.time() - start, 1),
-                        limit_s=round(limit, 1), summary=done[-1] if done else "",
-                        tail="\n".join(output.splitlines()[-LOG_TAIL:])))
-    print(f"[device_run] {name}: {status} in {results[-1]['wall_s']} s "
-          f"{results[-1]['summary']}", flush=True)
+    results.append(
+      dict(
+        part=name,
+        status=status,
+        wall_s=round(time.time() - start, 1),
+        limit_s=round(limit, 1),
+        summary=done[-1] if done else "",
+        tail="\n".join(output.splitlines()[-LOG_TAIL:]),
+      )
+    )
+    print(
+      f"[device_run] {name}: {status} in {results[-1]['wall_s']} s {results[-1]['summary']}",
+      flush=True,
+    )
     write_log(args, results, scratch)
   if not args.scratch and not args.keep_scratch:
     shutil.rmtree(scratch, ignore_errors=True)
@@ -442,10 +564,16 @@ def conduct(args) -> list[dict]:
 
 def write_log(args, results: list[dict], scratch: str) -> None:
   """log.txt: one line per part (status, wall time, limit), then each part's tail."""
-  lines = [f"benchmarks/device_run.py {' '.join(sys.argv[1:])}",
-           f"scratch: {scratch}; budget {args.budget_s:.0f} s", ""]
-  lines += [f"{r['part']:<10} {r['status']:<22} {r['wall_s']:>7.1f} s of {r['limit_s']:>6.1f}"
-            f"  {r['summary']}" for r in results]
+  lines = [
+    f"benchmarks/device_run.py {' '.join(sys.argv[1:])}",
+    f"scratch: {scratch}; budget {args.budget_s:.0f} s",
+    "",
+  ]
+  lines += [
+    f"{r['part']:<10} {r['status']:<22} {r['wall_s']:>7.1f} s of {r['limit_s']:>6.1f}"
+    f"  {r['summary']}"
+    for r in results
+  ]
   for r in results:
     lines += ["", f"==== {r['part']}: last {LOG_TAIL} lines of output ====", r["tail"]]
   with open(os.path.join(args.out, "log.txt"), "w") as f:
@@ -460,29 +588,55 @@ def share_flag(text: str) -> dict:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python benchmarks/device_run.py", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python benchmarks/device_run.py",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("--out", required=True, help="where the parts' files go")
-  parser.add_argument("--smoke", action="store_true",
-                      help="every part at toy size (CPU, about 3 minutes)")
-  parser.add_argument("--fashion_mnist_dir", default="",
-                      help="Fashion-MNIST's IDX files, handed to every ablation run "
-                      "(its SPEC's manual_dir=)")
-  parser.add_argument("--ablation", default="",
-                      help=f"the sweep SPEC, its file relative to the repository (default "
-                      f"{ABLATION}; --smoke: {SMOKE_ABLATION})")
-  parser.add_argument("--sweep_flag", action="append", default=[], metavar="FLAG",
-                      help="a flag for `launch.py sweep`, e.g. --sweep_flag=--time_budget_s=100 "
-                      "(repeat for more)")
-  parser.add_argument("--budget_s", type=float, default=None,
-                      help="all parts together (default: the sum of the shares, 540 s; "
-                      "--smoke 180 s)")
-  parser.add_argument("--share", type=share_flag, action="append", default=[],
-                      metavar="PART=SECONDS", help="a part's share of the budget")
-  parser.add_argument("--parts", default=",".join(PARTS),
-                      help="which parts, comma-separated, in the order given")
-  parser.add_argument("--scratch", default="", help="work directory (default: a new "
-                      "temporary one, removed at the end)")
+  parser.add_argument(
+    "--smoke", action="store_true", help="every part at toy size (CPU, about 3 minutes)"
+  )
+  parser.add_argument(
+    "--fashion_mnist_dir",
+    default="",
+    help="Fashion-MNIST's IDX files, handed to every ablation run (its SPEC's manual_dir=)",
+  )
+  parser.add_argument(
+    "--ablation",
+    default="",
+    help=f"the sweep SPEC, its file relative to the repository (default "
+    f"{ABLATION}; --smoke: {SMOKE_ABLATION})",
+  )
+  parser.add_argument(
+    "--sweep_flag",
+    action="append",
+    default=[],
+    metavar="FLAG",
+    help="a flag for `launch.py sweep`, e.g. --sweep_flag=--time_budget_s=100 (repeat for more)",
+  )
+  parser.add_argument(
+    "--budget_s",
+    type=float,
+    default=None,
+    help="all parts together (default: the sum of the shares, 540 s; --smoke 180 s)",
+  )
+  parser.add_argument(
+    "--share",
+    type=share_flag,
+    action="append",
+    default=[],
+    metavar="PART=SECONDS",
+    help="a part's share of the budget",
+  )
+  parser.add_argument(
+    "--parts", default=",".join(PARTS), help="which parts, comma-separated, in the order given"
+  )
+  parser.add_argument(
+    "--scratch",
+    default="",
+    help="work directory (default: a new temporary one, removed at the end)",
+  )
   parser.add_argument("--keep_scratch", action="store_true")
   parser.add_argument("--part", choices=tuple(PARTS), help=argparse.SUPPRESS)
   parser.add_argument("--deadline", type=float, default=0.0, help=argparse.SUPPRESS)
@@ -496,8 +650,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   if unknown:
     parser.error(f"unknown parts {sorted(unknown)}; parts: {', '.join(PARTS)}")
   if args.budget_s is None:
-    args.budget_s = sum(dict(SMOKE_SHARES if args.smoke else SHARES, **args.share)[p]
-                        for p in args.parts)
+    args.budget_s = sum(
+      dict(SMOKE_SHARES if args.smoke else SHARES, **args.share)[p] for p in args.parts
+    )
   return args
 
 

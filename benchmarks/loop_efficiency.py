@@ -87,16 +87,28 @@ class BatchClock:
     return (self.times[last] - self.times[first]) / (last - first)
 
 
-def synthetic_pipeline(cfg, *, train: bool, global_batch_size: int, seed: int = 0,
-                       batches: int = 4, num_classes: int = throughput.NUM_CLASSES,
-                       **_) -> data_lib.Pipeline:
+def synthetic_pipeline(
+  cfg,
+  *,
+  train: bool,
+  global_batch_size: int,
+  seed: int = 0,
+  batches: int = 4,
+  num_classes: int = throughput.NUM_CLASSES,
+  **_,
+) -> data_lib.Pipeline:
   """`batches` random batches in host memory, cycled: input that costs only the copy to
   the devices. The training epoch never ends, so the only evaluation is the final one."""
   rng = np.random.default_rng(seed)
   shape = (cfg.crop, cfg.crop, throughput.CHANNELS)
-  data = [dict(image=rng.standard_normal((global_batch_size,) + shape, np.float32),
-               label=rng.integers(0, num_classes, global_batch_size, np.int32),
-               mask=np.ones(global_batch_size, bool)) for _ in range(batches)]
+  data = [
+    dict(
+      image=rng.standard_normal((global_batch_size,) + shape, np.float32),
+      label=rng.integers(0, num_classes, global_batch_size, np.int32),
+      mask=np.ones(global_batch_size, bool),
+    )
+    for _ in range(batches)
+  ]
 
   def iter_from(start):
     step = start
@@ -104,10 +116,14 @@ def synthetic_pipeline(cfg, *, train: bool, global_batch_size: int, seed: int = 
       yield data[step % batches]
       step += 1
 
-  return data_lib.Pipeline(iter_from, batches * global_batch_size,
-                           steps=sys.maxsize if train else batches,
-                           local_batch_size=global_batch_size, image_shape=shape,
-                           num_classes=num_classes)
+  return data_lib.Pipeline(
+    iter_from,
+    batches * global_batch_size,
+    steps=sys.maxsize if train else batches,
+    local_batch_size=global_batch_size,
+    image_shape=shape,
+    num_classes=num_classes,
+  )
 
 
 def no_prefetch(iterator):
@@ -128,32 +144,48 @@ def timed_training_input(clock: BatchClock, make: Callable[..., data_lib.Pipelin
     yield
 
 
-def classes_and_channels(config: ml_collections.ConfigDict,
-                         make: Callable[..., data_lib.Pipeline]) -> tuple[int, int]:
+def classes_and_channels(
+  config: ml_collections.ConfigDict, make: Callable[..., data_lib.Pipeline]
+) -> tuple[int, int]:
   """What the trainer will build its model for, learnt as it does: from the pipeline."""
-  pipeline = make(config.data, train=True, global_batch_size=config.optim.batch_size,
-                  seed=config.seed)
+  pipeline = make(
+    config.data, train=True, global_batch_size=config.optim.batch_size, seed=config.seed
+  )
   return pipeline.num_classes, pipeline.image_shape[-1]
 
 
-def bare_img_s(config: ml_collections.ConfigDict, classes: int, channels: int, *,
-               steps: int, windows: int) -> float:
-  return throughput.bench_vgg_jax(config, num_classes=classes, in_channels=channels,
-                                  warmup=3, steps=steps, windows=windows)["img_s"]
+def bare_img_s(
+  config: ml_collections.ConfigDict, classes: int, channels: int, *, steps: int, windows: int
+) -> float:
+  return throughput.bench_vgg_jax(
+    config, num_classes=classes, in_channels=channels, warmup=3, steps=steps, windows=windows
+  )["img_s"]
 
 
-def window_events(config: ml_collections.ConfigDict, steps_per_epoch: int, first: int,
-                  last: int) -> dict:
+def window_events(
+  config: ml_collections.ConfigDict, steps_per_epoch: int, first: int, last: int
+) -> dict:
   """Checkpoint saves and evaluations the trainer made inside [first, last)."""
   window = range(first, last)
-  return dict(checkpoints=[s for s in window if s % config.checkpoint.every_steps == 0
-                           or s % steps_per_epoch == 0],
-              evaluations=[s for s in window if s % steps_per_epoch == 0])
+  return dict(
+    checkpoints=[
+      s for s in window if s % config.checkpoint.every_steps == 0 or s % steps_per_epoch == 0
+    ],
+    evaluations=[s for s in window if s % steps_per_epoch == 0],
+  )
 
 
-def measure(config: ml_collections.ConfigDict, *, warmup: int, steps: int,
-            synthetic: bool = False, prefetch: bool = True, workdir: str | None = None,
-            bare_steps: int = 20, bare_windows: int = 5) -> dict:
+def measure(
+  config: ml_collections.ConfigDict,
+  *,
+  warmup: int,
+  steps: int,
+  synthetic: bool = False,
+  prefetch: bool = True,
+  workdir: str | None = None,
+  bare_steps: int = 20,
+  bare_windows: int = 5,
+) -> dict:
   """Loop img/s over `steps` steps after `warmup`, the bare step's img/s before and after
   (each the median of `bare_windows` windows of `bare_steps`), and their ratio."""
   first, last = warmup + 1, warmup + steps + 1
@@ -161,8 +193,9 @@ def measure(config: ml_collections.ConfigDict, *, warmup: int, steps: int,
   config.optim.max_steps = last
   clock = BatchClock()
   make = synthetic_pipeline if synthetic else data_lib.make_pipeline
-  bare = functools.partial(bare_img_s, config, *classes_and_channels(config, make),
-                           steps=bare_steps, windows=bare_windows)
+  bare = functools.partial(
+    bare_img_s, config, *classes_and_channels(config, make), steps=bare_steps, windows=bare_windows
+  )
   before = bare()
   with contextlib.ExitStack() as stack:
     if workdir is None:
@@ -173,50 +206,78 @@ def measure(config: ml_collections.ConfigDict, *, warmup: int, steps: int,
       stack.enter_context(mock.patch.object(train, "prefetch", no_prefetch))
     with timed_training_input(clock, make):
       train.train_and_evaluate(config, workdir)
-    logged = [r["img_per_s"] for r in metrics_lib.read_metrics(workdir)
-              if "img_per_s" in r and first < r["step"] < last]
+    logged = [
+      r["img_per_s"]
+      for r in metrics_lib.read_metrics(workdir)
+      if "img_per_s" in r and first < r["step"] < last
+    ]
   after = bare()
   batch = config.optim.batch_size
   loop_img_s = batch / clock.seconds_per_step(first, last)
-  return dict(config=config.model.name, width=config.model.width, batch=batch,
-              crop=config.data.crop, dtype=config.model.dtype,
-              input="synthetic" if synthetic else f"{config.data.name} ({config.data.backend})",
-              prefetch=prefetch, warmup=warmup, steps=steps, loop_img_s=loop_img_s,
-              bare_img_s_before=before, bare_img_s_after=after,
-              ratio=loop_img_s / statistics.mean((before, after)),
-              logged_img_s=statistics.mean(logged) if logged else None,
-              **window_events(config, clock.pipeline.steps, first, last))
+  return dict(
+    config=config.model.name,
+    width=config.model.width,
+    batch=batch,
+    crop=config.data.crop,
+    dtype=config.model.dtype,
+    input="synthetic" if synthetic else f"{config.data.name} ({config.data.backend})",
+    prefetch=prefetch,
+    warmup=warmup,
+    steps=steps,
+    loop_img_s=loop_img_s,
+    bare_img_s_before=before,
+    bare_img_s_after=after,
+    ratio=loop_img_s / statistics.mean((before, after)),
+    logged_img_s=statistics.mean(logged) if logged else None,
+    **window_events(config, clock.pipeline.steps, first, last),
+  )
 
 
 def report(result: dict) -> str:
   logged = result["logged_img_s"]
-  return (f"{result['config']} (width {result['width']:g}, batch {result['batch']}, crop "
-          f"{result['crop']}, {result['dtype']}), input {result['input']}"
-          f"{'' if result['prefetch'] else ', no prefetch'}, steps "
-          f"{result['warmup'] + 1}..{result['warmup'] + result['steps']}:\n"
-          f"  loop {result['loop_img_s']:.1f} img/s, bare step "
-          f"{result['bare_img_s_before']:.1f} (before) and {result['bare_img_s_after']:.1f} "
-          f"(after) img/s, ratio {result['ratio']:.3f}\n"
-          f"  the loop's own logged img_per_s (tqdm, smoothed): "
-          f"{'n/a' if logged is None else f'{logged:.1f}'}\n"
-          f"  in the window: checkpoints at {result['checkpoints'] or 'none'}, "
-          f"evaluations at {result['evaluations'] or 'none'}")
+  return (
+    f"{result['config']} (width {result['width']:g}, batch {result['batch']}, crop "
+    f"{result['crop']}, {result['dtype']}), input {result['input']}"
+    f"{'' if result['prefetch'] else ', no prefetch'}, steps "
+    f"{result['warmup'] + 1}..{result['warmup'] + result['steps']}:\n"
+    f"  loop {result['loop_img_s']:.1f} img/s, bare step "
+    f"{result['bare_img_s_before']:.1f} (before) and {result['bare_img_s_after']:.1f} "
+    f"(after) img/s, ratio {result['ratio']:.3f}\n"
+    f"  the loop's own logged img_per_s (tqdm, smoothed): "
+    f"{'n/a' if logged is None else f'{logged:.1f}'}\n"
+    f"  in the window: checkpoints at {result['checkpoints'] or 'none'}, "
+    f"evaluations at {result['evaluations'] or 'none'}"
+  )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python benchmarks/loop_efficiency.py", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="experiments/fashion_mnist.py:backend=numpy",
-                      help="experiments/FILE.py:ARG, as `launch.py train --config`")
-  parser.add_argument("--input", choices=("data", "synthetic"), default="data",
-                      help="the config's data set, or random batches in host memory")
+    prog="python benchmarks/loop_efficiency.py",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--config",
+    default="experiments/fashion_mnist.py:backend=numpy",
+    help="experiments/FILE.py:ARG, as `launch.py train --config`",
+  )
+  parser.add_argument(
+    "--input",
+    choices=("data", "synthetic"),
+    default="data",
+    help="the config's data set, or random batches in host memory",
+  )
   parser.add_argument("--warmup", type=int, default=50, help="loop steps before the window")
   parser.add_argument("--steps", type=int, default=400, help="loop steps timed")
-  parser.add_argument("--no_prefetch", action="store_true",
-                      help="without train.prefetch, as the loop was before it")
-  parser.add_argument("--checkpoint_every", type=int, default=0,
-                      help="override config.checkpoint.every_steps (0: the config's)")
+  parser.add_argument(
+    "--no_prefetch", action="store_true", help="without train.prefetch, as the loop was before it"
+  )
+  parser.add_argument(
+    "--checkpoint_every",
+    type=int,
+    default=0,
+    help="override config.checkpoint.every_steps (0: the config's)",
+  )
   parser.add_argument("--workdir", default=None, help="an empty directory (default: temp)")
   parser.add_argument("--out", default="", help="write loop_efficiency.json here")
   return parser.parse_args(argv)
@@ -228,9 +289,14 @@ def main(argv=None) -> dict:
   config = config_lib.experiment_config(name, arg)
   if args.checkpoint_every:
     config.checkpoint.every_steps = args.checkpoint_every
-  result = measure(config, warmup=args.warmup, steps=args.steps,
-                   synthetic=args.input == "synthetic", prefetch=not args.no_prefetch,
-                   workdir=args.workdir)
+  result = measure(
+    config,
+    warmup=args.warmup,
+    steps=args.steps,
+    synthetic=args.input == "synthetic",
+    prefetch=not args.no_prefetch,
+    workdir=args.workdir,
+  )
   result["command"] = " ".join(sys.argv)
   print(report(result))
   if args.out:

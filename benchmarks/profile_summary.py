@@ -37,28 +37,77 @@ import re
 import sys
 
 # A layer's name scope in an op's name stack: ".../conv3_1/...", "jvp(conv3_1)".
-LAYER = re.compile(r"(?:^|[/(])((?:conv|bn)\d+_\d+|fc\d+|pool\d+|relu\d+(?:_\d+)?|drop\d+|"
-                   r"lrn\d+)(?:[/)]|$)")
+LAYER = re.compile(
+  r"(?:^|[/(])((?:conv|bn)\d+_\d+|fc\d+|pool\d+|relu\d+(?:_\d+)?|drop\d+|"
+  r"lrn\d+)(?:[/)]|$)"
+)
 INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
 COMPUTATION = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+) .*\{\s*$")
 SHAPE_DIMS = re.compile(r"\[([\d,]*)\]")
-CUDNN_CONV = (("BackwardFilter", "conv wgrad"), ("BackwardInput", "conv dgrad"),
-              ("Forward", "conv fwd"))
-COPY_OPS = {"copy", "copy-start", "copy-done", "transpose", "bitcast", "reshape",
-            "dynamic-update-slice", "slice", "concatenate", "pad", "parameter", "tuple",
-            "get-tuple-element", "constant", "broadcast"}
-SCOPE_KINDS = (("pool", "pooling"), ("relu", "activation"), ("drop", "dropout"),
-               ("lrn", "normalisation"), ("bn", "normalisation"))
+CUDNN_CONV = (
+  ("BackwardFilter", "conv wgrad"),
+  ("BackwardInput", "conv dgrad"),
+  ("Forward", "conv fwd"),
+)
+COPY_OPS = {
+  "copy",
+  "copy-start",
+  "copy-done",
+  "transpose",
+  "bitcast",
+  "reshape",
+  "dynamic-update-slice",
+  "slice",
+  "concatenate",
+  "pad",
+  "parameter",
+  "tuple",
+  "get-tuple-element",
+  "constant",
+  "broadcast",
+}
+SCOPE_KINDS = (
+  ("pool", "pooling"),
+  ("relu", "activation"),
+  ("drop", "dropout"),
+  ("lrn", "normalisation"),
+  ("bn", "normalisation"),
+)
 # Lines a trace viewer derives from the streams' events: counting them again would double.
-DERIVED_LINES = {"XLA Modules", "XLA Ops", "XLA TraceMe", "Steps", "Framework Name Scope",
-                 "Framework Ops", "Source code", "Launch Stats", "TensorFlow Ops",
-                 "TensorFlow Name Scope"}
+DERIVED_LINES = {
+  "XLA Modules",
+  "XLA Ops",
+  "XLA TraceMe",
+  "Steps",
+  "Framework Name Scope",
+  "Framework Ops",
+  "Source code",
+  "Launch Stats",
+  "TensorFlow Ops",
+  "TensorFlow Name Scope",
+}
 # Kernel names of cuDNN / cuBLAS / CUDA where a trace event carries no HLO op.
-KERNEL_KINDS = ((r"wgrad", "conv wgrad"), (r"dgrad", "conv dgrad"),
-                (r"fprop|conv", "conv fwd"), (r"gemm|cublas|cutlass", "matmul"),
-                (r"memcpy|memset", "copies"))
-KINDS = ("conv fwd", "conv dgrad", "conv wgrad", "matmul", "pooling", "activation",
-         "dropout", "normalisation", "copies", "loss", "optimiser", "other")
+KERNEL_KINDS = (
+  (r"wgrad", "conv wgrad"),
+  (r"dgrad", "conv dgrad"),
+  (r"fprop|conv", "conv fwd"),
+  (r"gemm|cublas|cutlass", "matmul"),
+  (r"memcpy|memset", "copies"),
+)
+KINDS = (
+  "conv fwd",
+  "conv dgrad",
+  "conv wgrad",
+  "matmul",
+  "pooling",
+  "activation",
+  "dropout",
+  "normalisation",
+  "copies",
+  "loss",
+  "optimiser",
+  "other",
+)
 
 
 @dataclasses.dataclass
@@ -66,9 +115,9 @@ class HloOp:
   name: str
   opcode: str
   shape: str
-  target: str = ""      # a custom call's target
-  op_name: str = ""     # the JAX name stack it came from
-  calls: str = ""       # the computation a fusion calls
+  target: str = ""  # a custom call's target
+  op_name: str = ""  # the JAX name stack it came from
+  calls: str = ""  # the computation a fusion calls
   reversed_kernel: bool = False  # a convolution with the kernel flipped: a data gradient
 
 
@@ -89,9 +138,15 @@ def parse_hlo(text: str) -> tuple[dict[str, HloOp], dict[str, list[HloOp]]]:
     target = re.search(r'custom_call_target="([^"]*)"', rest)
     op_name = re.search(r'op_name="([^"]*)"', rest)
     calls = re.search(r"calls=%?([\w.\-]+)", rest)
-    op = HloOp(name, opcode, shape, target.group(1) if target else "",
-               op_name.group(1) if op_name else "", calls.group(1) if calls else "",
-               "rhs_reversal" in rest)
+    op = HloOp(
+      name,
+      opcode,
+      shape,
+      target.group(1) if target else "",
+      op_name.group(1) if op_name else "",
+      calls.group(1) if calls else "",
+      "rhs_reversal" in rest,
+    )
     ops[name] = op
     computations[current].append(op)
   return ops, computations
@@ -116,8 +171,9 @@ def is_conv(op: HloOp) -> bool:
   return op.opcode == "convolution" or "conv" in op.target.lower()
 
 
-def classify(op: HloOp, computations: dict[str, list[HloOp]],
-             forward_dims: dict[str, list[int]]) -> tuple[str, str]:
+def classify(
+  op: HloOp, computations: dict[str, list[HloOp]], forward_dims: dict[str, list[int]]
+) -> tuple[str, str]:
   """(kind, layer) of an op the trace names; layer "" where no layer scope names it."""
   inner = inner_ops(op, computations)
   convs = [o for o in inner if is_conv(o)]
@@ -127,8 +183,7 @@ def classify(op: HloOp, computations: dict[str, list[HloOp]],
   layer = layer.group(1) if layer else ""
   if convs:
     return conv_direction(convs[0], op_name, layer, forward_dims), layer
-  if any(o.opcode == "dot" or re.search(r"gemm|matmul|cublas", o.target, re.I)
-         for o in inner):
+  if any(o.opcode == "dot" or re.search(r"gemm|matmul|cublas", o.target, re.I) for o in inner):
     return "matmul", layer
   if any(o.opcode in ("reduce-window", "select-and-scatter") for o in inner):
     return "pooling", layer
@@ -142,8 +197,9 @@ def classify(op: HloOp, computations: dict[str, list[HloOp]],
   return ("loss" if "jvp(" in op_name else "optimiser"), layer
 
 
-def conv_direction(conv: HloOp, op_name: str, layer: str,
-                   forward_dims: dict[str, list[int]]) -> str:
+def conv_direction(
+  conv: HloOp, op_name: str, layer: str, forward_dims: dict[str, list[int]]
+) -> str:
   """cuDNN's target names the direction. Elsewhere, an op of the forward pass is one; of
   the backward pass (`transpose(`, or no name: XLA made it) the data gradient convolves
   with the flipped kernel and has its layer's forward output's batch and spatial sizes;
@@ -181,10 +237,10 @@ def kernel_kind(name: str) -> str:
 
 @dataclasses.dataclass
 class Event:
-  op: str        # the HLO op's name, or the kernel's where the trace gives no op
-  start: float   # ns
+  op: str  # the HLO op's name, or the kernel's where the trace gives no op
+  start: float  # ns
   duration: float
-  run: object    # which execution of the module (one step)
+  run: object  # which execution of the module (one step)
   line: str
 
 
@@ -199,11 +255,15 @@ def op_events(path: str, module: str) -> tuple[list[Event], str]:
   """The events of ops of `module` (a regex on the HLO module's name; all modules where
   none matches) on the device planes, or on the host where no device plane has any."""
   from jax.profiler import ProfileData  # jax reads the XSpace protobuf; no TensorFlow
+
   profile = ProfileData.from_file(path)
   by_source = {"device": [], "host": []}
   for plane in profile.planes:
-    source = "device" if plane.name.startswith("/device:") else (
-        "host" if plane.name.startswith("/host:CPU") else None)
+    source = (
+      "device"
+      if plane.name.startswith("/device:")
+      else ("host" if plane.name.startswith("/host:CPU") else None)
+    )
     if source is None:
       continue
     lines = [line for line in plane.lines if line.name not in DERIVED_LINES]
@@ -213,9 +273,18 @@ def op_events(path: str, module: str) -> tuple[list[Event], str]:
         stats = dict(event.stats)
         if source == "host" and "hlo_op" not in stats:
           continue  # the host's own work (Python, dispatch), not the step's ops
-        by_source[source].append((stats.get("hlo_module", ""), Event(
-            str(stats.get("hlo_op", event.name)), event.start_ns, event.duration_ns,
-            stats.get("run_id"), line.name)))
+        by_source[source].append(
+          (
+            stats.get("hlo_module", ""),
+            Event(
+              str(stats.get("hlo_op", event.name)),
+              event.start_ns,
+              event.duration_ns,
+              stats.get("run_id"),
+              line.name,
+            ),
+          )
+        )
   source = "device" if by_source["device"] else "host"
   tagged = by_source[source]
   chosen = [e for m, e in tagged if re.search(module, str(m))]
@@ -238,8 +307,10 @@ def step_gaps(events: list[Event]) -> list[float]:
   runs = collections.defaultdict(list)
   for e in events:
     runs[e.run].append(e)
-  bounds = sorted((min(e.start for e in group), max(e.start + e.duration for e in group))
-                  for group in runs.values())
+  bounds = sorted(
+    (min(e.start for e in group), max(e.start + e.duration for e in group))
+    for group in runs.values()
+  )
   return [max(0.0, nxt[0] - end) for (_, end), nxt in zip(bounds, bounds[1:])]
 
 
@@ -247,8 +318,11 @@ def step_gaps(events: list[Event]) -> list[float]:
 
 
 def load_hlo(trace_dir: str, hlo_path: str = "") -> str:
-  candidates = [hlo_path] if hlo_path else [os.path.join(trace_dir, "step_hlo.txt.gz"),
-                                            os.path.join(trace_dir, "step_hlo.txt")]
+  candidates = (
+    [hlo_path]
+    if hlo_path
+    else [os.path.join(trace_dir, "step_hlo.txt.gz"), os.path.join(trace_dir, "step_hlo.txt")]
+  )
   for path in candidates:
     if os.path.exists(path):
       opener = gzip.open if path.endswith(".gz") else open
@@ -257,8 +331,9 @@ def load_hlo(trace_dir: str, hlo_path: str = "") -> str:
   return ""
 
 
-def summarise(trace_dir: str, hlo_text: str = "", module: str = "train_step",
-              steps: int | None = None) -> dict:
+def summarise(
+  trace_dir: str, hlo_text: str = "", module: str = "train_step", steps: int | None = None
+) -> dict:
   """Time per kind, per layer and direction, per op, and idle time, from the trace."""
   path = find_xplane(trace_dir)
   events, source = op_events(path, module)
@@ -268,8 +343,11 @@ def summarise(trace_dir: str, hlo_text: str = "", module: str = "train_step",
   forward = forward_conv_dims(ops)
   runs = len({e.run for e in events})
   steps = steps or runs
-  kinds, layers, per_op = collections.Counter(), collections.defaultdict(
-      collections.Counter), collections.Counter()
+  kinds, layers, per_op = (
+    collections.Counter(),
+    collections.defaultdict(collections.Counter),
+    collections.Counter(),
+  )
   named = {}
   for e in events:
     op = ops.get(e.op)
@@ -289,16 +367,27 @@ def summarise(trace_dir: str, hlo_text: str = "", module: str = "train_step",
   largest = sorted((nxt[0] - end for (_, end), nxt in zip(spans, spans[1:])), reverse=True)
   ms = lambda ns: ns / 1e6 / steps  # noqa: E731  per step
   return dict(
-      xplane=os.path.relpath(path, trace_dir), source=source, steps=steps, executions=runs,
-      events=len(events), hlo_ops_named=sum(e.op in ops for e in events),
-      span_ms=ms(span), busy_ms=ms(busy), idle_ms=ms(span - busy),
-      between_steps_ms=[g / 1e6 for g in gaps],
-      largest_gaps_ms=[g / 1e6 for g in largest[:max(steps, 3)]],
-      kinds_ms={k: ms(kinds[k]) for k in KINDS if kinds[k]},
-      layers_ms={layer: {k: ms(v) for k, v in counts.items()}
-                 for layer, counts in sorted(layers.items(), key=lambda kv: layer_order(kv[0]))},
-      top_ops=[dict(op=op, kind=named[op][0], layer=named[op][1], ms=ms(total))
-               for op, total in per_op.most_common(25)])
+    xplane=os.path.relpath(path, trace_dir),
+    source=source,
+    steps=steps,
+    executions=runs,
+    events=len(events),
+    hlo_ops_named=sum(e.op in ops for e in events),
+    span_ms=ms(span),
+    busy_ms=ms(busy),
+    idle_ms=ms(span - busy),
+    between_steps_ms=[g / 1e6 for g in gaps],
+    largest_gaps_ms=[g / 1e6 for g in largest[: max(steps, 3)]],
+    kinds_ms={k: ms(kinds[k]) for k in KINDS if kinds[k]},
+    layers_ms={
+      layer: {k: ms(v) for k, v in counts.items()}
+      for layer, counts in sorted(layers.items(), key=lambda kv: layer_order(kv[0]))
+    },
+    top_ops=[
+      dict(op=op, kind=named[op][0], layer=named[op][1], ms=ms(total))
+      for op, total in per_op.most_common(25)
+    ],
+  )
 
 
 def layer_order(layer: str) -> tuple:
@@ -306,49 +395,73 @@ def layer_order(layer: str) -> tuple:
   numbers = [int(n) for n in re.findall(r"\d+", layer)]
   stage = numbers[0] if not layer.startswith(("fc", "drop")) else 10 + numbers[0]
   rank = {"conv": 0, "bn": 1, "relu": 2, "lrn": 3, "pool": 4, "fc": 0, "drop": 1}
-  return stage, numbers[1] if len(numbers) > 1 else 99, rank.get(
-      re.sub(r"\d.*", "", layer), 5)
+  return stage, numbers[1] if len(numbers) > 1 else 99, rank.get(re.sub(r"\d.*", "", layer), 5)
 
 
 def markdown(summary: dict) -> str:
   from vgg_jax.util import markdown_table  # pylint: disable=import-outside-toplevel
+
   busy = sum(summary["kinds_ms"].values()) or 1.0
   where = "device streams" if summary["source"] == "device" else "host threads"
-  lines = [f"{summary['steps']} steps traced ({summary['events']} op events on the "
-           f"{where}, {summary['hlo_ops_named']} of them named by the HLO; "
-           f"{summary['xplane']}). Per step: span {summary['span_ms']:.3f} ms, ops busy "
-           f"{summary['busy_ms']:.3f} ms, idle {summary['idle_ms']:.3f} ms; gaps between "
-           f"steps (ms): {', '.join(f'{g:.3f}' for g in summary['between_steps_ms']) or 'n/a'}; "
-           f"largest gaps (ms): {', '.join(f'{g:.3f}' for g in summary['largest_gaps_ms'])}.",
-           "", markdown_table(["kind", "ms/step", "share"],
-                              [[k, f"{v:.3f}", f"{v / busy:.1%}"]
-                               for k, v in summary["kinds_ms"].items()]), ""]
+  lines = [
+    f"{summary['steps']} steps traced ({summary['events']} op events on the "
+    f"{where}, {summary['hlo_ops_named']} of them named by the HLO; "
+    f"{summary['xplane']}). Per step: span {summary['span_ms']:.3f} ms, ops busy "
+    f"{summary['busy_ms']:.3f} ms, idle {summary['idle_ms']:.3f} ms; gaps between "
+    f"steps (ms): {', '.join(f'{g:.3f}' for g in summary['between_steps_ms']) or 'n/a'}; "
+    f"largest gaps (ms): {', '.join(f'{g:.3f}' for g in summary['largest_gaps_ms'])}.",
+    "",
+    markdown_table(
+      ["kind", "ms/step", "share"],
+      [[k, f"{v:.3f}", f"{v / busy:.1%}"] for k, v in summary["kinds_ms"].items()],
+    ),
+    "",
+  ]
   columns = [k for k in KINDS if any(k in row for row in summary["layers_ms"].values())]
-  lines += ["Per layer (ms/step):", "", markdown_table(
+  lines += [
+    "Per layer (ms/step):",
+    "",
+    markdown_table(
       ["layer", *columns, "total"],
-      [[layer, *(f"{row.get(k, 0.0):.3f}" for k in columns), f"{sum(row.values()):.3f}"]
-       for layer, row in summary["layers_ms"].items()]), ""]
-  lines += ["Top ops (ms/step):", "", markdown_table(
+      [
+        [layer, *(f"{row.get(k, 0.0):.3f}" for k in columns), f"{sum(row.values()):.3f}"]
+        for layer, row in summary["layers_ms"].items()
+      ],
+    ),
+    "",
+  ]
+  lines += [
+    "Top ops (ms/step):",
+    "",
+    markdown_table(
       ["op", "kind", "layer", "ms/step"],
-      [[t["op"], t["kind"], t["layer"] or "-", f"{t['ms']:.3f}"] for t in summary["top_ops"]])]
+      [[t["op"], t["kind"], t["layer"] or "-", f"{t['ms']:.3f}"] for t in summary["top_ops"]],
+    ),
+  ]
   return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(prog="python benchmarks/profile_summary.py",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = argparse.ArgumentParser(
+    prog="python benchmarks/profile_summary.py",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
   parser.add_argument("trace_dir")
-  parser.add_argument("--hlo", default="", help="the step's optimised HLO (default: "
-                      "TRACE_DIR/step_hlo.txt[.gz])")
-  parser.add_argument("--module", default="train_step",
-                      help="regex on the HLO module's name (default: the train step)")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="steps traced (default: the module's executions)")
+  parser.add_argument(
+    "--hlo", default="", help="the step's optimised HLO (default: TRACE_DIR/step_hlo.txt[.gz])"
+  )
+  parser.add_argument(
+    "--module",
+    default="train_step",
+    help="regex on the HLO module's name (default: the train step)",
+  )
+  parser.add_argument(
+    "--steps", type=int, default=None, help="steps traced (default: the module's executions)"
+  )
   parser.add_argument("--json", default="", help="also write the summary here")
   args = parser.parse_args(argv)
-  summary = summarise(args.trace_dir, load_hlo(args.trace_dir, args.hlo), args.module,
-                      args.steps)
+  summary = summarise(args.trace_dir, load_hlo(args.trace_dir, args.hlo), args.module, args.steps)
   print(markdown(summary))
   if args.json:
     with open(args.json, "w") as f:

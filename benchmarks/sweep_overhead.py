@@ -31,15 +31,16 @@ if __package__ in (None, ""):  # run as `python benchmarks/sweep_overhead.py`
 from vgg_jax import sweep  # noqa: E402
 from vgg_jax.util import markdown_table  # noqa: E402
 
-EXPERIMENT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "experiments", "fashion_mnist.py")
+EXPERIMENT = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "fashion_mnist.py"
+)
 
 
 def tiny_sweep(steps: int, seeds: int) -> list[sweep.Run]:
-  extra = (f",backend=numpy,width=0.0625,batch=32,steps={steps},holdout=256,"
-           "test_images=64")
-  return sweep.expand(sweep.paper_chain((("A", "256"), ("B", "256")), range(seeds),
-                                        scales={"256": "32"}, extra=extra))
+  extra = f",backend=numpy,width=0.0625,batch=32,steps={steps},holdout=256,test_images=64"
+  return sweep.expand(
+    sweep.paper_chain((("A", "256"), ("B", "256")), range(seeds), scales={"256": "32"}, extra=extra)
+  )
 
 
 def without_cache(command: list[str]) -> subprocess.CompletedProcess:
@@ -62,18 +63,32 @@ def main():
   parser.add_argument("--seeds", type=int, default=2)
   args = parser.parse_args()
   runs = tiny_sweep(args.steps, args.seeds)
-  ways = {"subprocess, no cache": dict(execute=without_cache),
-          "subprocess": dict(subprocesses=True),
-          "in-process": {}}  # last: this process then holds the programs it compiled
+  ways = {
+    "subprocess, no cache": dict(execute=without_cache),
+    "subprocess": dict(subprocesses=True),
+    "in-process": {},
+  }  # last: this process then holds the programs it compiled
   seconds = {}
   with tempfile.TemporaryDirectory() as tmp:
     for way, kwargs in ways.items():
       seconds[way] = timed_sweep(runs, os.path.join(tmp, way.replace(" ", "_")), **kwargs)
       print(f"{way}: {seconds[way]:.1f} s for {len(runs)} runs", flush=True)
   per_run = {way: s / len(runs) for way, s in seconds.items()}
-  print(markdown_table(["way", "runs", "wall (s)", "per run (s)", "per run / in-process"],
-                       [[way, len(runs), f"{seconds[way]:.1f}", f"{per_run[way]:.1f}",
-                         f"{per_run[way] / per_run['in-process']:.2f}"] for way in ways]))
+  print(
+    markdown_table(
+      ["way", "runs", "wall (s)", "per run (s)", "per run / in-process"],
+      [
+        [
+          way,
+          len(runs),
+          f"{seconds[way]:.1f}",
+          f"{per_run[way]:.1f}",
+          f"{per_run[way] / per_run['in-process']:.2f}",
+        ]
+        for way in ways
+      ],
+    )
+  )
 
 
 if __name__ == "__main__":

@@ -78,13 +78,25 @@ from vgg_jax.util import PEAK_FLOPS, markdown_table  # noqa: E402
 NUM_CLASSES = 1000  # ImageNet's head, for us and for torchvision
 CHANNELS = 3
 # jax's device_kind -> the chip's key in PEAK_FLOPS; a v5p calls itself "TPU v5".
-DEVICE_KINDS = ((r"h200", "h200"), (r"h100", "h100"), (r"a100", "a100"),
-                (r"tpu v4", "tpu-v4"), (r"tpu v5p?$", "tpu-v5p"))
+DEVICE_KINDS = (
+  (r"h200", "h200"),
+  (r"h100", "h100"),
+  (r"a100", "a100"),
+  (r"tpu v4", "tpu-v4"),
+  (r"tpu v5p?$", "tpu-v5p"),
+)
 # The collectives of an SPMD program, as its HLO names them (async ones by their -done op).
-COLLECTIVE = re.compile(r"= (.+?) (all-reduce|reduce-scatter|all-gather|all-to-all|"
-                        r"collective-permute)(?:-done)?\(")
-COLLECTIVE_SHORT = {"all-reduce": "AR", "reduce-scatter": "RS", "all-gather": "AG",
-                    "all-to-all": "A2A", "collective-permute": "CP"}
+COLLECTIVE = re.compile(
+  r"= (.+?) (all-reduce|reduce-scatter|all-gather|all-to-all|"
+  r"collective-permute)(?:-done)?\("
+)
+COLLECTIVE_SHORT = {
+  "all-reduce": "AR",
+  "reduce-scatter": "RS",
+  "all-gather": "AG",
+  "all-to-all": "A2A",
+  "collective-permute": "CP",
+}
 TORCH_MODES = {"torch eager": False, "torch.compile": True}  # framework name -> compile?
 RATIO_KEYS = {"torch eager": "vs_torch_eager", "torch.compile": "vs_torch_compile"}
 
@@ -92,9 +104,17 @@ RATIO_KEYS = {"torch eager": "vs_torch_eager", "torch.compile": "vs_torch_compil
 # ---------------------------------------------------------------------------- common
 
 
-def bench_config(name: str, *, batch: int, resolution: int, dtype: str = "bfloat16",
-                 width: float = 1.0, chips: int = 1, sharding: str = "replicated",
-                 model_axis: int = 1) -> ml_collections.ConfigDict:
+def bench_config(
+  name: str,
+  *,
+  batch: int,
+  resolution: int,
+  dtype: str = "bfloat16",
+  width: float = 1.0,
+  chips: int = 1,
+  sharding: str = "replicated",
+  model_axis: int = 1,
+) -> ml_collections.ConfigDict:
   """The trainer's config with the paper's recipe (`base_config`) at this size, on the
   first `chips` devices; compute in `dtype`, parameters in float32."""
   c = config_lib.base_config()
@@ -107,8 +127,7 @@ def bench_config(name: str, *, batch: int, resolution: int, dtype: str = "bfloat
   return c
 
 
-def seconds_per_step(run: Callable[[int], None], *, warmup: int, steps: int,
-                     windows: int) -> float:
+def seconds_per_step(run: Callable[[int], None], *, warmup: int, steps: int, windows: int) -> float:
   """`run(n)` takes n steps and waits for the last; the median window, per step. Waiting
   once per window keeps the device's queue full, as in training."""
   run(warmup)
@@ -141,24 +160,44 @@ def with_rates(row: dict, peak: float | None) -> dict:
 
 def row_for(framework: str, config: ml_collections.ConfigDict, **measured) -> dict:
   """A table row: what was run, then what was measured (None where not measured)."""
-  return dict(framework=framework, config=config.model.name, chips=1,
-              batch=config.optim.batch_size, resolution=config.data.crop,
-              dtype=config.model.dtype, width=config.model.width, step_s=None,
-              compile_s=None, flops_per_image=None, model_flops_per_image=None,
-              xla_bytes=None, collective_bytes={}, peak_bytes=None, note="") | measured
+  return (
+    dict(
+      framework=framework,
+      config=config.model.name,
+      chips=1,
+      batch=config.optim.batch_size,
+      resolution=config.data.crop,
+      dtype=config.model.dtype,
+      width=config.model.width,
+      step_s=None,
+      compile_s=None,
+      flops_per_image=None,
+      model_flops_per_image=None,
+      xla_bytes=None,
+      collective_bytes={},
+      peak_bytes=None,
+      note="",
+    )
+    | measured
+  )
 
 
 # ---------------------------------------------------------------------- our step
 
 
-def random_batch(sharding, batch: int, resolution: int, num_classes: int = NUM_CLASSES,
-                 channels: int = CHANNELS) -> dict:
+def random_batch(
+  sharding, batch: int, resolution: int, num_classes: int = NUM_CLASSES, channels: int = CHANNELS
+) -> dict:
   """A batch in the input pipeline's format (`vgg_jax.data`), made on its devices."""
+
   def make(key):
     images, labels = jax.random.split(key)
-    return dict(image=jax.random.normal(images, (batch, resolution, resolution, channels)),
-                label=jax.random.randint(labels, (batch,), 0, num_classes),
-                mask=jnp.ones((batch,), bool))
+    return dict(
+      image=jax.random.normal(images, (batch, resolution, resolution, channels)),
+      label=jax.random.randint(labels, (batch,), 0, num_classes),
+      mask=jnp.ones((batch,), bool),
+    )
+
   return jax.jit(make, out_shardings=sharding)(jax.random.key(0))
 
 
@@ -171,8 +210,16 @@ def xla_flops(compiled) -> float | None:
 def xla_bytes(compiled) -> int | None:
   """What a compiled step needs on a chip: arguments + outputs - donated + temporaries."""
   m = compiled.memory_analysis()
-  return None if m is None else (m.argument_size_in_bytes + m.output_size_in_bytes
-                                 - m.alias_size_in_bytes + m.temp_size_in_bytes)
+  return (
+    None
+    if m is None
+    else (
+      m.argument_size_in_bytes
+      + m.output_size_in_bytes
+      - m.alias_size_in_bytes
+      + m.temp_size_in_bytes
+    )
+  )
 
 
 def collective_bytes(compiled) -> dict[str, int]:
@@ -193,16 +240,22 @@ def peak_bytes_in_use(devices) -> int | None:
   return max(peaks) if peaks else None
 
 
-def bench_vgg_jax(config: ml_collections.ConfigDict, *, num_classes: int = NUM_CLASSES,
-                  in_channels: int = CHANNELS, warmup: int = 3, steps: int = 10,
-                  windows: int = 3, peak: float | None = None) -> dict:
+def bench_vgg_jax(
+  config: ml_collections.ConfigDict,
+  *,
+  num_classes: int = NUM_CLASSES,
+  in_channels: int = CHANNELS,
+  warmup: int = 3,
+  steps: int = 10,
+  windows: int = 3,
+  peak: float | None = None,
+) -> dict:
   """Times the trainer's compiled train step for `config` on a random on-device batch."""
   mesh = sharding_lib.make_mesh(config.mesh)
   program = train.build_program(config, mesh, num_classes, in_channels)
   state = program.init()
   batch_size, resolution = config.optim.batch_size, config.data.crop
-  batch = random_batch(program.batch_sharding, batch_size, resolution, num_classes,
-                       in_channels)
+  batch = random_batch(program.batch_sharding, batch_size, resolution, num_classes, in_channels)
   start = time.perf_counter()
   step = program.step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
@@ -216,12 +269,21 @@ def bench_vgg_jax(config: ml_collections.ConfigDict, *, num_classes: int = NUM_C
   step_s = seconds_per_step(run, warmup=warmup, steps=steps, windows=windows)
   chips, flops = mesh.devices.size, xla_flops(step)
   model = nnx.eval_shape(lambda: VGG(program.model, rngs=nnx.Rngs(0)))
-  return with_rates(row_for(
-      "vgg_jax", config, chips=chips, step_s=step_s, compile_s=compile_s,
+  return with_rates(
+    row_for(
+      "vgg_jax",
+      config,
+      chips=chips,
+      step_s=step_s,
+      compile_s=compile_s,
       flops_per_image=flops * chips / batch_size if flops else None,
       model_flops_per_image=training_flops_per_image(model, resolution),
-      xla_bytes=xla_bytes(step), collective_bytes=collective_bytes(step),
-      peak_bytes=peak_bytes_in_use(mesh.devices.flat)), peak)
+      xla_bytes=xla_bytes(step),
+      collective_bytes=collective_bytes(step),
+      peak_bytes=peak_bytes_in_use(mesh.devices.flat),
+    ),
+    peak,
+  )
 
 
 # -------------------------------------------------------------------- torchvision
@@ -242,8 +304,12 @@ def torch_baselines(baseline: str, compile_too: bool) -> tuple[list[str], str]:
 def torchvision_alias(name: str) -> str | None:
   """torchvision's name for a Table 1 config (vgg16 for D), None where it has none."""
   import torchvision
-  names = {config: alias for alias, config in architectures.ALIASES.items()
-           if hasattr(torchvision.models, alias)}
+
+  names = {
+    config: alias
+    for alias, config in architectures.ALIASES.items()
+    if hasattr(torchvision.models, alias)
+  }
   return names.get(architectures.canonical_name(name))
 
 
@@ -252,6 +318,7 @@ def torchvision_vgg(alias: str, resolution: int, num_classes: int):
   as our fc6 does, instead of an adaptive pool to 7 x 7."""
   import torch
   import torchvision
+
   net = getattr(torchvision.models, alias)(num_classes=num_classes)
   if resolution != 224:
     k = resolution // 32
@@ -263,35 +330,54 @@ def torchvision_vgg(alias: str, resolution: int, num_classes: int):
 def torch_sgd(net, optim: ml_collections.ConfigDict):
   """Our optimiser in torch: momentum, and weight decay on weights, not biases."""
   import torch
+
   params = list(net.parameters())
   return torch.optim.SGD(
-      [dict(params=[p for p in params if p.ndim > 1]),
-       dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0)],
-      lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    [
+      dict(params=[p for p in params if p.ndim > 1]),
+      dict(params=[p for p in params if p.ndim <= 1], weight_decay=0.0),
+    ],
+    lr=optim.lr,
+    momentum=optim.momentum,
+    weight_decay=optim.weight_decay,
+  )
 
 
-def bench_torch(config: ml_collections.ConfigDict, framework: str, *, warmup: int = 3,
-                steps: int = 10, windows: int = 3, peak: float | None = None,
-                flops_per_image: float | None = None,
-                model_flops_per_image: float | None = None) -> dict:
+def bench_torch(
+  config: ml_collections.ConfigDict,
+  framework: str,
+  *,
+  warmup: int = 3,
+  steps: int = 10,
+  windows: int = 3,
+  peak: float | None = None,
+  flops_per_image: float | None = None,
+  model_flops_per_image: float | None = None,
+) -> dict:
   """Times torchvision's train step of the same network, or says why it cannot; a
   torch.compile failure is reported in the row, not raised."""
-  row = row_for(framework, config, flops_per_image=flops_per_image,
-                model_flops_per_image=model_flops_per_image)
+  row = row_for(
+    framework, config, flops_per_image=flops_per_image, model_flops_per_image=model_flops_per_image
+  )
   alias = torchvision_alias(config.model.name)
   if alias is None:
     return with_rates(dict(row, note=f"no torchvision model for {config.model.name}"), peak)
   if config.model.width != 1.0:
     return with_rates(dict(row, note="torchvision has full-width nets only"), peak)
   import torch
+
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   batch, resolution = config.optim.batch_size, config.data.crop
-  net = torchvision_vgg(alias, resolution, NUM_CLASSES).to(
-      device, memory_format=torch.channels_last).train()
+  net = (
+    torchvision_vgg(alias, resolution, NUM_CLASSES)
+    .to(device, memory_format=torch.channels_last)
+    .train()
+  )
   forward = torch.compile(net) if TORCH_MODES[framework] else net
   sgd = torch_sgd(net, config.optim)
   images = torch.randn(batch, CHANNELS, resolution, resolution, device=device).contiguous(
-      memory_format=torch.channels_last)
+    memory_format=torch.channels_last
+  )
   labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
   bf16 = config.model.dtype == "bfloat16"
 
@@ -315,8 +401,9 @@ def bench_torch(config: ml_collections.ConfigDict, framework: str, *, warmup: in
   except Exception as e:  # torch.compile needs a working compiler toolchain
     return with_rates(dict(row, note=f"failed: {type(e).__name__}: {str(e)[:200]}"), peak)
   peak_bytes = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-  return with_rates(dict(row, step_s=step_s, compile_s=first_s, peak_bytes=peak_bytes,
-                         note=alias), peak)
+  return with_rates(
+    dict(row, step_s=step_s, compile_s=first_s, peak_bytes=peak_bytes, note=alias), peak
+  )
 
 
 # ------------------------------------------------------------------------ results
@@ -336,12 +423,21 @@ def scaling(rows: list[dict]) -> list[dict]:
   ours = [r for r in rows if r["framework"] == "vgg_jax"]
   table = []
   for row in ours:
-    base = min((r for r in ours if (r["config"], r["batch"]) == (row["config"], row["batch"])),
-               key=lambda r: r["chips"])
+    base = min(
+      (r for r in ours if (r["config"], r["batch"]) == (row["config"], row["batch"])),
+      key=lambda r: r["chips"],
+    )
     if base is not row:
-      table.append(dict(config=row["config"], batch=row["batch"], chips=row["chips"],
-                        base_chips=base["chips"], img_s=row["img_s"],
-                        efficiency=row["img_s"] / base["img_s"]))
+      table.append(
+        dict(
+          config=row["config"],
+          batch=row["batch"],
+          chips=row["chips"],
+          base_chips=base["chips"],
+          img_s=row["img_s"],
+          efficiency=row["img_s"] / base["img_s"],
+        )
+      )
   return table
 
 
@@ -356,38 +452,90 @@ def mib(value, spec: str = ".0f") -> str:
 def collectives(row: dict) -> str:
   if row["framework"] != "vgg_jax":
     return "n/a"
-  return ", ".join(f"{COLLECTIVE_SHORT[kind]} {mib(size, '.2f')}"
-                   for kind, size in sorted(row["collective_bytes"].items())) or "none"
+  return (
+    ", ".join(
+      f"{COLLECTIVE_SHORT[kind]} {mib(size, '.2f')}"
+      for kind, size in sorted(row["collective_bytes"].items())
+    )
+    or "none"
+  )
 
 
 def markdown(result: dict) -> str:
   env = result["environment"]
-  lines = [f"{env['date']}, {env['device']} ({env['platform']}, {env['device_count']} "
-           f"devices, {env['cpus']} CPUs, load average {env['load_average']:.1f} at the "
-           f"end), jax {env['jax']}, torch {env['torch']}",
-           f"`{env['command']}`", ""]
-  header = ["framework", "config", "width", "chips", "batch", "res", "dtype", "step (ms)",
-            "img/s/chip", "MFU", "GFLOP/img (XLA)", "XLA memory (MiB)", "peak memory (MiB)",
-            "collectives (MiB)", "compile (s)", "ours / torch eager", "ours / torch.compile",
-            "note"]
-  body = [[r["framework"], r["config"], f"{r['width']:g}", r["chips"], r["batch"],
-           r["resolution"], r["dtype"], fmt(r["step_s"] and r["step_s"] * 1e3, ".1f"),
-           fmt(r["img_s_per_chip"], ".1f"), fmt(r["mfu"], ".1%"),
-           fmt(r["flops_per_image"] and r["flops_per_image"] / 1e9, ".3f"),
-           mib(r["xla_bytes"]) if r["framework"] == "vgg_jax" else "n/a",
-           mib(r["peak_bytes"]), collectives(r), fmt(r["compile_s"], ".1f"),
-           fmt(r.get("vs_torch_eager"), ".2f"), fmt(r.get("vs_torch_compile"), ".2f"),
-           r["note"]] for r in result["rows"]]
+  lines = [
+    f"{env['date']}, {env['device']} ({env['platform']}, {env['device_count']} "
+    f"devices, {env['cpus']} CPUs, load average {env['load_average']:.1f} at the "
+    f"end), jax {env['jax']}, torch {env['torch']}",
+    f"`{env['command']}`",
+    "",
+  ]
+  header = [
+    "framework",
+    "config",
+    "width",
+    "chips",
+    "batch",
+    "res",
+    "dtype",
+    "step (ms)",
+    "img/s/chip",
+    "MFU",
+    "GFLOP/img (XLA)",
+    "XLA memory (MiB)",
+    "peak memory (MiB)",
+    "collectives (MiB)",
+    "compile (s)",
+    "ours / torch eager",
+    "ours / torch.compile",
+    "note",
+  ]
+  body = [
+    [
+      r["framework"],
+      r["config"],
+      f"{r['width']:g}",
+      r["chips"],
+      r["batch"],
+      r["resolution"],
+      r["dtype"],
+      fmt(r["step_s"] and r["step_s"] * 1e3, ".1f"),
+      fmt(r["img_s_per_chip"], ".1f"),
+      fmt(r["mfu"], ".1%"),
+      fmt(r["flops_per_image"] and r["flops_per_image"] / 1e9, ".3f"),
+      mib(r["xla_bytes"]) if r["framework"] == "vgg_jax" else "n/a",
+      mib(r["peak_bytes"]),
+      collectives(r),
+      fmt(r["compile_s"], ".1f"),
+      fmt(r.get("vs_torch_eager"), ".2f"),
+      fmt(r.get("vs_torch_compile"), ".2f"),
+      r["note"],
+    ]
+    for r in result["rows"]
+  ]
   lines.append(markdown_table(header, body))
   if result["scaling"]:
-    lines += ["", "Data-parallel efficiency at a fixed global batch (global img/s on N "
-              "chips / on the fewest; on simulated CPU devices a check of the "
-              "communication pattern, not a speed claim):", "",
-              markdown_table(["config", "batch", "chips", "vs chips", "global img/s",
-                              "efficiency"],
-                             [[s["config"], s["batch"], s["chips"], s["base_chips"],
-                               f"{s['img_s']:.1f}", f"{s['efficiency']:.2f}"]
-                              for s in result["scaling"]])]
+    lines += [
+      "",
+      "Data-parallel efficiency at a fixed global batch (global img/s on N "
+      "chips / on the fewest; on simulated CPU devices a check of the "
+      "communication pattern, not a speed claim):",
+      "",
+      markdown_table(
+        ["config", "batch", "chips", "vs chips", "global img/s", "efficiency"],
+        [
+          [
+            s["config"],
+            s["batch"],
+            s["chips"],
+            s["base_chips"],
+            f"{s['img_s']:.1f}",
+            f"{s['efficiency']:.2f}",
+          ]
+          for s in result["scaling"]
+        ],
+      ),
+    ]
   lines += [""] + [f"- {note}" for note in result["notes"]]
   return "\n".join(lines).rstrip() + "\n"
 
@@ -395,18 +543,26 @@ def markdown(result: dict) -> str:
 def environment() -> dict:
   device = jax.devices()[0]
   torch = sys.modules.get("torch")
-  return dict(date=str(datetime.date.today()), device=device.device_kind,
-              platform=device.platform, device_count=jax.device_count(),
-              cpus=os.cpu_count(), load_average=os.getloadavg()[0],
-              host=platform.machine(), jax=jax.__version__,
-              torch=torch.__version__ if torch else "n/a", command=" ".join(sys.argv))
+  return dict(
+    date=str(datetime.date.today()),
+    device=device.device_kind,
+    platform=device.platform,
+    device_count=jax.device_count(),
+    cpus=os.cpu_count(),
+    load_average=os.getloadavg()[0],
+    host=platform.machine(),
+    jax=jax.__version__,
+    torch=torch.__version__ if torch else "n/a",
+    command=" ".join(sys.argv),
+  )
 
 
 # --------------------------------------------------------------------------- main
 
 
-def benchmark(args: argparse.Namespace,
-              progress: Callable[[dict], None] = lambda result: None) -> dict:
+def benchmark(
+  args: argparse.Namespace, progress: Callable[[dict], None] = lambda result: None
+) -> dict:
   """Every row the flags ask for, ratios and scaling added: what --out writes as JSON.
   `progress` gets the result so far after each config, in the order of --configs."""
   device_kind = jax.devices()[0].device_kind
@@ -420,19 +576,40 @@ def benchmark(args: argparse.Namespace,
   rows = []
   for name in args.configs:
     for batch in args.batch:
-      ours = [bench_vgg_jax(bench_config(name, batch=batch, chips=chips, sharding=args.sharding,
-                                         model_axis=args.model_axis, **size), **timing)
-              for chips in args.devices]
-      progress(dict(environment=environment(), rows=rows + ours, scaling=scaling(rows + ours),
-                    notes=notes))  # before torch, which could take the process down
-      theirs = [bench_torch(bench_config(name, batch=batch, **size), framework,
-                            flops_per_image=ours[0]["flops_per_image"],
-                            model_flops_per_image=ours[0]["model_flops_per_image"], **timing)
-                for framework in frameworks]
+      ours = [
+        bench_vgg_jax(
+          bench_config(
+            name,
+            batch=batch,
+            chips=chips,
+            sharding=args.sharding,
+            model_axis=args.model_axis,
+            **size,
+          ),
+          **timing,
+        )
+        for chips in args.devices
+      ]
+      progress(
+        dict(environment=environment(), rows=rows + ours, scaling=scaling(rows + ours), notes=notes)
+      )  # before torch, which could take the process down
+      theirs = [
+        bench_torch(
+          bench_config(name, batch=batch, **size),
+          framework,
+          flops_per_image=ours[0]["flops_per_image"],
+          model_flops_per_image=ours[0]["model_flops_per_image"],
+          **timing,
+        )
+        for framework in frameworks
+      ]
       for row in ours + theirs:
-        print(f"{row['framework']} {name} batch {batch} chips {row['chips']}: "
-              f"{fmt(row['img_s_per_chip'], '.1f')} img/s/chip {row['note']}",
-              file=sys.stderr, flush=True)
+        print(
+          f"{row['framework']} {name} batch {batch} chips {row['chips']}: "
+          f"{fmt(row['img_s_per_chip'], '.1f')} img/s/chip {row['note']}",
+          file=sys.stderr,
+          flush=True,
+        )
       rows += ours + theirs
       add_ratios(rows)
       progress(dict(environment=environment(), rows=rows, scaling=scaling(rows), notes=notes))
@@ -445,34 +622,69 @@ def comma_list(cast):
 
 def parse_args(argv=None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
-      prog="python benchmarks/throughput.py", description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--configs", type=comma_list(str), default="A,B,C,D,E",
-                      help="Table 1 configs (or aliases), comma-separated")
-  parser.add_argument("--batch", type=comma_list(int), default="128",
-                      help="global batch sizes, comma-separated")
+    prog="python benchmarks/throughput.py",
+    description=__doc__,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  parser.add_argument(
+    "--configs",
+    type=comma_list(str),
+    default="A,B,C,D,E",
+    help="Table 1 configs (or aliases), comma-separated",
+  )
+  parser.add_argument(
+    "--batch", type=comma_list(int), default="128", help="global batch sizes, comma-separated"
+  )
   parser.add_argument("--resolution", type=int, default=224, help="training crop side")
-  parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
-                      help="compute dtype (parameters stay float32)")
-  parser.add_argument("--width", type=float, default=1.0,
-                      help="width multiplier; torchvision's nets are 1.0 only")
-  parser.add_argument("--devices", type=comma_list(int), default="1",
-                      help="mesh sizes to run each config on, comma-separated (the first "
-                      "N devices; simulate CPU devices with XLA_FLAGS="
-                      "--xla_force_host_platform_device_count=N)")
-  parser.add_argument("--sharding", choices=tuple(sharding_lib.PRESETS),
-                      default="replicated", help="a preset of vgg_jax.sharding")
-  parser.add_argument("--model_axis", type=int, default=1,
-                      help="devices on the mesh's model axis (for --sharding tensor)")
+  parser.add_argument(
+    "--dtype",
+    choices=("bfloat16", "float32"),
+    default="bfloat16",
+    help="compute dtype (parameters stay float32)",
+  )
+  parser.add_argument(
+    "--width", type=float, default=1.0, help="width multiplier; torchvision's nets are 1.0 only"
+  )
+  parser.add_argument(
+    "--devices",
+    type=comma_list(int),
+    default="1",
+    help="mesh sizes to run each config on, comma-separated (the first "
+    "N devices; simulate CPU devices with XLA_FLAGS="
+    "--xla_force_host_platform_device_count=N)",
+  )
+  parser.add_argument(
+    "--sharding",
+    choices=tuple(sharding_lib.PRESETS),
+    default="replicated",
+    help="a preset of vgg_jax.sharding",
+  )
+  parser.add_argument(
+    "--model_axis",
+    type=int,
+    default=1,
+    help="devices on the mesh's model axis (for --sharding tensor)",
+  )
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
   parser.add_argument("--steps", type=int, default=10, help="steps per timed window")
   parser.add_argument("--windows", type=int, default=3, help="timed windows (median)")
-  parser.add_argument("--peak_flops", type=float, default=None,
-                      help="peak FLOP/s per chip for MFU (default: by device kind)")
-  parser.add_argument("--baseline", choices=("none", "torch"), default="none",
-                      help="also time torchvision's network in this process")
-  parser.add_argument("--no_torch_compile", action="store_true",
-                      help="time torch eagerly only (torch.compile can take minutes)")
+  parser.add_argument(
+    "--peak_flops",
+    type=float,
+    default=None,
+    help="peak FLOP/s per chip for MFU (default: by device kind)",
+  )
+  parser.add_argument(
+    "--baseline",
+    choices=("none", "torch"),
+    default="none",
+    help="also time torchvision's network in this process",
+  )
+  parser.add_argument(
+    "--no_torch_compile",
+    action="store_true",
+    help="time torch eagerly only (torch.compile can take minutes)",
+  )
   parser.add_argument("--out", default="", help="write throughput.json and .md here")
   return parser.parse_args(argv)
 
@@ -489,8 +701,9 @@ def write(result: dict, out: str) -> None:
 def main(argv=None) -> dict:
   """Writes --out after each config, so a run stopped early keeps the rows it has."""
   args = parse_args(argv)
-  result = benchmark(args, (lambda partial: write(partial, args.out)) if args.out else
-                     (lambda partial: None))
+  result = benchmark(
+    args, (lambda partial: write(partial, args.out)) if args.out else (lambda partial: None)
+  )
   print(markdown(result))
   assert sys.modules.get("tensorflow") is None, "the benchmark imported TensorFlow"
   return result

@@ -19,15 +19,22 @@ from vgg_jax.scale import Scale
 
 
 def get_config(arg: str = ""):
-  arg = config_lib.parse_arg(arg, model="A", S="256", seed=0, data_dir="", init="paper",
-                             runlocal=False)
+  arg = config_lib.parse_arg(
+    arg, model="A", S="256", seed=0, data_dir="", init="paper", runlocal=False
+  )
   c = config_lib.base_config()
   c.seed = arg.seed
   c.model.name = arg.model
   c.model.init = arg.init
   s = Scale.parse(arg.S)
-  c.data.update(name="imagenet2012", data_dir=arg.data_dir, scale=tuple(s), crop=224,
-                eval_scale=s.mid, eval_crop=224)  # Q = S, or 384 for [256,512]
+  c.data.update(
+    name="imagenet2012",
+    data_dir=arg.data_dir,
+    scale=tuple(s),
+    crop=224,
+    eval_scale=s.mid,
+    eval_crop=224,
+  )  # Q = S, or 384 for [256,512]
   c.evaluations = config_lib.paper_evaluations(s)  # on ILSVRC's validation set
   if s == paper.S384:
     c.optim.lr = 1e-3  # S=384 is fine-tuned from S=256 with a lower initial LR
@@ -41,5 +48,4 @@ def get_config(arg: str = ""):
 def sweep(arg: str = ""):
   """Table 3's runs, chained as in the paper (see `sweep_lib.table3_sweep`):
   python launch.py sweep --config THIS_FILE:seeds=3 --workdir ROOT"""
-  return sweep_lib.table3_sweep(arg, scales=paper.STAND_INS["imagenet2012"],
-                                runlocal=False)
+  return sweep_lib.table3_sweep(arg, scales=paper.STAND_INS["imagenet2012"], runlocal=False)

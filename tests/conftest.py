@@ -10,8 +10,9 @@ from vgg_jax import xla_flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "jax")
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+os.environ["XLA_FLAGS"] = (
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 xla_flags.apply_cpu_defaults()  # as every entry point does; VGG_JAX_XLA_CPU_DEFAULTS=0: off
 
 # torchvision's native libraries crash the process when loaded after TensorFlow's (the
@@ -29,8 +30,11 @@ from vgg_jax import data  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION = os.path.join(ROOT, "experiments", "fashion_mnist.py")
 
-HAS_FASHION_MNIST = all(os.path.exists(os.path.join(data.FASHION_MNIST_DIR, f))
-                        for files in data.FASHION_MNIST_FILES.values() for f in files)
+HAS_FASHION_MNIST = all(
+  os.path.exists(os.path.join(data.FASHION_MNIST_DIR, f))
+  for files in data.FASHION_MNIST_FILES.values()
+  for f in files
+)
 NO_FASHION_MNIST = "needs `apt-get install dataset-fashion-mnist` (setup.sh installs it)"
 needs_fashion_mnist = pytest.mark.skipif(not HAS_FASHION_MNIST, reason=NO_FASHION_MNIST)
 
@@ -63,22 +67,43 @@ def free_port() -> int:
 # ------------------------------------------------------------------- sweeps and reports
 
 SWEEP_TINY = {  # a sweep run's overrides: 4 steps of a 1/16-width net
-    "model.width": 0.0625, "optim.batch_size": 32, "optim.max_steps": 4,
-    "data.eval_split": "test[:64]", "mesh": (("data", 1), ("model", 1)),
-    "evaluations": ("dense@@test[:64]", "dense@table4@test[:64]")}
+  "model.width": 0.0625,
+  "optim.batch_size": 32,
+  "optim.max_steps": 4,
+  "data.eval_split": "test[:64]",
+  "mesh": (("data", 1), ("model", 1)),
+  "evaluations": ("dense@@test[:64]", "dense@table4@test[:64]"),
+}
 
 
-def write_run(root, name: str, seed: int, results: list[dict], init: str = "glorot",
-              crop: int = 32):
+def write_run(
+  root, name: str, seed: int, results: list[dict], init: str = "glorot", crop: int = 32
+):
   """A run directory as a sweep leaves it: config.json and eval/*.json."""
   os.makedirs(root / name / "eval")
-  (root / name / "config.json").write_text(json.dumps(
-      dict(seed=seed, data=dict(name="fashion_mnist", crop=crop), model=dict(init=init))))
+  (root / name / "config.json").write_text(
+    json.dumps(dict(seed=seed, data=dict(name="fashion_mnist", crop=crop), model=dict(init=init)))
+  )
   for i, result in enumerate(results):
     (root / name / "eval" / f"{i}.json").write_text(json.dumps(result))
 
 
-def result(config: str, s: str, q: list[int], protocol: str, top1: float, top5: float,
-           models: int = 1, split: str = "test", count: int = 10_000) -> dict:
-  return dict(models=[dict(config=config, S=s, Q=q)] * models, protocol=protocol,
-              split=split, count=count, top1_err=top1, top5_err=top5)
+def result(
+  config: str,
+  s: str,
+  q: list[int],
+  protocol: str,
+  top1: float,
+  top5: float,
+  models: int = 1,
+  split: str = "test",
+  count: int = 10_000,
+) -> dict:
+  return dict(
+    models=[dict(config=config, S=s, Q=q)] * models,
+    protocol=protocol,
+    split=split,
+    count=count,
+    top1_err=top1,
+    top5_err=top5,
+  )

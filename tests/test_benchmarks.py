@@ -21,8 +21,18 @@ from conftest import ROOT, needs_fashion_mnist
 from vgg_jax import config as config_lib
 from vgg_jax import train
 
-TINY = ["--resolution", "32", "--dtype", "float32", "--warmup", "1", "--steps", "2",
-        "--windows", "1"]
+TINY = [
+  "--resolution",
+  "32",
+  "--dtype",
+  "float32",
+  "--warmup",
+  "1",
+  "--steps",
+  "2",
+  "--windows",
+  "1",
+]
 
 
 def has_torch() -> bool:
@@ -32,8 +42,21 @@ def has_torch() -> bool:
 @pytest.fixture(scope="module")
 def tiny():
   """A and C at 1/8 width on 1 and 2 devices, torch asked for (it has no such nets)."""
-  args = throughput.parse_args(["--configs", "A,C", "--width", "0.125", "--batch", "8",
-                                "--devices", "1,2", "--baseline", "torch", *TINY])
+  args = throughput.parse_args(
+    [
+      "--configs",
+      "A,C",
+      "--width",
+      "0.125",
+      "--batch",
+      "8",
+      "--devices",
+      "1,2",
+      "--baseline",
+      "torch",
+      *TINY,
+    ]
+  )
   return throughput.benchmark(args)
 
 
@@ -62,15 +85,19 @@ def test_markdown_has_a_row_per_config_and_framework(tiny):
 @pytest.mark.skipif(not has_torch(), reason="torch/torchvision not installed")
 def test_torch_rows_say_why_they_were_not_run(tiny):
   notes = {(r["framework"], r["config"]): r["note"] for r in tiny["rows"]}
-  assert notes["torch eager", "A"] == notes["torch.compile", "A"] == (
-      "torchvision has full-width nets only")
+  assert (
+    notes["torch eager", "A"]
+    == notes["torch.compile", "A"]
+    == ("torchvision has full-width nets only")
+  )
   assert notes["torch eager", "C"] == "no torchvision model for C"
 
 
 @pytest.mark.skipif(not has_torch(), reason="torch/torchvision not installed")
 def test_torch_eager_baseline_and_ratio():
-  args = throughput.parse_args(["--configs", "A", "--batch", "2", "--baseline", "torch",
-                                "--no_torch_compile", *TINY])
+  args = throughput.parse_args(
+    ["--configs", "A", "--batch", "2", "--baseline", "torch", "--no_torch_compile", *TINY]
+  )
   ours, eager = throughput.benchmark(args)["rows"]
   assert (ours["framework"], eager["framework"]) == ("vgg_jax", "torch eager")
   assert eager["note"] == "vgg11" and eager["img_s"] > 0
@@ -85,26 +112,42 @@ def test_without_torch_the_baseline_is_skipped_with_a_message(monkeypatch, tiny)
   assert message in throughput.markdown(dict(tiny, notes=[message]))
 
 
-@pytest.mark.parametrize("kind,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12),
-                                       ("NVIDIA A100-SXM4-80GB", 312e12), ("TPU v4", 275e12),
-                                       ("TPU v5", 459e12), ("TPU v5p", 459e12),
-                                       ("TPU v5 lite", None), ("cpu", None)])
+@pytest.mark.parametrize(
+  "kind,peak",
+  [
+    ("NVIDIA H100 80GB HBM3", 989e12),
+    ("NVIDIA H200", 989e12),
+    ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("TPU v4", 275e12),
+    ("TPU v5", 459e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", None),
+    ("cpu", None),
+  ],
+)
 def test_peak_flops_by_device_kind(kind, peak):
   assert throughput.peak_flops(kind) == peak
 
 
-@pytest.mark.parametrize("synthetic", [
-    pytest.param(False, marks=needs_fashion_mnist),
-    pytest.param(True, marks=pytest.mark.slow)])  # the GPU route; the loop is the same
+@pytest.mark.parametrize(
+  "synthetic",
+  [pytest.param(False, marks=needs_fashion_mnist), pytest.param(True, marks=pytest.mark.slow)],
+)  # the GPU route; the loop is the same
 def test_loop_efficiency_is_a_ratio(tmp_path, synthetic):
   config = config_lib.experiment_config("fashion_mnist", "quick,backend=numpy")
   config.model.width = 1 / 16
   config.optim.batch_size = 32
   config.data.eval_split = "test[:64]"
   config.checkpoint.every_steps = 5
-  result = loop_efficiency.measure(config, warmup=2, steps=8, synthetic=synthetic,
-                                   workdir=str(tmp_path / "run"), bare_steps=4,
-                                   bare_windows=1)
+  result = loop_efficiency.measure(
+    config,
+    warmup=2,
+    steps=8,
+    synthetic=synthetic,
+    workdir=str(tmp_path / "run"),
+    bare_steps=4,
+    bare_windows=1,
+  )
   assert 0 < result["ratio"] <= 1.5
   assert result["checkpoints"] == [5, 10]
   assert "ratio" in loop_efficiency.report(result)
@@ -133,10 +176,35 @@ def test_cpu_command_from_a_fresh_clone_prints_the_table(tmp_path):
   tests check the torch.compile rows' format."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = subprocess.run(
-      [sys.executable, "benchmarks/throughput.py", "--configs", "A", "--batch", "8",
-       "--resolution", "32", "--dtype", "float32", "--baseline", "torch", "--no_torch_compile",
-       "--warmup", "1", "--steps", "3", "--windows", "2", "--out", str(tmp_path / "out")],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    [
+      sys.executable,
+      "benchmarks/throughput.py",
+      "--configs",
+      "A",
+      "--batch",
+      "8",
+      "--resolution",
+      "32",
+      "--dtype",
+      "float32",
+      "--baseline",
+      "torch",
+      "--no_torch_compile",
+      "--warmup",
+      "1",
+      "--steps",
+      "3",
+      "--windows",
+      "2",
+      "--out",
+      str(tmp_path / "out"),
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "| vgg_jax | A |" in out.stdout
   if has_torch():
@@ -160,9 +228,22 @@ def test_device_run_smoke_writes_every_part_without_tensorflow(tmp_path):
   out = tmp_path / "out"
   shares = [f"--share={part}={4 * s}" for part, s in device_run.SMOKE_SHARES.items()]
   result = subprocess.run(
-      [sys.executable, "benchmarks/device_run.py", "--smoke", "--out", str(out),
-       "--ablation", "tests/tiny_sweep.py", *shares],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    [
+      sys.executable,
+      "benchmarks/device_run.py",
+      "--smoke",
+      "--out",
+      str(out),
+      "--ablation",
+      "tests/tiny_sweep.py",
+      *shares,
+    ],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1800,
+  )
   log = (out / "log.txt").read_text()
   assert result.returncode == 0, log[-5000:]
   assert len(os.listdir(out)) <= 8  # what comes back from the GPU machine

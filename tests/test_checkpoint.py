@@ -41,12 +41,14 @@ def test_empty_workdir_restores_nothing(tmp_path):
 
 def test_an_error_in_a_message_is_one_line_of_whole_words():
   words = " ".join(f"word{i}" for i in range(60))
-  error = ValueError(f"DATA_LOSS: Error reading params.fc6.kernel: {words} "
-                     f"[tensorstore_spec='{{\"driver\": \"zarr\"}}']\nand a second line")
+  error = ValueError(
+    f"DATA_LOSS: Error reading params.fc6.kernel: {words} "
+    f'[tensorstore_spec=\'{{"driver": "zarr"}}\']\nand a second line'
+  )
   text = ckpt_lib.brief(error)
   assert text.startswith("ValueError: DATA_LOSS: Error reading params.fc6.kernel: word0 ")
   assert text.endswith(" ...") and len(text) <= 220 and "\n" not in text
-  body = text[len("ValueError: "):-len(" ...")]
+  body = text[len("ValueError: ") : -len(" ...")]
   assert str(error)[len(body)] == " "  # cut between words
   short = ckpt_lib.brief(ValueError("checksum mismatch [tensorstore_spec='{...}']"))
   assert short == "ValueError: checksum mismatch"
@@ -54,8 +56,12 @@ def test_an_error_in_a_message_is_one_line_of_whole_words():
 
 def test_a_full_disk_is_recognised_however_it_is_wrapped():
   assert ckpt_lib.no_space(OSError(errno.ENOSPC, "No space left on device"))
-  assert ckpt_lib.no_space(ValueError("RESOURCE_EXHAUSTED: Failed to write 40364 bytes: No "
-                                      "space left on device [os_error_code='28']"))
+  assert ckpt_lib.no_space(
+    ValueError(
+      "RESOURCE_EXHAUSTED: Failed to write 40364 bytes: No "
+      "space left on device [os_error_code='28']"
+    )
+  )
   try:
     try:
       raise OSError(errno.ENOSPC, "disk full")

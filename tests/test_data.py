@@ -50,9 +50,16 @@ STATS3 = data.Stats(np.float32([100, 110, 120]), np.float32([3, 2, 1]), ROTATION
 # ----------------------------------------------------------------------------- tf ops
 
 
-@pytest.mark.parametrize("h, w, s, expected", [
-    (300, 500, 256, (256, 426)), (500, 300, 256, (426, 256)), (333, 333, 224, (224, 224)),
-    (28, 37, 32, (32, 42)), (301, 257, 384, (449, 384))])
+@pytest.mark.parametrize(
+  "h, w, s, expected",
+  [
+    (300, 500, 256, (256, 426)),
+    (500, 300, 256, (426, 256)),
+    (333, 333, 224, (224, 224)),
+    (28, 37, 32, (32, 42)),
+    (301, 257, 384, (449, 384)),
+  ],
+)
 def test_rescale_sets_shortest_side_and_keeps_aspect(h, w, s, expected):
   image = tf.zeros([h, w, 3], tf.uint8)
   out = both_modes(lambda x: data_tf.rescale(x, s), image)
@@ -64,7 +71,8 @@ def test_rescale_sets_shortest_side_and_keeps_aspect(h, w, s, expected):
 def test_jittered_scale_is_uniform_over_the_range():
   lo, hi = 256, 512
   ds = tf.data.Dataset.range(3000).map(
-      lambda i: data_tf.sample_scale((lo, hi), tf.stack([tf.constant(3, tf.int64), i])))
+    lambda i: data_tf.sample_scale((lo, hi), tf.stack([tf.constant(3, tf.int64), i]))
+  )
   s = np.fromiter(ds.as_numpy_iterator(), int)
   assert lo <= s.min() <= lo + 5 and hi - 5 <= s.max() <= hi
   assert abs(s.mean() - (lo + hi) / 2) < 6  # standard error 1.4
@@ -80,7 +88,7 @@ def test_random_crop_is_an_in_bounds_window():
     crop = both_modes(lambda x: data_tf.random_crop(x, 224, seed(i)), image)
     assert crop.shape == (224, 224, 3)
     y, x = int(crop[0, 0, 0]), int(crop[0, 0, 1])
-    np.testing.assert_array_equal(crop, image.numpy()[y:y + 224, x:x + 224])
+    np.testing.assert_array_equal(crop, image.numpy()[y : y + 224, x : x + 224])
     offsets.add((y, x))
   assert len(offsets) > 15
 
@@ -112,8 +120,11 @@ def test_lighting_adds_the_pca_vector_for_a_fixed_alpha():
   np.testing.assert_allclose(jax_out, out, atol=1e-6)
 
 
-@pytest.mark.parametrize("stats", [STATS3, data.Stats(np.float32([70]), np.float32([90]),
-                                                      np.float32([[1]]))], ids=["rgb", "gray"])
+@pytest.mark.parametrize(
+  "stats",
+  [STATS3, data.Stats(np.float32([70]), np.float32([90]), np.float32([[1]]))],
+  ids=["rgb", "gray"],
+)
 def test_random_lighting_draws_alpha_with_the_given_std(stats):
   c = len(stats.eigval)
   images = tf.zeros([4000, 1, 1, c])
@@ -140,12 +151,13 @@ def test_pad_to_centres_the_image():
 # ------------------------------------------------------------------------- JAX vs TF
 
 
-@pytest.mark.parametrize("hw, s, offset, crop", [((37, 53), 45, (3, 11), 40),
-                                                 ((32, 32), 32, (0, 0), 32),
-                                                 ((300, 200), 150, (40, 9), 128)])
+@pytest.mark.parametrize(
+  "hw, s, offset, crop",
+  [((37, 53), 45, (3, 11), 40), ((32, 32), 32, (0, 0), 32), ((300, 200), 150, (40, 9), 128)],
+)
 def test_jax_rescale_crop_matches_tf(hw, s, offset, crop):
   image = np.random.default_rng(1).integers(0, 256, hw + (3,)).astype(np.uint8)
-  tf_out = data_tf.rescale(image, s)[offset[0]:offset[0] + crop, offset[1]:offset[1] + crop]
+  tf_out = data_tf.rescale(image, s)[offset[0] : offset[0] + crop, offset[1] : offset[1] + crop]
   jax_out = data.rescale_crop(image[None], np.int32([s]), np.int32([offset]), crop)[0]
   np.testing.assert_allclose(jax_out, tf_out, atol=1e-2)  # float32 sums on 0-255 values
 
@@ -154,8 +166,9 @@ def test_jax_augment_batch_draws_in_range():
   images = np.stack([position_image(32, 32)] * 256)
   stats = data.Stats(np.zeros(3, np.float32), np.zeros(3, np.float32), np.eye(3, dtype=np.float32))
   keys = jax.random.split(jax.random.key(0), 256)
-  out = np.asarray(data.augment_batch(keys, images, stats, scale=(32, 32), crop=24, flip=True,
-                                      pca_std=0.0))
+  out = np.asarray(
+    data.augment_batch(keys, images, stats, scale=(32, 32), crop=24, flip=True, pca_std=0.0)
+  )
   assert out.shape == (256, 24, 24, 3)
   top = np.round(out[:, 0, 0, 0])
   left = np.round(out[:, 0, [0, -1], 1].min(1))  # the window's left edge, flipped or not
@@ -169,8 +182,9 @@ def test_jax_scale_jitter_is_uniform_over_the_range():
   images = np.stack([position_image(32, 32)] * 2000)
   stats = data.Stats(np.zeros(3, np.float32), np.zeros(3, np.float32), np.eye(3, dtype=np.float32))
   keys = jax.random.split(jax.random.key(1), 2000)
-  out = np.asarray(data.augment_batch(keys, images, stats, scale=(32, 64), crop=32, flip=False,
-                                      pca_std=0.0))
+  out = np.asarray(
+    data.augment_batch(keys, images, stats, scale=(32, 64), crop=32, flip=False, pca_std=0.0)
+  )
   s = np.round(32 / (out[:, 16, 16, 1] - out[:, 16, 15, 1]))
   assert s.min() == 32 and s.max() == 64 and abs(s.mean() - 48) < 1
 
@@ -181,19 +195,22 @@ def test_jax_scale_jitter_is_uniform_over_the_range():
 def test_compute_stats_matches_numpy():
   rng = np.random.default_rng(0)
   pixels = rng.normal(size=(5000, 3)) @ np.array([[40, 0, 0], [20, 10, 0], [5, 5, 3]]) + 100
-  stats = data.compute_stats(data.pixel_moments(pixels[i:i + 999]) for i in range(0, 5000, 999))
+  stats = data.compute_stats(data.pixel_moments(pixels[i : i + 999]) for i in range(0, 5000, 999))
   np.testing.assert_allclose(stats.mean, pixels.mean(0))
   cov = np.cov(pixels.T, bias=True)
   # eigval is the AlexNet convention: eigenvalues of cov(pixels / 255), times 255.
-  np.testing.assert_allclose(stats.eigvec @ np.diag(stats.eigval * 255) @ stats.eigvec.T,
-                             cov, rtol=1e-9)
+  np.testing.assert_allclose(
+    stats.eigvec @ np.diag(stats.eigval * 255) @ stats.eigvec.T, cov, rtol=1e-9
+  )
   assert np.all(np.diff(stats.eigval) < 0)
 
 
 def test_committed_stats_file():
   table = json.load(open(data.STATS_PATH))
-  assert table["imagenet2012"]["computed"] is False and "fb.resnet.torch" in table[
-      "imagenet2012"]["source"]
+  assert (
+    table["imagenet2012"]["computed"] is False
+    and "fb.resnet.torch" in table["imagenet2012"]["source"]
+  )
   imagenet = data.load_stats("imagenet2012")
   np.testing.assert_allclose(imagenet.mean, [123.68, 116.779, 103.939])
   np.testing.assert_allclose(imagenet.eigval, np.array([0.2175, 0.0188, 0.0045]) * 255, rtol=1e-6)
@@ -244,8 +261,11 @@ def test_parse_split():
 def test_to_global_shards_the_batch():
   mesh = jax.make_mesh((jax.device_count(),), ("data",))
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  batch = {"image": np.ones((16, 4, 4, 1), np.float32), "label": np.arange(16, dtype=np.int32),
-           "mask": np.ones(16, bool)}
+  batch = {
+    "image": np.ones((16, 4, 4, 1), np.float32),
+    "label": np.arange(16, dtype=np.int32),
+    "mask": np.ones(16, bool),
+  }
   out = data.to_global(batch, sharding)
   assert out["image"].shape == (16, 4, 4, 1) and out["image"].sharding == sharding
   np.testing.assert_array_equal(out["label"], batch["label"])
@@ -267,16 +287,18 @@ def test_mock_imagenet_gives_224_crops(tmp_path):
     assert [b["mask"].sum() for b in batches] == [16, 8] and val.image_shape == (256, 256, 3)
     # Mock images are 5-49 pixels a side, odd sizes included: S must still be S.
     ds = tfds.load("imagenet2012", split="train", data_dir=str(tmp_path)).repeat(20).enumerate()
-    sides = ds.map(lambda i, ex: tf.shape(data_tf.rescale(
-        ex["image"], data_tf.sample_scale(cfg.scale, seed(i))))[:2])
+    sides = ds.map(
+      lambda i, ex: tf.shape(
+        data_tf.rescale(ex["image"], data_tf.sample_scale(cfg.scale, seed(i)))
+      )[:2]
+    )
     sizes = np.stack(list(sides.as_numpy_iterator()))
   short = sizes.min(1)
   assert 256 <= short.min() and short.max() <= 512 and abs(short.mean() - 384) < 12
 
 
 def test_missing_imagenet_says_what_tfds_needs(tmp_path):
-  cfg = data.default_config(name="imagenet2012", data_dir=str(tmp_path),
-                            manual_dir=str(tmp_path))
+  cfg = data.default_config(name="imagenet2012", data_dir=str(tmp_path), manual_dir=str(tmp_path))
   with pytest.raises(RuntimeError, match="ILSVRC2012_img_train.tar"):
     data.make_pipeline(cfg, train=True, global_batch_size=8)
 
@@ -290,8 +312,16 @@ def fm_cfg(tmp_path_factory):
   if not HAS_FASHION_MNIST:
     pytest.skip(NO_FASHION_MNIST)
   cfg = data.default_config(
-      name="fashion_mnist", data_dir=str(tmp_path_factory.mktemp("tfds")), eval_split="test",
-      scale=32, crop=32, eval_scale=32, pad_to=32, cache=True, shuffle_buffer=1024)
+    name="fashion_mnist",
+    data_dir=str(tmp_path_factory.mktemp("tfds")),
+    eval_split="test",
+    scale=32,
+    crop=32,
+    eval_scale=32,
+    pad_to=32,
+    cache=True,
+    shuffle_buffer=1024,
+  )
   data_tf.prepared_builder(cfg)
   return cfg
 
@@ -320,12 +350,17 @@ def copy(cfg, **changes):
 @pytest.mark.parametrize("backend", ["tfds", "numpy"])
 def test_exact_eval_counts_every_example_once(fm_cfg, backend):
   cfg = copy(fm_cfg, backend=backend)
-  whole = data.make_pipeline(cfg, train=False, global_batch_size=64, split="test[:1003]",
-                             process_index=0, process_count=1)
+  whole = data.make_pipeline(
+    cfg, train=False, global_batch_size=64, split="test[:1003]", process_index=0, process_count=1
+  )
   reference = np.concatenate([b["image"][b["mask"]] for b in whole])
   assert whole.num_examples == 1003 and whole.steps == 16 and len(reference) == 1003
-  parts = [data.make_pipeline(cfg, train=False, global_batch_size=64, split="test[:1003]",
-                              process_index=i, process_count=2) for i in range(2)]
+  parts = [
+    data.make_pipeline(
+      cfg, train=False, global_batch_size=64, split="test[:1003]", process_index=i, process_count=2
+    )
+    for i in range(2)
+  ]
   batches = [list(p) for p in parts]
   assert [p.steps for p in parts] == [16, 16] and [len(b) for b in batches] == [16, 16]
   assert all(b["image"].shape == (32, 32, 32, 1) for bs in batches for b in bs)
@@ -341,8 +376,9 @@ def test_numpy_and_tfds_give_the_same_eval_images(fm_cfg, eval_scale):
   cfg = copy(fm_cfg, eval_scale=eval_scale, eval_crop=32)
   out = {}
   for backend in ("tfds", "numpy"):
-    pipe = data.make_pipeline(copy(cfg, backend=backend), train=False, global_batch_size=100,
-                              split="test[:300]")
+    pipe = data.make_pipeline(
+      copy(cfg, backend=backend), train=False, global_batch_size=100, split="test[:300]"
+    )
     out[backend] = np.concatenate([b["image"] for b in pipe])
   np.testing.assert_allclose(out["numpy"], out["tfds"], atol=2e-3)
 
@@ -355,8 +391,9 @@ def test_training_epoch_pairs_images_with_labels(fm_cfg, backend):
   assert pipe.steps == 4 and pipe.num_examples == 256
   batches = [b for _, b in zip(range(4), pipe)]
   images, labels = data.load_idx_numpy("", "train")
-  expected = data.pad_images(images[:256], 32).astype(np.float32) - data.load_stats(
-      "fashion_mnist").mean
+  expected = (
+    data.pad_images(images[:256], 32).astype(np.float32) - data.load_stats("fashion_mnist").mean
+  )
   got = np.concatenate([b["image"] for b in batches])
   index = [np.flatnonzero((expected == g).all((1, 2, 3)))[0] for g in got]
   assert sorted(index) == list(range(256))
@@ -368,8 +405,9 @@ def test_training_batches_are_seeded(fm_cfg, backend):
   cfg = copy(fm_cfg, backend=backend, scale=(32, 48), shuffle_buffer=512)
 
   def first(seed, n=2):
-    pipe = data.make_pipeline(cfg, train=True, global_batch_size=64, split="train[:1024]",
-                              seed=seed)
+    pipe = data.make_pipeline(
+      cfg, train=True, global_batch_size=64, split="train[:1024]", seed=seed
+    )
     return np.stack([b["image"] for _, b in zip(range(n), pipe)])
 
   a, b, c = first(0), first(0), first(1)
@@ -394,8 +432,9 @@ def test_numpy_training_stream_is_the_same_for_any_process_count(fm_cfg):
   """Two processes yield the two halves of the one-process global batch, augmentation
   included, so multi-process runs (and resumes on another host count) are exact."""
   cfg = copy(fm_cfg, backend="numpy")
-  make = functools.partial(data.make_pipeline, cfg, train=True, global_batch_size=64,
-                           split="train[:130]", seed=3)
+  make = functools.partial(
+    data.make_pipeline, cfg, train=True, global_batch_size=64, split="train[:130]", seed=3
+  )
   parts = [make(process_index=i, process_count=2) for i in range(2)]
   whole = make(process_index=0, process_count=1)
   assert [(p.num_examples, p.steps, p.local_batch_size) for p in parts] == [(130, 2, 32)] * 2
@@ -409,8 +448,12 @@ def test_numpy_training_stream_is_the_same_for_any_process_count(fm_cfg):
 
 def test_tfds_training_processes_get_disjoint_shards(fm_cfg):
   cfg = copy(fm_cfg, flip=False, pca_std=0.0)
-  parts = [data.make_pipeline(cfg, train=True, global_batch_size=64, split="train[:130]",
-                              process_index=i, process_count=2) for i in range(2)]
+  parts = [
+    data.make_pipeline(
+      cfg, train=True, global_batch_size=64, split="train[:130]", process_index=i, process_count=2
+    )
+    for i in range(2)
+  ]
   assert [(p.num_examples, p.steps) for p in parts] == [(130, 2)] * 2
   images = [next(iter(p))["image"].reshape(32, -1) for p in parts]
   assert not (images[0][:, None] == images[1][None]).all(-1).any()
@@ -418,8 +461,9 @@ def test_tfds_training_processes_get_disjoint_shards(fm_cfg):
 
 def test_missing_fashion_mnist_files_say_apt_get(tmp_path):
   for backend in ("numpy", "tfds"):
-    cfg = data.default_config(name="fashion_mnist", backend=backend, data_dir=str(tmp_path),
-                              manual_dir=str(tmp_path))
+    cfg = data.default_config(
+      name="fashion_mnist", backend=backend, data_dir=str(tmp_path), manual_dir=str(tmp_path)
+    )
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
       data.make_pipeline(cfg, train=False, global_batch_size=8, split="test")
 
@@ -427,8 +471,11 @@ def test_missing_fashion_mnist_files_say_apt_get(tmp_path):
 def run_without_tensorflow(code: str):
   """`code` in a fresh interpreter where importing TensorFlow fails, as on the GPU
   machine; it must not have been imported at the end either."""
-  code = ("import sys\nsys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
-          + code + "\nassert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None")
+  code = (
+    "import sys\nsys.modules['tensorflow'] = sys.modules['tensorflow_datasets'] = None\n"
+    + code
+    + "\nassert 'tensorflow' not in sys.modules or sys.modules['tensorflow'] is None"
+  )
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = {**os.environ, "PYTHONPATH": root}
   subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root, timeout=300)
@@ -438,32 +485,42 @@ def run_without_tensorflow(code: str):
 @pytest.mark.parametrize("backend", ["numpy", "device"])
 def test_numpy_and_device_backends_never_import_tensorflow(backend):
   run_without_tensorflow(
-      "from vgg_jax import data\n"
-      f"cfg = data.default_config(name='fashion_mnist', backend='{backend}', scale=(32, 48),"
-      " crop=32, pad_to=32)\n"
-      "batch = next(iter(data.make_pipeline(cfg, train=True, global_batch_size=8,"
-      " split='train[:64]')))\n"
-      "assert batch['image'].shape == (8, 32, 32, 1)\n")
+    "from vgg_jax import data\n"
+    f"cfg = data.default_config(name='fashion_mnist', backend='{backend}', scale=(32, 48),"
+    " crop=32, pad_to=32)\n"
+    "batch = next(iter(data.make_pipeline(cfg, train=True, global_batch_size=8,"
+    " split='train[:64]')))\n"
+    "assert batch['image'].shape == (8, 32, 32, 1)\n"
+  )
 
 
 @needs_fashion_mnist
 def test_training_on_the_device_backend_never_imports_tensorflow(tmp_path):
   run_without_tensorflow(
-      "from vgg_jax import config, train\n"
-      "c = config.experiment_config('fashion_mnist', 'quick,backend=device')\n"
-      "c.model.width = 1 / 16\n"
-      "c.optim.update(batch_size=32, max_steps=2)\n"
-      "c.data.eval_split = 'test[:64]'\n"
-      f"_, result = train.train_and_evaluate(c, {str(tmp_path)!r})\n"
-      "assert result['val_count'] == 64, result\n")
+    "from vgg_jax import config, train\n"
+    "c = config.experiment_config('fashion_mnist', 'quick,backend=device')\n"
+    "c.model.width = 1 / 16\n"
+    "c.optim.update(batch_size=32, max_steps=2)\n"
+    "c.data.eval_split = 'test[:64]'\n"
+    f"_, result = train.train_and_evaluate(c, {str(tmp_path)!r})\n"
+    "assert result['val_count'] == 64, result\n"
+  )
 
 
 # --------------------------------------------------------------------- device backend
 
 
 def device_cfg(**changes):
-  return data.default_config(name="fashion_mnist", backend="device", scale=(32, 48), crop=32,
-                             eval_scale=40, eval_crop=32, pad_to=32, **changes)
+  return data.default_config(
+    name="fashion_mnist",
+    backend="device",
+    scale=(32, 48),
+    crop=32,
+    eval_scale=40,
+    eval_crop=32,
+    pad_to=32,
+    **changes,
+  )
 
 
 def on_devices(n):
@@ -479,12 +536,16 @@ def test_device_batches_are_the_numpy_backends():
   """Same (seed, step), same batch: the same indices, keys and jnp functions; 8 devices
   against the host's one (another device count only regroups per-example work)."""
   cfg = device_cfg()
-  make = functools.partial(data.make_pipeline, train=True, global_batch_size=64,
-                           split="train[:200]", seed=5)  # epochs straddle batches
+  make = functools.partial(
+    data.make_pipeline, train=True, global_batch_size=64, split="train[:200]", seed=5
+  )  # epochs straddle batches
   device = make(cfg, sharding=on_devices(8))
   numpy = make(copy(cfg, backend="numpy"))
-  assert (device.steps, device.num_examples, device.image_shape) == (
-      numpy.steps, numpy.num_examples, numpy.image_shape) == (3, 200, (32, 32, 1))
+  assert (
+    (device.steps, device.num_examples, device.image_shape)
+    == (numpy.steps, numpy.num_examples, numpy.image_shape)
+    == (3, 200, (32, 32, 1))
+  )
   for step, (a, b) in enumerate(zip(device.iter_from(2), numpy.iter_from(2))):
     assert a["image"].sharding == on_devices(8)
     np.testing.assert_allclose(np.asarray(a["image"]), b["image"], atol=1e-4)
@@ -492,9 +553,10 @@ def test_device_batches_are_the_numpy_backends():
     assert np.asarray(a["mask"]).all()
     if step == 2:
       break
-  evals = [list(data.make_pipeline(c, train=False, global_batch_size=64, split="test[:203]",
-                                   **kw)) for c, kw in [(cfg, dict(sharding=on_devices(8))),
-                                                        (copy(cfg, backend="numpy"), {})]]
+  evals = [
+    list(data.make_pipeline(c, train=False, global_batch_size=64, split="test[:203]", **kw))
+    for c, kw in [(cfg, dict(sharding=on_devices(8))), (copy(cfg, backend="numpy"), {})]
+  ]
   assert len(evals[0]) == len(evals[1]) == 4
   for a, b in zip(*evals):
     for key in ("image", "label", "mask"):
@@ -504,8 +566,9 @@ def test_device_batches_are_the_numpy_backends():
 
 @needs_fashion_mnist
 def test_device_batches_do_not_depend_on_the_device_count_and_resume_anywhere():
-  make = functools.partial(data.make_pipeline, device_cfg(), train=True,
-                           global_batch_size=32, split="train[:100]", seed=2)
+  make = functools.partial(
+    data.make_pipeline, device_cfg(), train=True, global_batch_size=32, split="train[:100]", seed=2
+  )
   one, eight = make(sharding=on_devices(1)), make(sharding=on_devices(8))
   run = [host(b) for _, b in zip(range(7), one)]
   for a, b in zip(run, eight):
@@ -527,10 +590,10 @@ def test_device_backend_refuses_a_split_that_does_not_fit(monkeypatch):
   monkeypatch.setattr(device_backend, "place", lambda *args: placed.append(args))
   monkeypatch.setattr(device_backend, "memory_limit", lambda device: 60_000 * 32 * 32)
   with pytest.raises(MemoryError, match=r"needs 59 MiB on each chip .* 50% of its 59 MiB"):
-    data.make_pipeline(device_cfg(), train=True, global_batch_size=64,
-                       sharding=on_devices(1))
-  eight = data.make_pipeline(device_cfg(), train=True, global_batch_size=64,
-                             sharding=on_devices(8))  # an eighth of the split fits
+    data.make_pipeline(device_cfg(), train=True, global_batch_size=64, sharding=on_devices(1))
+  eight = data.make_pipeline(
+    device_cfg(), train=True, global_batch_size=64, sharding=on_devices(8)
+  )  # an eighth of the split fits
   assert eight.steps == 60_000 // 64 and not placed  # placed only when iterated
   assert device_backend.split_bytes((60_000, 32, 32, 1), 8) == 7_500 * 1024
 
@@ -539,8 +602,9 @@ def test_device_backend_refuses_a_split_that_does_not_fit(monkeypatch):
 def test_evaluation_protocols_read_and_rescale_alike_on_device():
   """`data.read_split` and `data.rescale_images`, what evaluate.py reads through."""
   cfg = device_cfg()
-  shares = [list(data.read_split(c, "test[:7]", 1, 2, chunk=2))
-            for c in (cfg, copy(cfg, backend="numpy"))]
+  shares = [
+    list(data.read_split(c, "test[:7]", 1, 2, chunk=2)) for c in (cfg, copy(cfg, backend="numpy"))
+  ]
   assert [[len(labels) for _, labels in share] for share in shares] == [[2, 1]] * 2
   for (a, a_labels), (b, b_labels) in zip(*shares):
     np.testing.assert_array_equal(np.stack(a), np.stack(b))
@@ -549,8 +613,9 @@ def test_evaluation_protocols_read_and_rescale_alike_on_device():
   for q in (20, 45):
     out = data.rescale_images(cfg, images, q)
     assert out.shape == (2, q, q, 1)
-    np.testing.assert_allclose(out, data.rescale_images(copy(cfg, backend="numpy"), images, q),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+      out, data.rescale_images(copy(cfg, backend="numpy"), images, q), atol=1e-3
+    )
 
 
 def test_to_global_passes_global_arrays_through():
@@ -568,20 +633,34 @@ def test_device_backend_trains_as_the_numpy_backend_on_8_devices_and_2_processes
   real processes of 2 devices (127.0.0.1), against NumPy input on one device."""
   from tests.test_train import finish, free_port, launch, losses, tiny_config
   from vgg_jax import evaluate, train
+
   _, reference = train.train_and_evaluate(tiny_config(steps=4), str(tmp_path / "ref"))
   eight = tiny_config(steps=4, devices=8, arg="quick,backend=device")
   _, result = train.train_and_evaluate(eight, str(tmp_path / "eight"))
   assert result["val_count"] == reference["val_count"] == 200
   assert result["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-4)
   np.testing.assert_allclose(losses(tmp_path / "eight"), losses(tmp_path / "ref"), rtol=1e-4)
-  dense = [evaluate.evaluate([evaluate.load_trained(str(tmp_path / run))], "dense", "32,40",
-                             split="test[:20]") for run in ("ref", "eight")]
+  dense = [
+    evaluate.evaluate(
+      [evaluate.load_trained(str(tmp_path / run))], "dense", "32,40", split="test[:20]"
+    )
+    for run in ("ref", "eight")
+  ]
   assert dense[0]["count"] == dense[1]["count"] == 20
   assert dense[0]["top5_hits"] == dense[1]["top5_hits"]
   port = free_port()
-  workers = [launch(tmp_path / "two", "quick,backend=device", "--config.optim.max_steps=4",
-                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                    f"--process_id={i}", "--config.mesh=(('data', 4), ('model', 1))",
-                    devices=2) for i in range(2)]
+  workers = [
+    launch(
+      tmp_path / "two",
+      "quick,backend=device",
+      "--config.optim.max_steps=4",
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      "--config.mesh=(('data', 4), ('model', 1))",
+      devices=2,
+    )
+    for i in range(2)
+  ]
   assert "final: top-1 error" in [finish(w) for w in workers][0]
   np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "ref"), rtol=1e-4)

@@ -47,13 +47,13 @@ def images():
 
 def built(image_size=32, width=1 / 16) -> evaluate.Trained:
   """An untrained Fashion-MNIST network on one device, for arithmetic."""
-  cfg = VGGConfig(name="A", num_classes=10, width=width, image_size=image_size,
-                  in_channels=1, init="glorot")
+  cfg = VGGConfig(
+    name="A", num_classes=10, width=width, image_size=image_size, in_channels=1, init="glorot"
+  )
   _, params, batch_stats = nnx.split(VGG(cfg, rngs=nnx.Rngs(1)), nnx.Param, nnx.BatchStat)
   config = tiny_config()
   config.data.update(crop=image_size, scale=(image_size, image_size), eval_scale=image_size)
-  return evaluate.Trained(config, cfg, sharding.make_mesh((("data", 1),)), params,
-                          batch_stats)
+  return evaluate.Trained(config, cfg, sharding.make_mesh((("data", 1),)), params, batch_stats)
 
 
 def noise(*shape, seed=0) -> np.ndarray:
@@ -64,8 +64,10 @@ def test_loads_the_best_checkpoint_else_the_newest(run, trained, tmp_path):
   assert (trained.step, trained.checkpoint) == (4, "best")
   earlier = evaluate.load_trained(run[0], step=2)
   assert (earlier.step, earlier.checkpoint) == (2, "requested")
-  assert not all(np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(earlier.params), jax.tree.leaves(trained.params)))
+  assert not all(
+    np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(earlier.params), jax.tree.leaves(trained.params))
+  )
   unvalidated = str(tmp_path / "run")  # only step 2, saved without metrics
   shutil.copytree(run[0], unvalidated)
   shutil.rmtree(os.path.join(unvalidated, "checkpoints", "4"))
@@ -83,16 +85,18 @@ def test_single_crop_reproduces_the_trainers_validation(run, trained):
 def test_dense_on_a_training_size_image_equals_single_crop(trained):
   runner = evaluate.Runner(trained, batch_size=8)
   batch = noise(8, 32, 32, 1)
-  np.testing.assert_allclose(runner.logits(batch, dense=True),
-                             runner.logits(batch, dense=False), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    runner.logits(batch, dense=True), runner.logits(batch, dense=False), rtol=1e-5, atol=1e-5
+  )
 
 
 def centre_taps(params):
   """Every 3x3 conv kernel zeroed but for its centre tap."""
   tap = jnp.zeros((3, 3, 1, 1)).at[1, 1].set(1.0)
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: x * tap if sharding.path_string(path).startswith("conv") and
-      x.ndim == 4 else x, params)
+    lambda path, x: x * tap if sharding.path_string(path).startswith("conv") and x.ndim == 4 else x,
+    params,
+  )
 
 
 def test_dense_equals_the_average_of_stride_aligned_crops():
@@ -107,15 +111,16 @@ def test_dense_equals_the_average_of_stride_aligned_crops():
   makes its features differ from the whole image's, and the two disagree."""
   full = built(image_size=64)
   image = noise(96, 96, 1)
-  crops = np.stack([image[y:y + 64, x:x + 64] for y in (0, 32) for x in (0, 32)])
+  crops = np.stack([image[y : y + 64, x : x + 64] for y in (0, 32) for x in (0, 32)])
 
   def dense_and_crop_mean(trained):
     runner = evaluate.Runner(trained, batch_size=4)
-    return (runner.logits(np.stack([image] * 4), dense=True)[0],
-            runner.logits(crops, dense=False).mean(0))
+    return (
+      runner.logits(np.stack([image] * 4), dense=True)[0],
+      runner.logits(crops, dense=False).mean(0),
+    )
 
-  dense, mean = dense_and_crop_mean(
-      dataclasses.replace(full, params=centre_taps(full.params)))
+  dense, mean = dense_and_crop_mean(dataclasses.replace(full, params=centre_taps(full.params)))
   np.testing.assert_allclose(dense, mean, rtol=1e-4, atol=1e-6)
   dense, mean = dense_and_crop_mean(full)
   assert not np.allclose(dense, mean, rtol=1e-3, atol=1e-6)
@@ -129,9 +134,10 @@ def test_multicrop_is_a_5x5_grid_with_flips():
   assert len({c.tobytes() for c in crops}) == 25
   np.testing.assert_array_equal(flips, crops[:, :, ::-1])
   for y, x in [(0, 0), (0, 18), (13, 0), (13, 18), (6, 9)]:  # corners, centre
-    assert any(np.array_equal(c, image[y:y + 32, x:x + 32]) for c in crops)
-  np.testing.assert_array_equal(evaluate.views(image, "single", 32, bucket=32)[0],
-                                image[6:38, 9:41])  # the centre crop is the grid's middle
+    assert any(np.array_equal(c, image[y : y + 32, x : x + 32]) for c in crops)
+  np.testing.assert_array_equal(
+    evaluate.views(image, "single", 32, bucket=32)[0], image[6:38, 9:41]
+  )  # the centre crop is the grid's middle
   np.testing.assert_array_equal(evaluate.grid_offsets(50, 32), [0, 4, 9, 13, 18])
 
 
@@ -147,8 +153,12 @@ def test_many_evaluations_in_one_pass_equal_each_alone(trained, monkeypatch):
   """`evaluate_many` (what `launch.py eval --configured` runs) predicts each (view
   kind, Q) once per image, whichever protocols share it, and gives each evaluation the
   counts it has alone, in the order asked."""
-  asked = [("multicrop+dense", "32,40", "test[:6]"), ("dense", "32,40", "test[:6]"),
-           ("multicrop", "32,40", "test[:6]"), ("dense", "", "test[:10]")]
+  asked = [
+    ("multicrop+dense", "32,40", "test[:6]"),
+    ("dense", "32,40", "test[:6]"),
+    ("multicrop", "32,40", "test[:6]"),
+    ("dense", "", "test[:10]"),
+  ]
   scans, scan = [], evaluate.Runner.scan
 
   def counted(self, images, kind, q, bucket):
@@ -159,8 +169,15 @@ def test_many_evaluations_in_one_pass_equal_each_alone(trained, monkeypatch):
   together = evaluate.evaluate_many([trained], asked)
   monkeypatch.undo()
   own_q = trained.config.data.eval_scale
-  assert sorted(scans) == sorted([(6, "multicrop", 32), (6, "multicrop", 40), (6, "dense", 32),
-                                  (6, "dense", 40), (10, "dense", own_q)])
+  assert sorted(scans) == sorted(
+    [
+      (6, "multicrop", 32),
+      (6, "multicrop", 40),
+      (6, "dense", 32),
+      (6, "dense", 40),
+      (10, "dense", own_q),
+    ]
+  )
   keys = ("protocol", "split", "count", "top1_hits", "top5_hits", "views_per_image", "models")
   for result, (protocol, scales, split) in zip(together, asked):
     alone = evaluate.evaluate([trained], protocol, scales, split=split)
@@ -177,25 +194,41 @@ def test_flip_averaging_of_a_symmetric_image_changes_nothing():
   def unflipped(raw):
     """Soft-max of the one image, no flip, averaged over the two scales."""
     padded = np.pad(raw, ((2, 2), (2, 2), (0, 0)))[None]
-    return np.mean([evaluate.softmax(runner.logits(
-        evaluate.views(data.rescale_images(trained.config.data, padded, q)[0],
-                       "dense", 32, 32)[:1], dense=True)) for q in (32, 40)], 0)
+    return np.mean(
+      [
+        evaluate.softmax(
+          runner.logits(
+            evaluate.views(data.rescale_images(trained.config.data, padded, q)[0], "dense", 32, 32)[
+              :1
+            ],
+            dense=True,
+          )
+        )
+        for q in (32, 40)
+      ],
+      0,
+    )
 
-  np.testing.assert_allclose(runner.predict([symmetric], "dense", [32, 40]),
-                             unflipped(symmetric), rtol=1e-5)
-  assert not np.allclose(runner.predict([asymmetric], "dense", [32, 40]),
-                         unflipped(asymmetric), rtol=1e-5)
+  np.testing.assert_allclose(
+    runner.predict([symmetric], "dense", [32, 40]), unflipped(symmetric), rtol=1e-5
+  )
+  assert not np.allclose(
+    runner.predict([asymmetric], "dense", [32, 40]), unflipped(asymmetric), rtol=1e-5
+  )
 
 
 def test_ensembles_average_their_members(run, trained, images):
   raw, labels = images
   step2 = evaluate.load_trained(run[0], step=2)
   wider = built(width=1 / 8)  # another config
-  runners = {name: evaluate.Runner(t, batch_size=8)
-             for name, t in [("step4", trained), ("step2", step2), ("wider", wider)]}
+  runners = {
+    name: evaluate.Runner(t, batch_size=8)
+    for name, t in [("step4", trained), ("step2", step2), ("wider", wider)]
+  }
   alone = {name: r.predict(raw, "dense", [32]) for name, r in runners.items()}
   np.testing.assert_array_equal(
-      evaluate.predict([runners["step4"]], raw, "dense", [[32]]), alone["step4"])
+    evaluate.predict([runners["step4"]], raw, "dense", [[32]]), alone["step4"]
+  )
   for other in ("step2", "wider"):
     pair = evaluate.predict([runners["step4"], runners[other]], raw, "dense", [[32], [32]])
     np.testing.assert_allclose(pair, (alone["step4"] + alone[other]) / 2, rtol=1e-6)
@@ -212,8 +245,10 @@ def test_exact_counting_on_8_devices(run):
   result = evaluate.evaluate([eight], "dense", split=SPLIT)
   assert result["count"] == one["count"] == 203
   assert (result["top1_hits"], result["top5_hits"]) == (one["top1_hits"], one["top5_hits"])
-  shares = [evaluate.evaluate([eight], "dense", split=SPLIT, process_index=i,
-                              process_count=3) for i in range(3)]
+  shares = [
+    evaluate.evaluate([eight], "dense", split=SPLIT, process_index=i, process_count=3)
+    for i in range(3)
+  ]
   assert [s["count"] for s in shares] == [68, 68, 67]
   assert sum(s["top1_hits"] for s in shares) == one["top1_hits"]
 
@@ -237,18 +272,25 @@ def test_both_backends_give_a_process_the_same_chunks_and_views():
   trained = built()
   with_tf = dataclasses.replace(trained, config=trained.config.copy_and_resolve_references())
   with_tf.config.data.backend = "tfds"
-  shares = [list(data.read_split(t.config.data, "test[:7]", 1, 2, chunk=2))
-            for t in (trained, with_tf)]
+  shares = [
+    list(data.read_split(t.config.data, "test[:7]", 1, 2, chunk=2)) for t in (trained, with_tf)
+  ]
   assert [[len(labels) for _, labels in share] for share in shares] == [[2, 1]] * 2
   (numpy_images, numpy_labels), (tfds_images, tfds_labels) = [
-      (np.concatenate([np.stack(images) for images, _ in share]),
-       np.concatenate([labels for _, labels in share])) for share in shares]
+    (
+      np.concatenate([np.stack(images) for images, _ in share]),
+      np.concatenate([labels for _, labels in share]),
+    )
+    for share in shares
+  ]
   np.testing.assert_array_equal(numpy_labels, tfds_labels)
   np.testing.assert_array_equal(numpy_images, tfds_images)
   for q in (20, 32, 37, 45):  # shrinking and enlarging
     np.testing.assert_allclose(
-        evaluate.Runner(with_tf).rescaled(tfds_images, q),
-        evaluate.Runner(trained).rescaled(numpy_images, q), atol=1e-2)
+      evaluate.Runner(with_tf).rescaled(tfds_images, q),
+      evaluate.Runner(trained).rescaled(numpy_images, q),
+      atol=1e-2,
+    )
 
 
 def test_compilations_are_bounded_over_many_image_sizes():
@@ -263,7 +305,12 @@ def test_compilations_are_bounded_over_many_image_sizes():
   probs = runner.predict(raw, "dense", [32])
   assert probs.shape == (12, 10) and np.allclose(probs.sum(1), 1)
   assert {shape[1:3] for shape, _ in runner.programs} == {
-      (32, 32), (32, 64), (64, 32), (32, 96), (96, 32)}
+    (32, 32),
+    (32, 64),
+    (64, 32),
+    (32, 96),
+    (96, 32),
+  }
   assert runner._forward._cache_size() == len(runner.programs) == 5
 
 
@@ -293,8 +340,19 @@ def test_scale_presets():
 
 def test_launch_eval(run):
   out = subprocess.run(
-      [sys.executable, "launch.py", "eval", f"--workdir={run[0]}", "--protocol=single",
-       "--eval_split=test[:10]"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "launch.py",
+      "eval",
+      f"--workdir={run[0]}",
+      "--protocol=single",
+      "--eval_split=test[:10]",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| A | 32 | 32 | single |" in out.stdout
   assert os.path.exists(os.path.join(run[0], "eval", "test_10_single_Q32.json"))
@@ -308,19 +366,34 @@ def test_two_processes_evaluate_as_one(tmp_path):
   config = tiny_config(steps=2)
   config.mesh = (("data", -1), ("model", 1))  # restores onto any job's devices
   train.train_and_evaluate(config, workdir)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
   port = free_port()
-  workers = [subprocess.Popen(
-      [sys.executable, "launch.py", "eval", f"--workdir={workdir}", "--eval_chunk=25",
-       "--scales=32,37", "--eval_split=test[:201]", f"--coordinator_address=127.0.0.1:{port}",
-       "--num_processes=2", f"--process_id={i}"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  workers = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        "launch.py",
+        "eval",
+        f"--workdir={workdir}",
+        "--eval_chunk=25",
+        "--scales=32,37",
+        "--eval_split=test[:201]",
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+      ],
+      env=env,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for i in range(2)
+  ]
   assert "201 test[:201] images" in [finish(w, timeout=120) for w in workers][0]
   with open(os.path.join(workdir, "eval", "test_201_dense_Q32-37.json")) as f:
     two = json.load(f)
-  one = evaluate.evaluate([evaluate.load_trained(workdir)], "dense", "32,37",
-                          split="test[:201]")
+  one = evaluate.evaluate([evaluate.load_trained(workdir)], "dense", "32,37", split="test[:201]")
   keys = ("count", "top1_hits", "top5_hits", "compilations")
   assert {k: two[k] for k in keys} == {k: one[k] for k in keys}
   assert one["count"] == 201
@@ -335,8 +408,7 @@ def test_refuses_an_unknown_protocol_and_scales_below_the_crop():
     runner.predict(image, "dense", [24, 32])
 
 
-def test_evaluates_and_warm_starts_after_the_optimisers_state_changes_shape(run, trained,
-                                                                            tmp_path):
+def test_evaluates_and_warm_starts_after_the_optimisers_state_changes_shape(run, trained, tmp_path):
   """The run was trained with momentum (a trace in its optimiser's state); its config
   now says none, so a training program's state has another shape. Evaluation and a
   warm start read only the weights, and get the trained ones."""
@@ -350,8 +422,9 @@ def test_evaluates_and_warm_starts_after_the_optimisers_state_changes_shape(run,
   config.warm_start.update(workdir=str(workdir), layers="all")
   program = train.build_program(config, sharding.make_mesh(config.mesh), 10, 1)
   with_momentum = train.build_program(tiny_config(), sharding.make_mesh(config.mesh), 10, 1)
-  assert (len(jax.tree.leaves(program.abstract_state["opt_state"]))
-          < len(jax.tree.leaves(with_momentum.abstract_state["opt_state"])))
+  assert len(jax.tree.leaves(program.abstract_state["opt_state"])) < len(
+    jax.tree.leaves(with_momentum.abstract_state["opt_state"])
+  )
   loaded = evaluate.load_trained(str(workdir))
   state = program.init()
   train.warm_start(state, program.model, config.warm_start)

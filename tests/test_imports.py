@@ -5,8 +5,11 @@ import ast
 import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "vgg_jax"
-BACKENDS = {"vgg_jax.data.numpy_backend", "vgg_jax.data.tfds_backend",
-            "vgg_jax.data.device_backend"}
+BACKENDS = {
+  "vgg_jax.data.numpy_backend",
+  "vgg_jax.data.tfds_backend",
+  "vgg_jax.data.device_backend",
+}
 
 
 def module_name(path: pathlib.Path) -> str:
@@ -25,8 +28,10 @@ def imported(name: str) -> set[str]:
     if isinstance(node, ast.Import):
       found.update(alias.name for alias in node.names)
     elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-      found.update(f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES
-                   else node.module for alias in node.names)
+      found.update(
+        f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES else node.module
+        for alias in node.names
+      )
   return {m for m in found if m in MODULES and m != name}
 
 
@@ -43,7 +48,7 @@ def test_imports_form_a_dag():
 
   def visit(name):
     if name in path:
-      raise AssertionError(f"import cycle: {' -> '.join(path[path.index(name):] + [name])}")
+      raise AssertionError(f"import cycle: {' -> '.join(path[path.index(name) :] + [name])}")
     if name not in done:
       path.append(name)
       for other in sorted(GRAPH[name]):
@@ -58,10 +63,17 @@ def test_imports_form_a_dag():
 def test_tensorflow_is_imported_by_the_tfds_backend_alone():
   for name, path in MODULES.items():
     tree = ast.parse(path.read_text())
-    roots = {alias.name.split(".")[0] for node in ast.walk(tree)
-             if isinstance(node, ast.Import) for alias in node.names}
-    roots |= {node.module.split(".")[0] for node in ast.walk(tree)
-              if isinstance(node, ast.ImportFrom) and node.module}
+    roots = {
+      alias.name.split(".")[0]
+      for node in ast.walk(tree)
+      if isinstance(node, ast.Import)
+      for alias in node.names
+    }
+    roots |= {
+      node.module.split(".")[0]
+      for node in ast.walk(tree)
+      if isinstance(node, ast.ImportFrom) and node.module
+    }
     if name != "vgg_jax.data.tfds_backend":
       assert not roots & {"tensorflow", "tensorflow_datasets"}, name
 

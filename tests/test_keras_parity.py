@@ -38,9 +38,12 @@ def randomize(keras_model, seed: int):
     if layer.weights:
       kernel, bias = layer.get_weights()
       std = np.sqrt(2.0 / np.prod(kernel.shape[:-1]))
-      layer.set_weights([
+      layer.set_weights(
+        [
           (rng.standard_normal(kernel.shape, dtype=np.float32) * std).astype(np.float32),
-          (rng.standard_normal(bias.shape, dtype=np.float32) * 0.1).astype(np.float32)])
+          (rng.standard_normal(bias.shape, dtype=np.float32) * 0.1).astype(np.float32),
+        ]
+      )
   return keras_model
 
 
@@ -91,8 +94,7 @@ def keras_vgg19():
 @pytest.fixture(scope="module")
 def keras_small():
   """VGG16 at 64x64 with 10 classes: fc6 is 2x2, so the flatten order still matters."""
-  return build_keras(keras.applications.VGG16, SEED + 2, input_shape=(64, 64, 3),
-                     classes=10)
+  return build_keras(keras.applications.VGG16, SEED + 2, input_shape=(64, 64, 3), classes=10)
 
 
 @pytest.mark.parametrize("config, keras_fixture", [("D", "keras_vgg16"), ("E", "keras_vgg19")])
@@ -128,9 +130,13 @@ def test_logits_match_keras(config, keras_fixture, request):
 def test_small_input_and_channels_first(data_format):
   """Keras's Flatten emits HWC order under channels_first too, so the same reshape
   holds; also checks loading into an abstract (eval_shape) model makes it concrete."""
-  keras_model = build_keras(keras.applications.VGG16, SEED + 3, data_format,
-                            input_shape=(3, 64, 64) if data_format == "channels_first"
-                            else (64, 64, 3), classes=10)
+  keras_model = build_keras(
+    keras.applications.VGG16,
+    SEED + 3,
+    data_format,
+    input_shape=(3, 64, 64) if data_format == "channels_first" else (64, 64, 3),
+    classes=10,
+  )
   images = np.random.default_rng(SEED).standard_normal((BATCH, 64, 64, 3), np.float32)
   keras_images = images.transpose(0, 3, 1, 2) if data_format == "channels_first" else images
   _, expected = keras_outputs(keras_model, keras_images)
@@ -142,26 +148,54 @@ def test_small_input_and_channels_first(data_format):
   assert diff <= ATOL and diff <= RTOL * np.abs(expected).max(), diff
 
 
-@pytest.mark.parametrize("keras_fixture, config, options, message", [
+@pytest.mark.parametrize(
+  "keras_fixture, config, options, message",
+  [
     # VGG16 lacks E's fourth conv in stages 3-5.
-    pytest.param("keras_vgg16", "E", {}, r"missing from .*conv3_4/bias, conv3_4/kernel",
-                 id="vgg16-into-E"),
+    pytest.param(
+      "keras_vgg16", "E", {}, r"missing from .*conv3_4/bias, conv3_4/kernel", id="vgg16-into-E"
+    ),
     # VGG19's extra convs have nowhere to go in D; name both sides.
-    pytest.param("keras_vgg19", "D", {}, r"no place in the VGG-D model: conv3_4/bias "
-                 r"\(from Keras block3_conv4/bias\)", id="vgg19-into-D"),
-    pytest.param("keras_vgg16", "D", {"num_classes": 10},
-                 r"fc8/kernel \(from Keras predictions/kernel\): source shape \(4096, 1000\) "
-                 r"does not match the model's \(4096, 10\)", id="10-classes"),
-    pytest.param("keras_vgg16", "D", {"image_size": 32},
-                 r"fc6/kernel \(from Keras fc1/kernel \(25088, 4096\) unflattened\): source "
-                 r"shape \(7, 7, 512, 4096\) does not match the model's \(1, 1, 512, 4096\)",
-                 id="image-size-32"),
-    pytest.param("keras_vgg16", "D", {"width": 0.5},
-                 r"conv1_1/kernel .*\(3, 3, 3, 64\) does not match the model's \(3, 3, 3, 32\)",
-                 id="half-width"),
-    pytest.param("keras_vgg16", "D", {"batch_norm": True},
-                 r"missing from .*bn1_1/mean, bn1_1/scale", id="batch-norm"),
-])
+    pytest.param(
+      "keras_vgg19",
+      "D",
+      {},
+      r"no place in the VGG-D model: conv3_4/bias "
+      r"\(from Keras block3_conv4/bias\)",
+      id="vgg19-into-D",
+    ),
+    pytest.param(
+      "keras_vgg16",
+      "D",
+      {"num_classes": 10},
+      r"fc8/kernel \(from Keras predictions/kernel\): source shape \(4096, 1000\) "
+      r"does not match the model's \(4096, 10\)",
+      id="10-classes",
+    ),
+    pytest.param(
+      "keras_vgg16",
+      "D",
+      {"image_size": 32},
+      r"fc6/kernel \(from Keras fc1/kernel \(25088, 4096\) unflattened\): source "
+      r"shape \(7, 7, 512, 4096\) does not match the model's \(1, 1, 512, 4096\)",
+      id="image-size-32",
+    ),
+    pytest.param(
+      "keras_vgg16",
+      "D",
+      {"width": 0.5},
+      r"conv1_1/kernel .*\(3, 3, 3, 64\) does not match the model's \(3, 3, 3, 32\)",
+      id="half-width",
+    ),
+    pytest.param(
+      "keras_vgg16",
+      "D",
+      {"batch_norm": True},
+      r"missing from .*bn1_1/mean, bn1_1/scale",
+      id="batch-norm",
+    ),
+  ],
+)
 def test_wrong_config_raises(keras_fixture, config, options, message, request):
   keras_model = request.getfixturevalue(keras_fixture)
   with pytest.raises(ValueError, match=message):
@@ -193,8 +227,12 @@ def test_assign_checks_path_and_shape():
   weights.assign(model, "fc8/bias", np.arange(1000, dtype=np.float64))
   assert model.fc8.bias.dtype == np.float32
   np.testing.assert_array_equal(model.fc8.bias[...], np.arange(1000))
-  with pytest.raises(ValueError, match=re.escape("fc8/bias (from the given array): source "
-                                                 "shape (10,) does not match the model's (1000,)")):
+  with pytest.raises(
+    ValueError,
+    match=re.escape(
+      "fc8/bias (from the given array): source shape (10,) does not match the model's (1000,)"
+    ),
+  ):
     weights.assign(model, "fc8/bias", np.zeros(10))
   with pytest.raises(ValueError, match=r"conv9_9/kernel .*has no place in the model"):
     weights.assign(model, "conv9_9/kernel", np.zeros(3))
@@ -217,7 +255,8 @@ def test_import_file_reads_the_architecture_from_the_file(keras_small, tmp_path)
   imported = weights.import_file("keras", str(path))
   assert (imported.cfg.name, imported.cfg.num_classes, imported.cfg.image_size) == ("D", 10, 64)
   expected = weights.model_tensors(
-      weights.keras_to_vgg(keras_small, abstract("D", image_size=64, num_classes=10)))
+    weights.keras_to_vgg(keras_small, abstract("D", image_size=64, num_classes=10))
+  )
   for name, variable in weights.model_tensors(imported).items():
     np.testing.assert_array_equal(variable.get_value(), expected[name].get_value(), err_msg=name)
 
@@ -231,12 +270,20 @@ def test_truncated_keras_file_is_a_clear_error(keras_small, tmp_path):
 
 
 def test_import_vgg_jax_does_not_import_keras_or_tensorflow():
-  code = ("import sys, vgg_jax, vgg_jax.weights; "
-          "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow')); "
-          "assert not bad, bad")
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-      [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-       os.environ.get("PYTHONPATH", "")])}
+  code = (
+    "import sys, vgg_jax, vgg_jax.weights; "
+    "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow')); "
+    "assert not bad, bad"
+  )
+  env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(
+      [
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        os.environ.get("PYTHONPATH", ""),
+      ]
+    ),
+  }
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
   assert result.returncode == 0, result.stderr[-2000:]
 

@@ -17,8 +17,14 @@ SWEEP_SPEC = f"{ROOT}/experiments/fashion_mnist.py:smoke"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=300,
+  )
 
 
 def launch(*args: str) -> subprocess.CompletedProcess:
@@ -28,8 +34,7 @@ def launch(*args: str) -> subprocess.CompletedProcess:
 def flags_listed(text: str) -> set[str]:
   """The flags a --help names at the start of a line: `--name:` or `--[no]name:`."""
   lines = (line.strip() for line in text.splitlines())
-  return {line[2:].split(":")[0].removeprefix("[no]") for line in lines
-          if line.startswith("--")}
+  return {line[2:].split(":")[0].removeprefix("[no]") for line in lines if line.startswith("--")}
 
 
 def refusal(out: subprocess.CompletedProcess, status: int) -> str:
@@ -52,18 +57,41 @@ def test_sweep_help_lists_only_sweep_flags():
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.startswith("usage: launch.py sweep [flags]")
   listed = flags_listed(out.stdout)
-  assert {"config", "workdir", "dry_run", "backend", "parallel", "time_budget_s", "tpu",
-          "zone", "gpus_per_node"} <= listed
-  assert not listed & {"protocol", "scales", "configured", "ensemble", "eval_chunk",  # eval's
-                       "from", "to",  # convert's
-                       "resolution", "process_id"}  # summary's, train's
+  assert {
+    "config",
+    "workdir",
+    "dry_run",
+    "backend",
+    "parallel",
+    "time_budget_s",
+    "tpu",
+    "zone",
+    "gpus_per_node",
+  } <= listed
+  assert not listed & {
+    "protocol",
+    "scales",
+    "configured",
+    "ensemble",
+    "eval_chunk",  # eval's
+    "from",
+    "to",  # convert's
+    "resolution",
+    "process_id",
+  }  # summary's, train's
 
 
 def test_train_help_lists_config_and_workdir():
   out = launch("train", "--help")
   assert out.returncode == 0, out.stderr[-2000:]
-  assert flags_listed(out.stdout) == {"config", "workdir", "distributed",
-                                      "coordinator_address", "num_processes", "process_id"}
+  assert flags_listed(out.stdout) == {
+    "config",
+    "workdir",
+    "distributed",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+  }
 
 
 def test_a_flag_of_another_command_is_refused(tmp_path):
@@ -74,9 +102,11 @@ def test_a_flag_of_another_command_is_refused(tmp_path):
 
 def test_missing_flags_and_arguments_are_one_line(tmp_path):
   assert "--workdir must have a value" in refusal(
-      launch("train", f"--config={ROOT}/experiments/fashion_mnist.py:quick"), 2)
+    launch("train", f"--config={ROOT}/experiments/fashion_mnist.py:quick"), 2
+  )
   assert "--backend tpu needs --tpu NAME --zone ZONE" in refusal(
-      launch("sweep", f"--config={SWEEP_SPEC}", f"--workdir={tmp_path}", "--backend=tpu"), 2)
+    launch("sweep", f"--config={SWEEP_SPEC}", f"--workdir={tmp_path}", "--backend=tpu"), 2
+  )
   assert refusal(launch("report"), 2) == "launch.py report: usage: launch.py report [flags] ROOT"
   assert refusal(launch("bogus"), 2).endswith("; no command 'bogus'")
   assert os.listdir(tmp_path) == []
@@ -104,8 +134,15 @@ def test_data_stats_command_writes_the_training_set_s(tmp_path):
     write_idx(tmp_path / image_file, images if split == "train" else images[:2])
     write_idx(tmp_path / label_file, np.arange(len(images) if split == "train" else 2) % 10)
   out_file = tmp_path / "stats.json"
-  out = run("-m", "vgg_jax.data", "stats", "--dataset=fashion_mnist", "--backend=numpy",
-            f"--manual_dir={tmp_path}", f"--out={out_file}")
+  out = run(
+    "-m",
+    "vgg_jax.data",
+    "stats",
+    "--dataset=fashion_mnist",
+    "--backend=numpy",
+    f"--manual_dir={tmp_path}",
+    f"--out={out_file}",
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   stats = data.load_stats("fashion_mnist", str(out_file))
   np.testing.assert_allclose(stats.mean, [images.mean()], rtol=1e-5)
@@ -114,9 +151,13 @@ def test_data_stats_command_writes_the_training_set_s(tmp_path):
   assert entry["computed"] is True and entry["split"] == "train"
 
 
-@pytest.mark.parametrize("args, says", [
+@pytest.mark.parametrize(
+  "args, says",
+  [
     (["stats"], "Flag --dataset must have a value"),
-    (["--dataset=fashion_mnist"], "usage: python -m vgg_jax.data stats --dataset NAME")])
+    (["--dataset=fashion_mnist"], "usage: python -m vgg_jax.data stats --dataset NAME"),
+  ],
+)
 def test_data_stats_command_refuses_a_bad_command_line(args, says):
   out = run("-m", "vgg_jax.data", *args)
   assert out.returncode == 1 and says in out.stderr, out.stderr[-2000:]

@@ -10,8 +10,7 @@ from vgg_jax import config as config_lib
 from vgg_jax import evaluate, paper
 from vgg_jax.scale import Scale
 
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                   "paper.md")
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "paper.md")
 PROTOCOL = {"dense": "dense", "multi-crop": "multicrop", "multi-crop & dense": "multicrop+dense"}
 
 
@@ -23,22 +22,25 @@ def doc() -> str:
 
 def doc_table(doc: str, title: str) -> list[list[str]]:
   """The body rows of the Markdown table that follows the line starting `title`."""
-  lines = doc[doc.index("\n" + title):].splitlines()[1:]
+  lines = doc[doc.index("\n" + title) :].splitlines()[1:]
   start = next(i for i, line in enumerate(lines) if line.startswith("|"))
   rows = []
-  for line in lines[start + 2:]:
+  for line in lines[start + 2 :]:
     if not line.startswith("|"):
       break
     rows.append([cell.strip() for cell in line.strip("|").split("|")])
   return rows
 
 
-@pytest.mark.parametrize("text, scale, name, shown", [
+@pytest.mark.parametrize(
+  "text, scale, name, shown",
+  [
     ("256", Scale(256, 256), "256", "256"),
     ("256-512", Scale(256, 512), "256-512", "[256,512]"),
     ("[32,48]", Scale(32, 48), "32-48", "[32,48]"),
     (" [32, 48] ", Scale(32, 48), "32-48", "[32,48]"),
-])
+  ],
+)
 def test_scale_reads_and_writes_each_spelling(text, scale, name, shown):
   parsed = Scale.parse(text)
   assert parsed == scale and (parsed.name, str(parsed)) == (name, shown)
@@ -74,8 +76,7 @@ def test_table3_matches_the_doc_with_q_the_middle_of_s(doc):
 
 def test_table4_matches_the_doc_and_its_test_scales(doc):
   rows = doc_table(doc, "Table 4, three test scales")
-  assert {(c, Scale.parse(s)): (float(t1), float(t5)) for c, s, _, t1, t5 in rows} \
-      == paper.TABLE4
+  assert {(c, Scale.parse(s)): (float(t1), float(t5)) for c, s, _, t1, t5 in rows} == paper.TABLE4
   for _, s, q, *_ in rows:
     assert paper.TABLE4_Q[Scale.parse(s)] == tuple(map(int, q.split(",")))
 
@@ -91,7 +92,7 @@ def test_table4_q_is_what_evaluation_uses_at_crop_224():
 def test_table5_and_table6_match_the_doc(doc):
   rows = doc_table(doc, "Table 5, S in [256, 512]")
   assert {(c, PROTOCOL[p]): (float(t1), float(t5)) for c, p, t1, t5 in rows} == paper.TABLE5
-  text = " ".join(doc[doc.index("Table 6, ensembles"):].split("\n\n")[0].split())
+  text = " ".join(doc[doc.index("Table 6, ensembles") :].split("\n\n")[0].split())
   for protocol, numbers in paper.TABLE6.items():
     name = next(k for k, v in PROTOCOL.items() if v == protocol)
     assert f"{name} {numbers[0]} / {numbers[1]} /" in text
@@ -102,9 +103,11 @@ def test_table5_and_table6_match_the_doc(doc):
 def test_parameters_and_multiply_adds_match_the_doc(doc):
   millions = re.search(r"Table 2 rounds to millions: ([\d, ]+)\)", doc).group(1)
   assert [int(m) for m in millions.split(",")] == list(paper.PARAMS_MILLIONS.values())
-  exact = " ".join(doc[doc.index("Counted exactly:"):].split("(A, B,")[0].split())
-  counts = {config: int(count.replace(",", ""))
-            for config, count in re.findall(r"([A-E](?:-LRN)?) ([\d,]{11})", exact)}
+  exact = " ".join(doc[doc.index("Counted exactly:") :].split("(A, B,")[0].split())
+  counts = {
+    config: int(count.replace(",", ""))
+    for config, count in re.findall(r"([A-E](?:-LRN)?) ([\d,]{11})", exact)
+  }
   assert "A and A-LRN" in exact and {"A": counts["A-LRN"], **counts} == paper.EXACT_PARAMS
   for config, gmacs in paper.GMACS_224.items():
     assert f"{config} {gmacs:.3f} G" in doc
@@ -123,21 +126,29 @@ def test_stand_ins_keep_the_regimes_kind_and_order():
 
 def test_claims_compare_sides_the_paper_has_numbers_for():
   from vgg_jax import report  # pylint: disable=import-outside-toplevel
+
   claims = paper.claims()
   assert len({name for name, _, _ in claims}) == len(claims)
   for name, base, other in claims:
     assert None not in (report.paper_top1(base), report.paper_top1(other)), name
 
 
-@pytest.mark.parametrize("path", ["vgg_jax/report.py", "benchmarks/throughput.py",
-                                  "benchmarks/scaling.py"])
+@pytest.mark.parametrize(
+  "path", ["vgg_jax/report.py", "benchmarks/throughput.py", "benchmarks/scaling.py"]
+)
 def test_report_and_benchmarks_import_neither_sweep_nor_summary(path):
   import ast  # pylint: disable=import-outside-toplevel
+
   with open(os.path.join(os.path.dirname(DOC), "..", path)) as f:
     tree = ast.parse(f.read())
-  names = {f"{node.module}.{alias.name}" for node in ast.walk(tree)
-           if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
-  names |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-            for alias in node.names}
+  names = {
+    f"{node.module}.{alias.name}"
+    for node in ast.walk(tree)
+    if isinstance(node, ast.ImportFrom) and node.module
+    for alias in node.names
+  }
+  names |= {
+    alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+  }
   assert not {n for n in names if n.startswith(("vgg_jax.sweep", "vgg_jax.summary"))}
   assert "vgg_jax.util.markdown_table" in names

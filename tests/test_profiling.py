@@ -72,7 +72,8 @@ def test_summary_cli_prints_the_tables_and_writes_json(trace_dir, tmp_path, caps
   printed = capsys.readouterr().out
   assert "| conv fwd |" in printed and "| conv1_1 |" in printed and "Top ops" in printed
   assert json.loads((tmp_path / "s.json").read_text())["kinds_ms"] == pytest.approx(
-      summary["kinds_ms"])
+    summary["kinds_ms"]
+  )
 
 
 GPU_HLO = """\
@@ -95,22 +96,34 @@ ENTRY %main (p: bf16[8,56,56,128]) -> bf16[8,56,56,256] {
 """
 
 
-@pytest.mark.parametrize("op,kind,layer", [
-    ("custom-call.1", "conv fwd", "conv3_1"), ("custom-call.2", "conv dgrad", "conv3_1"),
-    ("custom-call.3", "conv wgrad", "conv3_1"), ("select-and-scatter.4", "pooling", "pool3"),
-    ("loop_fusion.5", "activation", "relu3_1"), ("copy.6", "copies", ""),
-    ("multiply.7", "optimiser", "")])
+@pytest.mark.parametrize(
+  "op,kind,layer",
+  [
+    ("custom-call.1", "conv fwd", "conv3_1"),
+    ("custom-call.2", "conv dgrad", "conv3_1"),
+    ("custom-call.3", "conv wgrad", "conv3_1"),
+    ("select-and-scatter.4", "pooling", "pool3"),
+    ("loop_fusion.5", "activation", "relu3_1"),
+    ("copy.6", "copies", ""),
+    ("multiply.7", "optimiser", ""),
+  ],
+)
 def test_gpu_ops_are_classified_by_cudnn_target_and_name_scope(op, kind, layer):
   ops, computations = profile_summary.parse_hlo(GPU_HLO)
   forward = profile_summary.forward_conv_dims(ops)
   assert profile_summary.classify(ops[op], computations, forward) == (kind, layer)
 
 
-@pytest.mark.parametrize("kernel,kind", [
+@pytest.mark.parametrize(
+  "kernel,kind",
+  [
     ("sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv wgrad"),
     ("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw", "conv dgrad"),
     ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv fwd"),
     ("cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_64x4_nn_align8", "matmul"),
-    ("MemcpyD2D", "copies"), ("loop_add_fusion", "other")])
+    ("MemcpyD2D", "copies"),
+    ("loop_add_fusion", "other"),
+  ],
+)
 def test_events_without_an_hlo_op_are_classified_by_kernel_name(kernel, kind):
   assert profile_summary.kernel_kind(kernel) == kind

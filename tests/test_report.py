@@ -18,17 +18,28 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
   for seed, (top1, top5) in enumerate([(0.10, 0.02), (0.14, 0.03)]):
-    write_run(tmp_path, f"A_S32_seed{seed}", seed, [
+    write_run(
+      tmp_path,
+      f"A_S32_seed{seed}",
+      seed,
+      [
         result("A", "32", [32], "dense", top1, top5),
         result("A", "32", [32, 37], "dense", top1 - 0.01, top5),
-        result("A", "32", [32], "dense", 0.5, 0.5, models=2)])  # an ensemble: Table 6
-  write_run(tmp_path, "D_S32-48_seed0", 0, [
+        result("A", "32", [32], "dense", 0.5, 0.5, models=2),
+      ],
+    )  # an ensemble: Table 6
+  write_run(
+    tmp_path,
+    "D_S32-48_seed0",
+    0,
+    [
       result("D", "[32,48]", [40], "dense", 0.08, 0.01),
       result("D", "[32,48]", [32, 40, 48], "dense", 0.07, 0.01),
       result("D", "[32,48]", [32, 40, 48], "multicrop", 0.06, 0.01),
       result("D", "[32,48]", [32, 40, 48], "dense", 0.075, 0.01, split="test[:20]", count=20),
-      result("D", "[32,48]", [32, 40, 48], "multicrop", 0.065, 0.01, split="test[:20]",
-             count=20)])
+      result("D", "[32,48]", [32, 40, 48], "multicrop", 0.065, 0.01, split="test[:20]", count=20),
+    ],
+  )
   rows = report.tables(report.collect(str(tmp_path)))
   a3, d3 = rows[3]
   assert (a3["config"], a3["S"], a3["paper_S"], a3["Q"], a3["n"]) == ("A", "32", "256", "32", 2)
@@ -38,25 +49,40 @@ def test_rows_average_over_seeds_and_sit_beside_the_paper(tmp_path):
   assert (d3["paper_S"], d3["Q"], d3["n"], d3["top1_std"]) == ("256-512", "40", 1, 0.0)
   assert (d3["paper_top1"], d3["paper_top5"]) == (25.6, 8.1)
   assert [(r["config"], r["Q"], r["paper_top1"]) for r in rows[4]] == [
-      ("A", "32,37", None), ("D", "32,40,48", 24.8)]
+    ("A", "32,37", None),
+    ("D", "32,40,48", 24.8),
+  ]
   assert [(r["protocol"], r["split"], r["paper_top1"]) for r in rows[5]] == [
-      ("dense", "test", 24.8), ("multicrop", "test", 24.6), ("dense", "test[:20]", 24.8),
-      ("multicrop", "test[:20]", 24.6)]  # Table 4 above has the test set's alone
+    ("dense", "test", 24.8),
+    ("multicrop", "test", 24.6),
+    ("dense", "test[:20]", 24.8),
+    ("multicrop", "test[:20]", 24.6),
+  ]  # Table 4 above has the test set's alone
   text = report.tables_markdown(rows)
-  assert ("| glorot 32px | A | 32 | 256 | 32 | dense | test | 2 | 12.00 ± 2.83 | 2.50 ± 0.71 |"
-          " 29.6 | 10.4 |" in text)
+  assert (
+    "| glorot 32px | A | 32 | 256 | 32 | dense | test | 2 | 12.00 ± 2.83 | 2.50 ± 0.71 |"
+    " 29.6 | 10.4 |" in text
+  )
   assert [(r["config"], r["n"], r["top1_mean"]) for r in rows[6]] == [("A+A", 2, 50.0)]
 
 
 def test_report_writes_tables_and_a_figure_with_configs_of_equal_depth(tmp_path):
   for config, top1 in (("A", 0.2), ("A-LRN", 0.21), ("C", 0.15), ("D", 0.14)):
-    write_run(tmp_path, f"{config}_S32_seed0", 0,
-              [result(config, "32", [32], "dense", top1, 0.05)])
+    write_run(tmp_path, f"{config}_S32_seed0", 0, [result(config, "32", [32], "dense", top1, 0.05)])
   text, written = report.report(str(tmp_path))
   out = tmp_path / "report"
-  assert written == [str(out / name) for name in (
-      "tables.md", "table3.csv", "table4.csv", "table5.csv", "table6.csv", "claims.csv",
-      "depth_vs_error.png")]
+  assert written == [
+    str(out / name)
+    for name in (
+      "tables.md",
+      "table3.csv",
+      "table4.csv",
+      "table5.csv",
+      "table6.csv",
+      "claims.csv",
+      "depth_vs_error.png",
+    )
+  ]
   assert (out / "tables.md").read_text() == text
   assert [r["config"] for r in read_csv(out / "table3.csv")] == ["A", "A-LRN", "C", "D"]
   read_png(out / "depth_vs_error.png")
@@ -80,28 +106,40 @@ def read_png(path: str) -> bytes:
   return data
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
-                    reason="needs `apt-get install dataset-fashion-mnist`")
+@pytest.mark.skipif(
+  not os.path.exists("/usr/share/datasets/fashion-mnist"),
+  reason="needs `apt-get install dataset-fashion-mnist`",
+)
 def test_a_real_sweep_is_evaluated_and_reported(tmp_path):
   """A and B (warm-started from A), two seeds, for real; then `launch.py report`."""
-  specs = sweep.paper_chain((("A", "256"), ("B", "256")), range(2), scales={"256": "32"},
-                            extra=",quick,backend=numpy")
+  specs = sweep.paper_chain(
+    (("A", "256"), ("B", "256")), range(2), scales={"256": "32"}, extra=",quick,backend=numpy"
+  )
   runs = sweep.expand([dict(spec, overrides=TINY) for spec in specs])
   outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=print)
   assert set(outcome.values()) == {"done"}, outcome
-  printed = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "report",
-                            str(tmp_path)], capture_output=True, text=True, check=True,
-                           cwd=ROOT).stdout
+  printed = subprocess.run(
+    [sys.executable, os.path.join(ROOT, "launch.py"), "report", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=ROOT,
+  ).stdout
   out = tmp_path / "report"
   assert printed.startswith((out / "tables.md").read_text())
   table3 = read_csv(out / "table3.csv")
-  assert [(r["config"], r["S"], r["Q"], r["n"]) for r in table3] == [("A", "32", "32", "2"),
-                                                                     ("B", "32", "32", "2")]
-  assert [(r["paper_top1"], r["paper_top5"]) for r in table3] == [("29.6", "10.4"),
-                                                                  ("28.7", "9.9")]
+  assert [(r["config"], r["S"], r["Q"], r["n"]) for r in table3] == [
+    ("A", "32", "32", "2"),
+    ("B", "32", "32", "2"),
+  ]
+  assert [(r["paper_top1"], r["paper_top5"]) for r in table3] == [("29.6", "10.4"), ("28.7", "9.9")]
   for row in table3:
-    seeds = [json.loads((tmp_path / f"{row['config']}_S32_seed{s}" / "eval" /
-                         "test_64_dense_Q32.json").read_text()) for s in range(2)]
+    seeds = [
+      json.loads(
+        (tmp_path / f"{row['config']}_S32_seed{s}" / "eval" / "test_64_dense_Q32.json").read_text()
+      )
+      for s in range(2)
+    ]
     for metric in ("top1", "top5"):
       errors = [100 * r[f"{metric}_err"] for r in seeds]
       assert float(row[f"{metric}_mean"]) == pytest.approx(np.mean(errors))
@@ -120,26 +158,54 @@ def test_claims_pair_seeds_and_say_what_reproduced(tmp_path):
   fixed S is compared at a single Q on the test set; another arm with
   one seed has no interval."""
   from scipy import stats
+
   a = [10.0, 11.0, 12.0]
-  errors = {"A": a, "B": [x - 1 + d for x, d in zip(a, (0.1, -0.1, 0.0))],
-            "A-LRN": [x - 2 + d for x, d in zip(a, (0.3, 0.0, -0.2))],
-            "D": [x + d for x, d in zip(a, (1.0, -1.0, 0.2))]}
+  errors = {
+    "A": a,
+    "B": [x - 1 + d for x, d in zip(a, (0.1, -0.1, 0.0))],
+    "A-LRN": [x - 2 + d for x, d in zip(a, (0.3, 0.0, -0.2))],
+    "D": [x + d for x, d in zip(a, (1.0, -1.0, 0.2))],
+  }
   for config, per_seed in errors.items():
     for seed, top1 in enumerate(per_seed):
-      write_run(tmp_path, f"{config}_S32_seed{seed}", seed,
-                [result(config, "32", [32], "dense", top1 / 100, 0.01)])
+      write_run(
+        tmp_path,
+        f"{config}_S32_seed{seed}",
+        seed,
+        [result(config, "32", [32], "dense", top1 / 100, 0.01)],
+      )
   for seed in range(3):
-    write_run(tmp_path, f"D_S32-48_seed{seed}", seed, [
+    write_run(
+      tmp_path,
+      f"D_S32-48_seed{seed}",
+      seed,
+      [
         result("D", "[32,48]", [40], "dense", 0.09, 0.01),
         result("D", "[32,48]", [32, 40, 48], "dense", 0.09, 0.01),
-        result("D", "[32,48]", [32, 40, 48], "dense", 0.10 + seed / 100, 0.01,
-               split="test[:20]", count=20),
-        result("D", "[32,48]", [32, 40, 48], "multicrop", 0.08 + seed / 100, 0.01,
-               split="test[:20]", count=20)])
-  write_run(tmp_path, "he_A_S32_seed0", 0, [result("A", "32", [32], "dense", 0.2, 0.01)],
-            init="he")
-  write_run(tmp_path, "he_B_S32_seed0", 0, [result("B", "32", [32], "dense", 0.1, 0.01)],
-            init="he")
+        result(
+          "D",
+          "[32,48]",
+          [32, 40, 48],
+          "dense",
+          0.10 + seed / 100,
+          0.01,
+          split="test[:20]",
+          count=20,
+        ),
+        result(
+          "D",
+          "[32,48]",
+          [32, 40, 48],
+          "multicrop",
+          0.08 + seed / 100,
+          0.01,
+          split="test[:20]",
+          count=20,
+        ),
+      ],
+    )
+  write_run(tmp_path, "he_A_S32_seed0", 0, [result("A", "32", [32], "dense", 0.2, 0.01)], init="he")
+  write_run(tmp_path, "he_B_S32_seed0", 0, [result("B", "32", [32], "dense", 0.1, 0.01)], init="he")
   rows = {(r["arm"], r["claim"]): r for r in report.claims(report.collect(str(tmp_path)))}
 
   def expected(base, other):
@@ -151,7 +217,10 @@ def test_claims_pair_seeds_and_say_what_reproduced(tmp_path):
     row = rows["glorot 32px", f"depth: A vs {config}"]
     assert [row["diff"], row["low"], row["high"]] == expected(a, errors[config])
     assert (row["n"], row["verdict"], row["paper_diff"]) == (
-        3, verdict, round({"B": 28.7, "D": 27.0}[config] - 29.6, 2))
+      3,
+      verdict,
+      round({"B": 28.7, "D": 27.0}[config] - 29.6, 2),
+    )
   lrn = rows["glorot 32px", "LRN: A vs A-LRN"]
   assert (lrn["verdict"], lrn["paper_diff"]) == ("not reproduced", 0.1)
   crop = rows["glorot 32px", "multi-crop vs dense: D"]

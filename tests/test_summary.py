@@ -20,14 +20,20 @@ def test_summary_rows_measure_the_models():
 
 
 def test_launch_summary_prints_the_table():
-  out = subprocess.run([sys.executable, "launch.py", "summary", "--resolution=384"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "launch.py", "summary", "--resolution=384"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr[-2000:]
   assert "| E | 19 | 143,667,240 | 143,667,240 | 144 | 19.632 | 19.632 |" in out.stdout
   assert "GMACs @384 (dense)" in out.stdout
 
 
 def test_launch_rejects_an_unknown_command():
-  out = subprocess.run([sys.executable, "launch.py", "bogus"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+  out = subprocess.run(
+    [sys.executable, "launch.py", "bogus"], cwd=ROOT, capture_output=True, text=True, timeout=120
+  )
   assert out.returncode != 0 and "usage: launch.py" in out.stderr

@@ -13,8 +13,9 @@ import vgg_jax
 from vgg_jax import weights
 
 torch = pytest.importorskip("torch", reason="torch is not installed (setup.sh installs it)")
-torchvision = pytest.importorskip("torchvision",
-                                  reason="torchvision is not installed (setup.sh installs it)")
+torchvision = pytest.importorskip(
+  "torchvision", reason="torchvision is not installed (setup.sh installs it)"
+)
 
 
 def randomised(name: str, seed: int = 0):
@@ -53,11 +54,9 @@ def to_torch(x: np.ndarray):
 
 def test_logits_and_features_match(pair):
   net, model, _ = pair
-  x = weights.preprocess(np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)),
-                         "torchvision")
+  x = weights.preprocess(np.random.default_rng(0).uniform(0, 255, (2, 224, 224, 3)), "torchvision")
   x = np.asarray(x)
-  stage_ends = [i - 1 for i, m in enumerate(net.features)
-                if isinstance(m, torch.nn.MaxPool2d)]
+  stage_ends = [i - 1 for i, m in enumerate(net.features) if isinstance(m, torch.nn.MaxPool2d)]
   with torch.no_grad():
     h, ours_at = to_torch(x), {}
     for i, module in enumerate(net.features):
@@ -80,12 +79,16 @@ def test_dense_head_equals_torchvision_classifier_averaged_over_windows(pair):
   """At 288x320 pool5 is 9x10: torchvision's own classifier on each 7x7 window of its
   own features, averaged over the 3x4 windows, is what dense mode must return."""
   net, model, _ = pair
-  x = np.asarray(weights.preprocess(
-      np.random.default_rng(1).uniform(0, 255, (1, 288, 320, 3)), "torchvision"))
+  x = np.asarray(
+    weights.preprocess(np.random.default_rng(1).uniform(0, 255, (1, 288, 320, 3)), "torchvision")
+  )
   with torch.no_grad():
     pool5 = net.features(to_torch(x))
-    windows = [net.classifier(pool5[:, :, i:i + 7, j:j + 7].flatten(1))
-               for i in range(3) for j in range(4)]
+    windows = [
+      net.classifier(pool5[:, :, i : i + 7, j : j + 7].flatten(1))
+      for i in range(3)
+      for j in range(4)
+    ]
     expected = torch.stack(windows).mean(0).numpy()
   got = np.asarray(model(jnp.asarray(x), dense=True))
   assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
@@ -98,8 +101,9 @@ def test_round_trip_is_bit_exact(pair):
   assert exported.keys() == original.keys()
   for key, value in original.items():
     np.testing.assert_array_equal(exported[key], value.numpy(), err_msg=key)
-  net.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v))
-                       for k, v in exported.items()})  # torchvision accepts it as is
+  net.load_state_dict(
+    {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in exported.items()}
+  )  # torchvision accepts it as is
 
 
 def test_truncated_file_is_a_clear_error(pair, tmp_path):
@@ -114,8 +118,11 @@ def test_truncated_file_is_a_clear_error(pair, tmp_path):
 def test_state_dict_of_another_architecture_names_the_tensors():
   vgg13 = torchvision.models.vgg13(weights=None).state_dict()
   model = nnx.eval_shape(lambda: vgg_jax.create_model("A"))
-  with pytest.raises(ValueError, match=r"conv1_1/kernel \(from torchvision features.0.weight"
-                     r"\): source shape \(3, 3, 3, 64\) does not match|no place in the VGG-A"):
+  with pytest.raises(
+    ValueError,
+    match=r"conv1_1/kernel \(from torchvision features.0.weight"
+    r"\): source shape \(3, 3, 3, 64\) does not match|no place in the VGG-A",
+  ):
     weights.load_torchvision(vgg13, model)
   with pytest.raises(ValueError, match="no torchvision layout"):
     weights.load_torchvision(vgg13, nnx.eval_shape(lambda: vgg_jax.create_model("A-LRN")))
@@ -124,16 +131,25 @@ def test_state_dict_of_another_architecture_names_the_tensors():
 def test_wrong_number_of_classes_names_fc8():
   vgg11 = torchvision.models.vgg11(weights=None).state_dict()
   model = nnx.eval_shape(lambda: vgg_jax.create_model("A", num_classes=10))
-  with pytest.raises(ValueError, match=r"fc8/kernel \(from torchvision classifier.6.weight\)"
-                     r": source shape \(4096, 1000\) does not match the model's \(4096, 10\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"fc8/kernel \(from torchvision classifier.6.weight\)"
+    r": source shape \(4096, 1000\) does not match the model's \(4096, 10\)",
+  ):
     weights.load_torchvision(vgg11, model)
 
 
 def test_preprocess_matches_torchvision_transforms():
   from torchvision.transforms import v2
+
   rng = np.random.default_rng(2)
   image = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
-  transform = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
-                          v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+  transform = v2.Compose(
+    [
+      v2.ToImage(),
+      v2.ToDtype(torch.float32, scale=True),
+      v2.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+    ]
+  )
   expected = transform(image).numpy().transpose(1, 2, 0)
   np.testing.assert_allclose(weights.preprocess(image, "torchvision"), expected, atol=1e-5)

@@ -25,8 +25,10 @@ pytestmark = needs_fashion_mnist
 
 
 def flat(state) -> dict[str, np.ndarray]:
-  return {sharding.path_string(path): np.asarray(x)
-          for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+  return {
+    sharding.path_string(path): np.asarray(x)
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
+  }
 
 
 def assert_same_state(a, b, rtol=1e-4):
@@ -40,8 +42,9 @@ def assert_same_state(a, b, rtol=1e-4):
 
 def finite_weights(state) -> bool:
   """Parameters and momenta all finite (the plateau's `best_value` starts at inf)."""
-  return all(np.isfinite(x).all() for k, x in flat(state).items()
-             if k.startswith(("params", "opt_state")))
+  return all(
+    np.isfinite(x).all() for k, x in flat(state).items() if k.startswith(("params", "opt_state"))
+  )
 
 
 def losses(workdir):
@@ -56,13 +59,15 @@ def reference(tmp_path_factory):
   return state, workdir, result
 
 
-@pytest.mark.parametrize("devices,model_axis,rules,sharded_path", [
+@pytest.mark.parametrize(
+  "devices,model_axis,rules,sharded_path",
+  [
     (8, 1, "replicated", None),
     (8, 1, "fsdp", "params/fc6/kernel"),
     (4, 2, "tensor", "opt_state/1/0/trace/fc7/kernel"),
-])
-def test_sharded_equals_unsharded(tmp_path, reference, devices, model_axis, rules,
-                                  sharded_path):
+  ],
+)
+def test_sharded_equals_unsharded(tmp_path, reference, devices, model_axis, rules, sharded_path):
   config = tiny_config(steps=6, devices=devices, model_axis=model_axis)
   config.sharding = rules
   state, result = train.train_and_evaluate(config, str(tmp_path))
@@ -132,28 +137,45 @@ def test_weight_decay_applies_to_kernels_only():
   np.testing.assert_array_equal(updates["fc6"]["bias"], 0)
 
 
-TINY = ("--config.model.width=0.0625", "--config.optim.batch_size=32",
-        "--config.data.eval_split=test[:200]", "--config.log_every_steps=1")
+TINY = (
+  "--config.model.width=0.0625",
+  "--config.optim.batch_size=32",
+  "--config.data.eval_split=test[:200]",
+  "--config.log_every_steps=1",
+)
 
 
 def launch(workdir, config_arg, *flags, devices=1, tiny=True):
   """`launch.py train` in a subprocess with its own simulated CPU devices; `tiny` runs
   what `tiny_config` runs in-process."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu")
-  command = [sys.executable, os.path.join(ROOT, "launch.py"), "train",
-             f"--config={ROOT}/experiments/fashion_mnist.py:{config_arg}",
-             f"--workdir={workdir}", *(TINY if tiny else ()), *flags]
-  return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  command = [
+    sys.executable,
+    os.path.join(ROOT, "launch.py"),
+    "train",
+    f"--config={ROOT}/experiments/fashion_mnist.py:{config_arg}",
+    f"--workdir={workdir}",
+    *(TINY if tiny else ()),
+    *flags,
+  ]
+  return subprocess.Popen(
+    command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
 
 
 def run_launch(*args, timeout=300) -> subprocess.CompletedProcess:
   """`launch.py ARGS` on one CPU device, its stdout and stderr apart."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
-             JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], env=env,
-                        cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "launch.py"), *args],
+    env=env,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 def one_line_error(out: subprocess.CompletedProcess, status: int = 1) -> str:
@@ -167,8 +189,9 @@ def restore(config, workdir, step=None):
   program = train.build_program(config, mesh, 10, 1)
   checkpoints = ckpt_lib.Checkpointer(workdir)
   try:
-    state, _ = checkpoints.restore(program.abstract_state,
-                                   train.checkpoint_meta(config, program), step)
+    state, _ = checkpoints.restore(
+      program.abstract_state, train.checkpoint_meta(config, program), step
+    )
   finally:
     checkpoints.close()
   return state
@@ -178,10 +201,19 @@ def test_two_processes_agree_with_one(tmp_path, reference):
   """Two real processes on 127.0.0.1 (2 CPU devices each, gloo collectives) train on
   the same global batches as the one-device reference."""
   port = free_port()
-  workers = [launch(tmp_path, "quick,backend=numpy", "--config.optim.max_steps=6",
-                    f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                    f"--process_id={i}", "--config.mesh=(('data', 4), ('model', 1))",
-                    devices=2) for i in range(2)]
+  workers = [
+    launch(
+      tmp_path,
+      "quick,backend=numpy",
+      "--config.optim.max_steps=6",
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      "--config.mesh=(('data', 4), ('model', 1))",
+      devices=2,
+    )
+    for i in range(2)
+  ]
   outputs = [finish(w) for w in workers]
   assert "final: top-1 error" in outputs[0]
   ref_state, ref_dir, _ = reference
@@ -217,8 +249,9 @@ def test_sigterm_saves_and_resume_is_exact(tmp_path):
   out = finish(launch(workdir, "quick,backend=numpy", *one_device))
   assert f"resumed from step {stopped_at}" in out, out[-2000:]
   config = tiny_config(steps=30)
-  assert_same_state(restore(config, str(workdir)), restore(config, str(tmp_path / "straight")),
-                    rtol=0)
+  assert_same_state(
+    restore(config, str(workdir)), restore(config, str(tmp_path / "straight")), rtol=0
+  )
 
 
 @pytest.mark.parametrize("devices", [4, 1])
@@ -238,8 +271,13 @@ def test_restore_onto_another_device_count(tmp_path, devices):
 
 
 def test_kill_9_during_saves_leaves_a_restorable_checkpoint(tmp_path):
-  process = launch(tmp_path, "quick,backend=numpy", "--config.optim.max_steps=400",
-                   "--config.checkpoint.every_steps=1", "--config.checkpoint.keep=2")
+  process = launch(
+    tmp_path,
+    "quick,backend=numpy",
+    "--config.optim.max_steps=400",
+    "--config.checkpoint.every_steps=1",
+    "--config.checkpoint.keep=2",
+  )
   wait_for_step(tmp_path, 6, process)
   process.kill()
   process.wait()
@@ -251,7 +289,8 @@ def test_kill_9_during_saves_leaves_a_restorable_checkpoint(tmp_path):
   resumed, _ = train.train_and_evaluate(tiny_config(steps=saved + 2), str(tmp_path))
   assert int(resumed["step"]) == saved + 2
   assert [r["step"] for r in metrics.read_metrics(str(tmp_path)) if "loss" in r] == list(
-      range(1, saved + 3))
+    range(1, saved + 3)
+  )
   newest = max((tmp_path / "tensorboard").iterdir(), key=lambda p: p.stat().st_mtime)
   assert saved + 1 in session_starts(newest)  # TensorBoard purges the steps after saved
 
@@ -260,10 +299,11 @@ def session_starts(event_file) -> list[int]:
   """The steps of an event file's SessionLog.START events (TFRecord framing: length,
   its CRC, the Event proto, its CRC)."""
   from tensorboardX.proto import event_pb2
+
   data, starts, at = event_file.read_bytes(), [], 0
   while at < len(data):
-    length = int.from_bytes(data[at:at + 8], "little")
-    event = event_pb2.Event.FromString(data[at + 12:at + 12 + length])
+    length = int.from_bytes(data[at : at + 8], "little")
+    event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
     if event.session_log.status == event_pb2.SessionLog.START:
       starts.append(event.step)
     at += 16 + length
@@ -278,8 +318,11 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
   for path in (latest / "state").rglob("*"):
     if path.is_file() and path.stat().st_size > 100:
       path.write_bytes(b"\0" * 16)
-  with pytest.raises(ckpt_lib.CorruptCheckpoint, match=r"checkpoints/4 cannot be restored.*"
-                     r"resume from step 2") as error:
+  with pytest.raises(
+    ckpt_lib.CorruptCheckpoint,
+    match=r"checkpoints/4 cannot be restored.*"
+    r"resume from step 2",
+  ) as error:
     train.train_and_evaluate(tiny_config(steps=6), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   assert "\n" not in str(error.value) and len(str(error.value)) < 500  # see test_checkpoint
@@ -288,8 +331,11 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
 def test_checkpoint_of_another_model_names_both(tmp_path):
   train.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
   other = tiny_config(steps=4, arg="quick,backend=numpy,model=B")
-  with pytest.raises(ckpt_lib.CheckpointMismatch, match=r"holds model .*'name': 'A'.*"
-                     r"asks for .*'name': 'B'"):
+  with pytest.raises(
+    ckpt_lib.CheckpointMismatch,
+    match=r"holds model .*'name': 'A'.*"
+    r"asks for .*'name': 'B'",
+  ):
     train.train_and_evaluate(other, str(tmp_path))
 
 
@@ -297,11 +343,11 @@ def test_a_rerun_that_does_not_fit_the_workdir_writes_nothing(tmp_path, monkeypa
   """Another model is refused before config.json is touched (the finished run stays
   evaluable); a negative width fails before any data is read."""
   from vgg_jax import evaluate
+
   train.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
   written = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
   with pytest.raises(ckpt_lib.CheckpointMismatch, match="'name': 'B'"):
-    train.train_and_evaluate(tiny_config(steps=4, arg="quick,backend=numpy,model=B"),
-                             str(tmp_path))
+    train.train_and_evaluate(tiny_config(steps=4, arg="quick,backend=numpy,model=B"), str(tmp_path))
   monkeypatch.setattr(data, "make_pipeline", lambda *a, **k: pytest.fail("data was read"))
   negative = tiny_config(steps=4)
   negative.model.width = -1.0
@@ -325,7 +371,8 @@ def test_two_trainers_on_one_workdir(tmp_path):
   out = finish(first, status=train.PREEMPTED_EXIT_CODE)
   stopped_at = int(out.split("SIGTERM: saved step ")[1].split()[0])
   assert [r["step"] for r in metrics.read_metrics(str(tmp_path)) if "loss" in r] == list(
-      range(1, stopped_at + 1))
+    range(1, stopped_at + 1)
+  )
   assert int(restore(tiny_config(), str(tmp_path))["step"]) == stopped_at
   assert not (tmp_path / lock.LOCK_FILE).exists()
 
@@ -337,27 +384,41 @@ def test_nonfinite_parameters_are_never_saved_and_each_start_config_is_kept(tmp_
   train.train_and_evaluate(tiny_config(steps=2), str(tmp_path))
   config = tiny_config(steps=6, lr=float("inf"))
   config.checkpoint.every_steps = 1
-  with pytest.raises(train.NonFiniteLoss, match=r"parameters are not finite after step 3; "
-                     r"the last good checkpoint is step 2 in "):
+  with pytest.raises(
+    train.NonFiniteLoss,
+    match=r"parameters are not finite after step 3; "
+    r"the last good checkpoint is step 2 in ",
+  ):
     train.train_and_evaluate(config, str(tmp_path))
   state = restore(config, str(tmp_path))
   assert int(state["step"]) == 2 and finite_weights(state)
-  started = {name: json.loads((tmp_path / "configs" / name).read_text())["optim"]["lr"]
-             for name in os.listdir(tmp_path / "configs")}
+  started = {
+    name: json.loads((tmp_path / "configs" / name).read_text())["optim"]["lr"]
+    for name in os.listdir(tmp_path / "configs")
+  }
   assert started == {"0.json": tiny_config().optim.lr, "2.json": float("inf")}
 
 
 def test_nan_before_the_first_checkpoint_says_so(tmp_path):
-  with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step 2; no "
-                     r"checkpoint was saved yet"):
+  with pytest.raises(
+    train.NonFiniteLoss,
+    match=r"loss is (nan|inf) at step 2; no "
+    r"checkpoint was saved yet",
+  ):
     train.train_and_evaluate(tiny_config(steps=50, lr=float("inf")), str(tmp_path))
 
 
 def test_launch_prints_known_errors_as_one_line(tmp_path):
   workdir = tmp_path / "run"
-  field = one_line_error(run_launch(
-      "train", f"--config={ROOT}/experiments/fashion_mnist.py:quick", f"--workdir={workdir}",
-      "--config.no_such=1"), status=2)
+  field = one_line_error(
+    run_launch(
+      "train",
+      f"--config={ROOT}/experiments/fashion_mnist.py:quick",
+      f"--workdir={workdir}",
+      "--config.no_such=1",
+    ),
+    status=2,
+  )
   assert field.startswith("launch.py train: --config.no_such: unknown config field no_such")
   assert not workdir.exists()
   empty = one_line_error(run_launch("eval", f"--workdir={tmp_path}"))
@@ -365,29 +426,49 @@ def test_launch_prints_known_errors_as_one_line(tmp_path):
   assert os.listdir(tmp_path) == []  # no empty checkpoints/, no lock left
 
 
-@pytest.mark.skipif(subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode,
-                    reason="needs `unshare -rm` (user and mount namespaces) for a small tmpfs")
+@pytest.mark.skipif(
+  subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode,
+  reason="needs `unshare -rm` (user and mount namespaces) for a small tmpfs",
+)
 def test_a_full_disk_is_one_line_naming_it(tmp_path):
   """Training in a 400 kB tmpfs (its own mount namespace): the first checkpoint does
   not fit."""
-  command = " ".join([sys.executable, os.path.join(ROOT, "launch.py"), "train",
-                      f"--config={ROOT}/experiments/fashion_mnist.py:quick,backend=numpy",
-                      f"--workdir={tmp_path}/run", *TINY, "--config.optim.max_steps=4",
-                      "--config.checkpoint.every_steps=1"])
+  command = " ".join(
+    [
+      sys.executable,
+      os.path.join(ROOT, "launch.py"),
+      "train",
+      f"--config={ROOT}/experiments/fashion_mnist.py:quick,backend=numpy",
+      f"--workdir={tmp_path}/run",
+      *TINY,
+      "--config.optim.max_steps=4",
+      "--config.checkpoint.every_steps=1",
+    ]
+  )
   out = subprocess.run(
-      ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=400k tmpfs {tmp_path} && "
-       f"{command}"], env=dict(os.environ, JAX_PLATFORMS="cpu"), cwd=ROOT,
-      capture_output=True, text=True, timeout=600)
+    ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=400k tmpfs {tmp_path} && {command}"],
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert out.returncode == 1, out.stderr[-3000:]
-  assert out.stderr.strip().splitlines()[-1].startswith(
-      f"launch.py train: no space left on the device of {tmp_path}/run/checkpoints: ")
+  assert (
+    out.stderr.strip()
+    .splitlines()[-1]
+    .startswith(f"launch.py train: no space left on the device of {tmp_path}/run/checkpoints: ")
+  )
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   config = tiny_config(steps=50, lr=1e6)
   config.checkpoint.every_steps = 1
-  with pytest.raises(train.NonFiniteLoss, match=r"loss is (nan|inf) at step \d+; the last "
-                     r"good checkpoint is step \d+"):
+  with pytest.raises(
+    train.NonFiniteLoss,
+    match=r"loss is (nan|inf) at step \d+; the last "
+    r"good checkpoint is step \d+",
+  ):
     train.train_and_evaluate(config, str(tmp_path))
   state = restore(config, str(tmp_path))
   assert finite_weights(state)

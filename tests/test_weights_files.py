@@ -32,17 +32,20 @@ def test_save_and_load_orbax_round_trip(tmp_path):
   model = vgg_jax.create_model("B", rngs=nnx.Rngs(1), **SMALL)
   model.bn1_1.mean.set_value(model.bn1_1.mean.get_value() + 0.5)  # statistics travel too
   weights.save_orbax(model, str(tmp_path))
-  loaded = weights.load_orbax(str(tmp_path), nnx.eval_shape(
-      lambda: vgg_jax.create_model("B", **SMALL)))
+  loaded = weights.load_orbax(
+    str(tmp_path), nnx.eval_shape(lambda: vgg_jax.create_model("B", **SMALL))
+  )
   assert_same_weights(loaded, model)
 
 
 def test_another_model_is_refused_by_name(tmp_path):
   weights.save_orbax(vgg_jax.create_model("B", **SMALL), str(tmp_path))
-  with pytest.raises(ckpt_lib.CheckpointMismatch, match=r"holds model \{'name': 'B'.*but "
-                     r"the model is \{'name': 'D'"):
-    weights.load_orbax(str(tmp_path), nnx.eval_shape(
-        lambda: vgg_jax.create_model("D", **SMALL)))
+  with pytest.raises(
+    ckpt_lib.CheckpointMismatch,
+    match=r"holds model \{'name': 'B'.*but "
+    r"the model is \{'name': 'D'",
+  ):
+    weights.load_orbax(str(tmp_path), nnx.eval_shape(lambda: vgg_jax.create_model("D", **SMALL)))
   with pytest.raises(FileNotFoundError, match="no vgg_jax checkpoint"):
     weights.load_orbax(str(tmp_path / "empty"), vgg_jax.create_model("B", **SMALL))
 
@@ -51,6 +54,7 @@ def test_weights_of_a_training_workdir_without_its_optimiser(tmp_path):
   from vgg_jax import config as config_lib
   from vgg_jax import train
   from vgg_jax.model import VGG, VGGConfig
+
   config = config_lib.experiment_config("fashion_mnist", "quick,backend=numpy")
   config.model.width = 1 / 16
   config.optim.update(batch_size=32, max_steps=2)
@@ -70,15 +74,30 @@ def test_launch_convert_from_torchvision(tmp_path):
   torch.manual_seed(0)
   net = torchvision.models.vgg11_bn(weights=None, num_classes=7)
   torch.save(net.state_dict(), tmp_path / "vgg11_bn.pth")
-  out = subprocess.run([sys.executable, "launch.py", "convert", "--from=torchvision",
-                        str(tmp_path / "vgg11_bn.pth"), f"--to={tmp_path / 'converted'}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  out = subprocess.run(
+    [
+      sys.executable,
+      "launch.py",
+      "convert",
+      "--from=torchvision",
+      str(tmp_path / "vgg11_bn.pth"),
+      f"--to={tmp_path / 'converted'}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]
   assert "VGG-A (" in out.stdout
-  expected = weights.load_torchvision(str(tmp_path / "vgg11_bn.pth"), nnx.eval_shape(
-      lambda: vgg_jax.create_model("A", batch_norm=True, num_classes=7)))
-  loaded = weights.load_orbax(str(tmp_path / "converted"), nnx.eval_shape(
-      lambda: vgg_jax.create_model("A", batch_norm=True, num_classes=7)))
+  expected = weights.load_torchvision(
+    str(tmp_path / "vgg11_bn.pth"),
+    nnx.eval_shape(lambda: vgg_jax.create_model("A", batch_norm=True, num_classes=7)),
+  )
+  loaded = weights.load_orbax(
+    str(tmp_path / "converted"),
+    nnx.eval_shape(lambda: vgg_jax.create_model("A", batch_norm=True, num_classes=7)),
+  )
   assert_same_weights(loaded, expected)
 
 

@@ -25,8 +25,7 @@ LOSS_RTOL, GRAD_RTOL = 1e-5, 1e-4
 def test_defaults_are_appended_to_the_users_flags():
   flags = xla_flags.with_cpu_defaults(" --xla_force_host_platform_device_count=8 ")
   assert flags.startswith("--xla_force_host_platform_device_count=8 --")
-  assert all(f"--{name}={value}" in flags.split()
-             for name, value in xla_flags.CPU_DEFAULTS.items())
+  assert all(f"--{name}={value}" in flags.split() for name, value in xla_flags.CPU_DEFAULTS.items())
   assert xla_flags.with_cpu_defaults(flags) == flags  # applying twice adds nothing
 
 
@@ -34,8 +33,9 @@ def test_the_users_own_value_of_a_default_flag_wins():
   assert xla_flags.with_cpu_defaults(f"--{FLAG}=") == f"--{FLAG}="
 
 
-@pytest.mark.parametrize("value, enabled", [(None, True), ("1", True), ("0", False),
-                                            ("false", False), ("OFF", False)])
+@pytest.mark.parametrize(
+  "value, enabled", [(None, True), ("1", True), ("0", False), ("false", False), ("OFF", False)]
+)
 def test_the_switch(value, enabled):
   environ = {} if value is None else {xla_flags.SWITCH: value}
   assert xla_flags.cpu_defaults_enabled(environ) is enabled
@@ -73,8 +73,14 @@ def loss_and_gradients(out_path: str) -> None:
   labels = rng.integers(0, 10, 4)
   arrays, ynn_fusions = {}, 0
   for name in TABLE1:
-    graphdef, shapes = nnx.split(nnx.eval_shape(lambda name=name: create_model(
-        name, num_classes=10, width=1 / 16, dropout=0.0, image_size=32)), nnx.Param)
+    graphdef, shapes = nnx.split(
+      nnx.eval_shape(
+        lambda name=name: create_model(
+          name, num_classes=10, width=1 / 16, dropout=0.0, image_size=32
+        )
+      ),
+      nnx.Param,
+    )
     params = jax.tree.map(lambda p: lecun_normal(p.shape, rng), shapes)
 
     def loss_fn(params, graphdef=graphdef):
@@ -96,11 +102,11 @@ def run_both_settings(tmp_path) -> dict:
   """{defaults on?: (arrays, info)}, each from its own process, both running at once."""
   processes = {}
   for enabled in (False, True):
-    env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=ROOT,
-               **{xla_flags.SWITCH: "1" if enabled else "0"})
+    env = dict(
+      os.environ, XLA_FLAGS="", PYTHONPATH=ROOT, **{xla_flags.SWITCH: "1" if enabled else "0"}
+    )
     out = str(tmp_path / f"enabled_{enabled}.npz")
-    processes[enabled] = out, subprocess.Popen([sys.executable, __file__, out], env=env,
-                                               cwd=ROOT)
+    processes[enabled] = out, subprocess.Popen([sys.executable, __file__, out], env=env, cwd=ROOT)
   results = {}
   for enabled, (out, process) in processes.items():
     assert process.wait(timeout=300) == 0
@@ -123,8 +129,7 @@ def test_every_config_has_the_defaults_loss_and_gradients(tmp_path):
     for key in leaves:
       scale = np.abs(off[key]).max()
       assert scale > 0, key  # a vanished gradient would compare nothing
-      np.testing.assert_allclose(on[key], off[key], rtol=0, atol=GRAD_RTOL * scale,
-                                 err_msg=key)
+      np.testing.assert_allclose(on[key], off[key], rtol=0, atol=GRAD_RTOL * scale, err_msg=key)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from vgg_jax import config as config_lib
 def get_config(arg: str = ""):
   arg = config_lib.parse_arg(arg, model="A", seed=0, manual_dir="")
   c = config_lib.experiment_config(
-      "fashion_mnist", f"model={arg.model},seed={arg.seed},width=0.0625,epochs=1,"
-      "backend=numpy")
+    "fashion_mnist", f"model={arg.model},seed={arg.seed},width=0.0625,epochs=1,backend=numpy"
+  )
   c.data.update(manual_dir=arg.manual_dir, train_split="train[:512]", eval_split="test[:256]")
   c.optim.update(batch_size=32, max_steps=8)
   c.evaluations = ("dense",)
@@ -19,5 +19,7 @@ def get_config(arg: str = ""):
 def sweep(arg: str = ""):
   arg = config_lib.parse_arg(arg, manual_dir="")
   extra = f",manual_dir={arg.manual_dir}"
-  return [dict(name="A_S32_seed0", arg="model=A" + extra),
-          dict(name="B_S32_seed0", arg="model=B" + extra, parent="A_S32_seed0")]
+  return [
+    dict(name="A_S32_seed0", arg="model=A" + extra),
+    dict(name="B_S32_seed0", arg="model=B" + extra, parent="A_S32_seed0"),
+  ]

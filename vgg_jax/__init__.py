@@ -2,16 +2,25 @@
 
 from vgg_jax.architectures import CONFIG_NAMES, TABLE1, canonical_name, weight_layers
 from vgg_jax.model import (
-                           VGG,
-                           LRNConfig,
-                           VGGConfig,
-                           count_macs,
-                           count_params,
-                           create_model,
-                           local_response_norm,
+  VGG,
+  LRNConfig,
+  VGGConfig,
+  count_macs,
+  count_params,
+  create_model,
+  local_response_norm,
 )
 
 __all__ = [
-    "CONFIG_NAMES", "TABLE1", "canonical_name", "weight_layers", "LRNConfig", "VGG",
-    "VGGConfig", "count_macs", "count_params", "create_model", "local_response_norm",
+  "CONFIG_NAMES",
+  "TABLE1",
+  "canonical_name",
+  "weight_layers",
+  "LRNConfig",
+  "VGG",
+  "VGGConfig",
+  "count_macs",
+  "count_params",
+  "create_model",
+  "local_response_norm",
 ]

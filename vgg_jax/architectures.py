@@ -12,48 +12,48 @@ The depth sweep indexes this table; nothing else in the library names a configur
 import dataclasses
 
 TABLE1: dict[str, tuple[tuple[str, ...], ...]] = {
-    "A": (
-        ("conv3-64",),
-        ("conv3-128",),
-        ("conv3-256", "conv3-256"),
-        ("conv3-512", "conv3-512"),
-        ("conv3-512", "conv3-512"),
-    ),
-    "A-LRN": (
-        ("conv3-64", "LRN"),
-        ("conv3-128",),
-        ("conv3-256", "conv3-256"),
-        ("conv3-512", "conv3-512"),
-        ("conv3-512", "conv3-512"),
-    ),
-    "B": (
-        ("conv3-64", "conv3-64"),
-        ("conv3-128", "conv3-128"),
-        ("conv3-256", "conv3-256"),
-        ("conv3-512", "conv3-512"),
-        ("conv3-512", "conv3-512"),
-    ),
-    "C": (
-        ("conv3-64", "conv3-64"),
-        ("conv3-128", "conv3-128"),
-        ("conv3-256", "conv3-256", "conv1-256"),
-        ("conv3-512", "conv3-512", "conv1-512"),
-        ("conv3-512", "conv3-512", "conv1-512"),
-    ),
-    "D": (
-        ("conv3-64", "conv3-64"),
-        ("conv3-128", "conv3-128"),
-        ("conv3-256", "conv3-256", "conv3-256"),
-        ("conv3-512", "conv3-512", "conv3-512"),
-        ("conv3-512", "conv3-512", "conv3-512"),
-    ),
-    "E": (
-        ("conv3-64", "conv3-64"),
-        ("conv3-128", "conv3-128"),
-        ("conv3-256", "conv3-256", "conv3-256", "conv3-256"),
-        ("conv3-512", "conv3-512", "conv3-512", "conv3-512"),
-        ("conv3-512", "conv3-512", "conv3-512", "conv3-512"),
-    ),
+  "A": (
+    ("conv3-64",),
+    ("conv3-128",),
+    ("conv3-256", "conv3-256"),
+    ("conv3-512", "conv3-512"),
+    ("conv3-512", "conv3-512"),
+  ),
+  "A-LRN": (
+    ("conv3-64", "LRN"),
+    ("conv3-128",),
+    ("conv3-256", "conv3-256"),
+    ("conv3-512", "conv3-512"),
+    ("conv3-512", "conv3-512"),
+  ),
+  "B": (
+    ("conv3-64", "conv3-64"),
+    ("conv3-128", "conv3-128"),
+    ("conv3-256", "conv3-256"),
+    ("conv3-512", "conv3-512"),
+    ("conv3-512", "conv3-512"),
+  ),
+  "C": (
+    ("conv3-64", "conv3-64"),
+    ("conv3-128", "conv3-128"),
+    ("conv3-256", "conv3-256", "conv1-256"),
+    ("conv3-512", "conv3-512", "conv1-512"),
+    ("conv3-512", "conv3-512", "conv1-512"),
+  ),
+  "D": (
+    ("conv3-64", "conv3-64"),
+    ("conv3-128", "conv3-128"),
+    ("conv3-256", "conv3-256", "conv3-256"),
+    ("conv3-512", "conv3-512", "conv3-512"),
+    ("conv3-512", "conv3-512", "conv3-512"),
+  ),
+  "E": (
+    ("conv3-64", "conv3-64"),
+    ("conv3-128", "conv3-128"),
+    ("conv3-256", "conv3-256", "conv3-256", "conv3-256"),
+    ("conv3-512", "conv3-512", "conv3-512", "conv3-512"),
+    ("conv3-512", "conv3-512", "conv3-512", "conv3-512"),
+  ),
 }
 
 # Names people already use for the same networks (torchvision, Keras).
@@ -61,9 +61,11 @@ ALIASES = {"vgg11": "A", "vgg11_lrn": "A-LRN", "vgg13": "B", "vgg16": "D", "vgg1
 
 CONFIG_NAMES: tuple[str, ...] = tuple(TABLE1) + tuple(ALIASES)
 
+
 @dataclasses.dataclass(frozen=True)
 class Layer:
   """One entry of Table 1, parsed: kind is "conv" or "lrn"."""
+
   kind: str
   kernel: int = 0
   features: int = 0
@@ -82,8 +84,7 @@ def canonical_name(name: str) -> str:
   """Resolves an alias ("vgg16") or a case variant ("a-lrn") to a Table 1 name."""
   key = {n.lower(): n for n in CONFIG_NAMES}.get(str(name).lower())
   if key is None:
-    raise ValueError(
-        f"unknown VGG configuration {name!r}; choose one of {', '.join(CONFIG_NAMES)}")
+    raise ValueError(f"unknown VGG configuration {name!r}; choose one of {', '.join(CONFIG_NAMES)}")
   return ALIASES.get(key, key)
 
 

@@ -47,35 +47,50 @@ WEIGHTS = ("params", "batch_stats")  # the parts of a train state that make the 
 class Checkpointer:
   """Saves and restores {"state": pytree, "meta": json} under WORKDIR/checkpoints."""
 
-  def __init__(self, workdir: str, *, keep: int = 3, keep_best: bool = True,
-               async_save: bool = True, read_only: bool = False):
+  def __init__(
+    self,
+    workdir: str,
+    *,
+    keep: int = 3,
+    keep_best: bool = True,
+    async_save: bool = True,
+    read_only: bool = False,
+  ):
     best = lambda metrics: metrics[BEST_METRIC]  # noqa: E731
     policies = [checkpoint_managers.LatestN(keep)]
     if keep_best:
-      policies.append(checkpoint_managers.BestN(
-          get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False))
+      policies.append(
+        checkpoint_managers.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False)
+      )
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if read_only and not os.path.isdir(self.directory):
       raise NoCheckpoint(f"no vgg_jax checkpoint in {self.directory}")
     self.manager = ocp.CheckpointManager(
-        self.directory, item_names=("state", "meta"),
-        options=ocp.CheckpointManagerOptions(
-            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
-            # best_fn also makes orbax write the metrics to disk, so the best is
-            # still known (and kept) after a restart.
-            best_fn=best if keep_best else None,
-            enable_async_checkpointing=async_save, create=not read_only,
-            # A reader must not delete a running trainer's half-written save. (It never
-            # saves, so it deletes nothing else; orbax's read_only only adds warnings.)
-            cleanup_tmp_directories=not read_only))
+      self.directory,
+      item_names=("state", "meta"),
+      options=ocp.CheckpointManagerOptions(
+        preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+        # best_fn also makes orbax write the metrics to disk, so the best is
+        # still known (and kept) after a restart.
+        best_fn=best if keep_best else None,
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        # A reader must not delete a running trainer's half-written save. (It never
+        # saves, so it deletes nothing else; orbax's read_only only adds warnings.)
+        cleanup_tmp_directories=not read_only,
+      ),
+    )
 
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None):
     """Starts an async save; the state's arrays are copied before this returns. A full
     disk (this save's or the previous one's) raises DiskFull."""
     with self._writing():
-      self.manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-          metrics=metrics, force=True)
+      self.manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics=metrics,
+        force=True,
+      )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -83,8 +98,9 @@ class Checkpointer:
   def best_step(self) -> int | None:
     return self.manager.best_step()
 
-  def restore(self, abstract_state: Any, meta: dict, step: int | None = None
-              ) -> tuple[Any, dict] | None:
+  def restore(
+    self, abstract_state: Any, meta: dict, step: int | None = None
+  ) -> tuple[Any, dict] | None:
     """The state at `step` (default: newest) laid out as `abstract_state`'s shardings,
     or None when there is no checkpoint. `meta["model"]` must match the saved one."""
     step = self.latest_step() if step is None else step
@@ -92,8 +108,9 @@ class Checkpointer:
       return None
     saved_meta = self.check_model(step, meta["model"], "the config asks for")
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))["state"]
+      restored = self.manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+      )["state"]
     except Exception as e:
       raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
     return restored, saved_meta
@@ -103,11 +120,16 @@ class Checkpointer:
     shardings; the saved model must have `signature`."""
     self.check_model(step, signature, "the model is")
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(
+      return self.manager.restore(
+        step,
+        args=ocp.args.Composite(
           state=ocp.args.PyTreeRestore(
-              item=abstract_weights, partial_restore=True,
-              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights))
-      ))["state"]
+            item=abstract_weights,
+            partial_restore=True,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights),
+          )
+        ),
+      )["state"]
     except Exception as e:
       raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
 
@@ -116,25 +138,29 @@ class Checkpointer:
     meta = self.read_meta(step)
     if meta.get("model") != signature:
       raise CheckpointMismatch(
-          f"checkpoint {os.path.join(self.directory, str(step))} holds model "
-          f"{meta.get('model')}, but {wanted} {signature}: use another workdir, or the "
-          f"checkpoint's config")
+        f"checkpoint {os.path.join(self.directory, str(step))} holds model "
+        f"{meta.get('model')}, but {wanted} {signature}: use another workdir, or the "
+        f"checkpoint's config"
+      )
     return meta
 
   def read_meta(self, step: int) -> dict:
     """The JSON `meta` saved with `step` (the model signature and the run's config)."""
     try:
-      return self.manager.restore(step, args=ocp.args.Composite(
-          meta=ocp.args.JsonRestore()))["meta"]
+      return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))[
+        "meta"
+      ]
     except Exception as e:
       raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
 
   def _corrupt(self, path: str, step: int, error: Exception) -> CorruptCheckpoint:
     older = [s for s in self.manager.all_steps() if s < step]
-    hint = (f"move it aside to resume from step {max(older)}" if older
-            else "move it aside to start afresh")
-    return CorruptCheckpoint(f"checkpoint {path} cannot be restored ({brief(error)}); "
-                             f"{hint}")
+    hint = (
+      f"move it aside to resume from step {max(older)}"
+      if older
+      else "move it aside to start afresh"
+    )
+    return CorruptCheckpoint(f"checkpoint {path} cannot be restored ({brief(error)}); {hint}")
 
   @contextlib.contextmanager
   def _writing(self) -> Iterator[None]:
@@ -145,9 +171,11 @@ class Checkpointer:
     except Exception as e:
       if not no_space(e):
         raise
-      raise DiskFull(f"no space left on the device of {self.directory}: a checkpoint "
-                     f"could not be written; free some (or lower checkpoint.keep) and "
-                     f"rerun the command to resume from the newest complete one") from e
+      raise DiskFull(
+        f"no space left on the device of {self.directory}: a checkpoint "
+        f"could not be written; free some (or lower checkpoint.keep) and "
+        f"rerun the command to resume from the newest complete one"
+      ) from e
 
   def wait(self):
     with self._writing():
@@ -191,4 +219,5 @@ def brief(error: BaseException, limit: int = 200) -> str:
 def abstract_like(state: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying the target shardings, for `restore`."""
   return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+  )

@@ -75,6 +75,7 @@ class Trained:
   """A network to evaluate: its run's config, its arrays, the mesh they live on.
   `checkpoint` says which was taken: "best" (by validation accuracy), "latest" or
   "requested"."""
+
   config: ml_collections.ConfigDict
   model: VGGConfig
   mesh: jax.sharding.Mesh
@@ -85,8 +86,9 @@ class Trained:
   workdir: str = ""
 
 
-def load_trained(workdir: str, step: int | None = None,
-                 mesh: Sequence[tuple[str, int]] | None = None) -> Trained:
+def load_trained(
+  workdir: str, step: int | None = None, mesh: Sequence[tuple[str, int]] | None = None
+) -> Trained:
   """The network of `workdir` (its config.json) at checkpoint `step`; by default the
   best by validation accuracy where the run recorded one, else the newest. `mesh` is
   axes as in `config.mesh` (default: the run's own); the weights are placed by the run's
@@ -99,15 +101,19 @@ def load_trained(workdir: str, step: int | None = None,
     saved = checkpoints.read_meta(chosen)["model"]
     cfg = VGGConfig.from_config(config, saved["num_classes"], saved["in_channels"])
     abstract = abstract_weights(cfg)
-    weights = checkpoints.restore_weights(ckpt_lib.abstract_like(
-        abstract, sharding.state_shardings(abstract, config.sharding_rules or config.sharding,
-                                           mesh)), chosen, cfg.signature())
-  return Trained(config, cfg, mesh, weights["params"], weights["batch_stats"], chosen,
-                 which, workdir)
+    weights = checkpoints.restore_weights(
+      ckpt_lib.abstract_like(
+        abstract, sharding.state_shardings(abstract, config.sharding_rules or config.sharding, mesh)
+      ),
+      chosen,
+      cfg.signature(),
+    )
+  return Trained(
+    config, cfg, mesh, weights["params"], weights["batch_stats"], chosen, which, workdir
+  )
 
 
-def choose_step(checkpoints: ckpt_lib.Checkpointer, step: int | None
-                ) -> tuple[int | None, str]:
+def choose_step(checkpoints: ckpt_lib.Checkpointer, step: int | None) -> tuple[int | None, str]:
   """`step` if given, else the best by validation accuracy, else (no checkpoint was
   validated) the newest; with which of the three it is."""
   if step is not None:
@@ -119,8 +125,9 @@ def choose_step(checkpoints: ckpt_lib.Checkpointer, step: int | None
 # ------------------------------------------------------------------------------ input
 
 
-def agreed_chunks(chunks: Iterator[tuple[list[np.ndarray], np.ndarray]]
-                  ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+def agreed_chunks(
+  chunks: Iterator[tuple[list[np.ndarray], np.ndarray]],
+) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
   """The chunks, then empty ones until no process has any left, so all run the same
   number (a share one image longer may need one more chunk)."""
   empty = ([], np.zeros(0, np.int32))
@@ -144,11 +151,12 @@ def dense_side(size: int, crop: int, bucket: int) -> int:
 
 def centre(image: np.ndarray, height: int, width: int) -> np.ndarray:
   y, x = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-  return image[y:y + height, x:x + width]
+  return image[y : y + height, x : x + width]
 
 
-def view_shape(kind: str, height: int, width: int, short_side: int, crop: int,
-               bucket: int) -> tuple[int, int, bool]:
+def view_shape(
+  kind: str, height: int, width: int, short_side: int, crop: int, bucket: int
+) -> tuple[int, int, bool]:
   """(height, width, dense) of an image's views, from its raw size alone."""
   if kind != "dense":
     return crop, crop, False
@@ -164,13 +172,19 @@ def views(image: np.ndarray, kind: str, crop: int, bucket: int) -> np.ndarray:
   if kind == "dense":
     x = centre(image, dense_side(h, crop, bucket), dense_side(w, crop, bucket))
     return np.stack([x, x[:, ::-1]])
-  crops = np.stack([image[y:y + crop, x:x + crop]
-                    for y in grid_offsets(h, crop) for x in grid_offsets(w, crop)])
+  crops = np.stack(
+    [
+      image[y : y + crop, x : x + crop]
+      for y in grid_offsets(h, crop)
+      for x in grid_offsets(w, crop)
+    ]
+  )
   return np.concatenate([crops, crops[:, :, ::-1]])
 
 
-def fixed_batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch: int, steps: int,
-                  shape: tuple[int, ...]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def fixed_batches(
+  chunks: Iterator[tuple[np.ndarray, np.ndarray]], batch: int, steps: int, shape: tuple[int, ...]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """Exactly `steps` (views, owners) batches of `batch` rows from (views, owner image)
   chunks; rows past len(owners) are zero padding."""
   rows, owners = np.zeros((0, *shape), np.float32), np.zeros(0, np.int64)
@@ -193,7 +207,7 @@ def agreed_steps(local_views: dict[tuple, int], batch: int) -> dict[tuple, int]:
     rows = np.array([[*key, n] for key, n in counts.items()], np.int64).reshape(-1, 4)
     longest = int(multihost_utils.process_allgather(np.int64(len(rows))).max())
     padded = np.zeros((longest, 4), np.int64)
-    padded[:len(rows)] = rows
+    padded[: len(rows)] = rows
     counts = {}
     for h, w, dense, n in multihost_utils.process_allgather(padded).reshape(-1, 4):
       if n:
@@ -221,8 +235,11 @@ def forward(params, batch_stats, images, *, graphdef, dense: bool) -> jax.Array:
 def forward_program(model: VGGConfig, batch_sharding) -> Any:
   """The jitted forward of a network: one per (model, sharding) in a process, so the
   runs of a sweep (a config's seeds) share its compilations."""
-  return jax.jit(functools.partial(forward, graphdef=model_graphdef(model)),
-                 static_argnames="dense", out_shardings=batch_sharding)
+  return jax.jit(
+    functools.partial(forward, graphdef=model_graphdef(model)),
+    static_argnames="dense",
+    out_shardings=batch_sharding,
+  )
 
 
 def one_ahead(items: Iterator) -> Iterator:
@@ -252,9 +269,11 @@ class Runner:
     self.data_cfg, self.pad_to, self.crop = cfg, cfg.pad_to, trained.model.image_size
     self.batch_size = batch_size or trained.config.optim.batch_size
     if self.batch_size % trained.mesh.shape["data"] or self.batch_size % jax.process_count():
-      raise ValueError(f"batch {self.batch_size} does not divide between the "
-                       f"{trained.mesh.shape['data']} devices of the data axis and the "
-                       f"{jax.process_count()} processes")
+      raise ValueError(
+        f"batch {self.batch_size} does not divide between the "
+        f"{trained.mesh.shape['data']} devices of the data axis and the "
+        f"{jax.process_count()} processes"
+      )
     self.local_batch = self.batch_size // jax.process_count()
     self.batch_sharding = sharding.batch_sharding(trained.mesh)
     self._forward = forward_program(trained.model, self.batch_sharding)
@@ -263,19 +282,30 @@ class Runner:
   def dispatch(self, images: np.ndarray, dense: bool) -> jax.Array:
     """Starts the logits of one process-local batch [local_batch, H, W, C]."""
     self.programs.add((images.shape, dense))
-    return self._forward(self.trained.params, self.trained.batch_stats,
-                         data.to_global(images, self.batch_sharding), dense=dense)
+    return self._forward(
+      self.trained.params,
+      self.trained.batch_stats,
+      data.to_global(images, self.batch_sharding),
+      dense=dense,
+    )
 
   def fetch(self, logits: jax.Array) -> np.ndarray:
     """This process's rows of dispatched logits."""
-    return np.asarray(multihost_utils.global_array_to_host_local_array(
-        logits, self.trained.mesh, P("data")))
+    return np.asarray(
+      multihost_utils.global_array_to_host_local_array(logits, self.trained.mesh, P("data"))
+    )
 
   def logits(self, images: np.ndarray, dense: bool) -> np.ndarray:
     return self.fetch(self.dispatch(images, dense))
 
-  def predict(self, images: Sequence[np.ndarray], protocol: str, scales: Sequence[int],
-              bucket: int = 32, scans: dict | None = None) -> np.ndarray:
+  def predict(
+    self,
+    images: Sequence[np.ndarray],
+    protocol: str,
+    scales: Sequence[int],
+    bucket: int = 32,
+    scans: dict | None = None,
+  ) -> np.ndarray:
     """Soft-max [N, classes] of raw images under a protocol, averaged over `scales`.
     `scans` keeps each (view kind, Q)'s soft-max for other protocols on the same images
     (multi-crop & dense reuses dense's and multi-crop's)."""
@@ -288,24 +318,31 @@ class Runner:
         if padded is None:
           padded = [data.pad_images(x[None], self.pad_to)[0] for x in images]
         scans[kind, q] = self.scan(padded, kind, q, bucket)
-    return np.mean([scans[kind, q]
-                    for kind, q in itertools.product(view_kinds(protocol), scales)], 0)
+    return np.mean(
+      [scans[kind, q] for kind, q in itertools.product(view_kinds(protocol), scales)], 0
+    )
 
-  def scan(self, images: Sequence[np.ndarray], kind: str, short_side: int,
-           bucket: int) -> np.ndarray:
+  def scan(
+    self, images: Sequence[np.ndarray], kind: str, short_side: int, bucket: int
+  ) -> np.ndarray:
     """Soft-max averaged over each image's views of one kind at one scale."""
     groups = collections.defaultdict(list)
     for i, image in enumerate(images):
       groups[view_shape(kind, *image.shape[:2], short_side, self.crop, bucket)].append(i)
     probs = np.zeros((len(images), self.trained.model.num_classes))
     sizes = {key: len(members) * VIEWS[kind] for key, members in groups.items()}
-    started = ((self.dispatch(batch, dense=key[2]), owners)
-               for key, steps in agreed_steps(sizes, self.local_batch).items()
-               for batch, owners in fixed_batches(
-                   self.view_chunks(images, groups.get(key, []), kind, short_side, bucket),
-                   self.local_batch, steps, (*key[:2], self.trained.model.in_channels)))
+    started = (
+      (self.dispatch(batch, dense=key[2]), owners)
+      for key, steps in agreed_steps(sizes, self.local_batch).items()
+      for batch, owners in fixed_batches(
+        self.view_chunks(images, groups.get(key, []), kind, short_side, bucket),
+        self.local_batch,
+        steps,
+        (*key[:2], self.trained.model.in_channels),
+      )
+    )
     for logits, owners in one_ahead(started):
-      np.add.at(probs, owners, softmax(self.fetch(logits)[:len(owners)]))
+      np.add.at(probs, owners, softmax(self.fetch(logits)[: len(owners)]))
     return probs / VIEWS[kind]
 
   def rescaled(self, images: np.ndarray, short_side: int) -> np.ndarray:
@@ -313,16 +350,16 @@ class Runner:
     backends agree to 1e-2, tests/test_data.py)."""
     return data.rescale_images(self.data_cfg, images, short_side)
 
-  def view_chunks(self, images, members: list[int], kind: str, short_side: int,
-                  bucket: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  def view_chunks(
+    self, images, members: list[int], kind: str, short_side: int, bucket: int
+  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(views, owner) per image, rescaling images of one raw shape together."""
     by_shape = sorted(members, key=lambda i: images[i].shape)
     for _, same in itertools.groupby(by_shape, key=lambda i: images[i].shape):
       same = list(same)
       for start in range(0, len(same), self.local_batch):
-        part = same[start:start + self.local_batch]
-        for i, image in zip(part, self.rescaled(np.stack([images[i] for i in part]),
-                                                short_side)):
+        part = same[start : start + self.local_batch]
+        for i, image in zip(part, self.rescaled(np.stack([images[i] for i in part]), short_side)):
           chunk = views(image, kind, self.crop, bucket)
           yield chunk, np.full(len(chunk), i)
 
@@ -354,8 +391,9 @@ def resolve_scales(spec: str, config: ml_collections.ConfigDict) -> tuple[int, .
 def hits(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
   """This process's [top-1 hits, top-5 hits, images]."""
   top5 = np.argsort(-probs, axis=1)[:, :5]
-  return np.array([(top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(1).sum(),
-                   len(labels)], np.int64)
+  return np.array(
+    [(top5[:, 0] == labels).sum(), (top5 == labels[:, None]).any(1).sum(), len(labels)], np.int64
+  )
 
 
 def score(sums: np.ndarray) -> dict:
@@ -363,32 +401,50 @@ def score(sums: np.ndarray) -> dict:
   if jax.process_count() > 1:
     sums = multihost_utils.process_allgather(sums).sum(0)
   top1, top5_hits, count = (int(v) for v in sums)
-  return dict(top1_err=1 - top1 / count, top5_err=1 - top5_hits / count, top1_hits=top1,
-              top5_hits=top5_hits, count=count)
+  return dict(
+    top1_err=1 - top1 / count,
+    top5_err=1 - top5_hits / count,
+    top1_hits=top1,
+    top5_hits=top5_hits,
+    count=count,
+  )
 
 
-def predict(runners: Sequence[Runner], images: Sequence[np.ndarray], protocol: str,
-            scales: Sequence[Sequence[int]], bucket: int = 32,
-            scans: Sequence[dict] | None = None) -> np.ndarray:
+def predict(
+  runners: Sequence[Runner],
+  images: Sequence[np.ndarray],
+  protocol: str,
+  scales: Sequence[Sequence[int]],
+  bucket: int = 32,
+  scans: Sequence[dict] | None = None,
+) -> np.ndarray:
   """An ensemble's soft-max [N, classes]: the average of its members', each at its own
   scales (`scans`: each member's memo, see `Runner.predict`)."""
   scans = scans or [{} for _ in runners]
-  return np.mean([r.predict(images, protocol, q, bucket, memo)
-                  for r, q, memo in zip(runners, scales, scans)], 0)
+  return np.mean(
+    [r.predict(images, protocol, q, bucket, memo) for r, q, memo in zip(runners, scales, scans)], 0
+  )
 
 
-def evaluate(models: Sequence[Trained], protocol: str = "dense", scales: str = "", *,
-             split: str = "", **kwargs) -> dict:
+def evaluate(
+  models: Sequence[Trained], protocol: str = "dense", scales: str = "", *, split: str = "", **kwargs
+) -> dict:
   """One network, or the soft-max average of several (an ensemble), on `split` (default:
   the first model's eval split) under `protocol` at `scales` (see `resolve_scales`,
   resolved per model); the keyword arguments are `evaluate_many`'s."""
   return evaluate_many(models, [(protocol, scales, split)], **kwargs)[0]
 
 
-def evaluate_many(models: Sequence[Trained], evaluations: Sequence[tuple[str, str, str]], *,
-                  batch_size: int | None = None, bucket: int = 32, chunk: int = CHUNK,
-                  process_index: int | None = None, process_count: int | None = None
-                  ) -> list[dict]:
+def evaluate_many(
+  models: Sequence[Trained],
+  evaluations: Sequence[tuple[str, str, str]],
+  *,
+  batch_size: int | None = None,
+  bucket: int = 32,
+  chunk: int = CHUNK,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> list[dict]:
   """Several (protocol, scales, split) evaluations of one network or ensemble in one
   pass per split, `chunk` images at a time: the compiled programs are shared, and each
   (view kind, Q) is predicted once per image however many protocols use it. The
@@ -401,42 +457,59 @@ def evaluate_many(models: Sequence[Trained], evaluations: Sequence[tuple[str, st
   for index, (protocol, scales, split) in enumerate(evaluations):
     view_kinds(protocol)  # an unknown protocol fails before any compute
     by_split[split or models[0].config.data.eval_split].append(
-        (index, protocol, [resolve_scales(scales, m.config) for m in models]))
+      (index, protocol, [resolve_scales(scales, m.config) for m in models])
+    )
   results = [None] * len(evaluations)
   for split, group in by_split.items():
     sums = np.zeros((len(group), 3), np.int64)
-    for images, labels in agreed_chunks(data.read_split(models[0].config.data, split,
-                                                        process_index, process_count, chunk)):
+    for images, labels in agreed_chunks(
+      data.read_split(models[0].config.data, split, process_index, process_count, chunk)
+    ):
       scans = [{} for _ in runners]
       for i, (_, protocol, per_model) in enumerate(group):
         sums[i] += hits(predict(runners, images, protocol, per_model, bucket, scans), labels)
     for total, (index, protocol, per_model) in zip(sums, group):
       results[index] = dict(
-          score(total), protocol=protocol, split=split,
-          models=[dict(workdir=m.workdir, step=m.step, checkpoint=m.checkpoint,
-                       config=m.model.name, S=str(Scale.of(m.config.data.scale)), Q=list(q))
-                  for m, q in zip(models, per_model)],
-          views_per_image=[sum(VIEWS[k] for k in view_kinds(protocol)) * len(q)
-                           for q in per_model],
-          compilations=sum(len(r.programs) for r in runners), bucket=bucket)
+        score(total),
+        protocol=protocol,
+        split=split,
+        models=[
+          dict(
+            workdir=m.workdir,
+            step=m.step,
+            checkpoint=m.checkpoint,
+            config=m.model.name,
+            S=str(Scale.of(m.config.data.scale)),
+            Q=list(q),
+          )
+          for m, q in zip(models, per_model)
+        ],
+        views_per_image=[sum(VIEWS[k] for k in view_kinds(protocol)) * len(q) for q in per_model],
+        compilations=sum(len(r.programs) for r in runners),
+        bucket=bucket,
+      )
   return results
 
 
 def configured(config: ml_collections.ConfigDict) -> list[tuple[str, str, str]]:
   """A run's `config.evaluations` (base_config's for runs from before the field), parsed:
   what `launch.py eval --configured` and a sweep evaluate."""
-  return [config_lib.parse_evaluation(spec)
-          for spec in config.get("evaluations", config_lib.base_config().evaluations)]
+  return [
+    config_lib.parse_evaluation(spec)
+    for spec in config.get("evaluations", config_lib.base_config().evaluations)
+  ]
 
 
 def table_row(result: dict) -> str:
   """The result as a row under TABLE_HEADER (errors in %, as the paper's tables)."""
   models = result["models"]
   qs = {",".join(map(str, m["Q"])) for m in models}
-  return (f"| {' + '.join(m['config'] for m in models)} | "
-          f"{' + '.join(m['S'] for m in models)} | {' / '.join(sorted(qs))} | "
-          f"{result['protocol']} | {100 * result['top1_err']:.1f} | "
-          f"{100 * result['top5_err']:.1f} |")
+  return (
+    f"| {' + '.join(m['config'] for m in models)} | "
+    f"{' + '.join(m['S'] for m in models)} | {' / '.join(sorted(qs))} | "
+    f"{result['protocol']} | {100 * result['top1_err']:.1f} | "
+    f"{100 * result['top5_err']:.1f} |"
+  )
 
 
 def result_path(result: dict) -> str:
@@ -446,8 +519,7 @@ def result_path(result: dict) -> str:
   split = re.sub(r"\W+", "_", result["split"]).strip("_")
   name = f"{split}_{result['protocol']}_Q{'-'.join(map(str, first['Q']))}"
   if others:
-    name += "_with_" + "+".join(os.path.basename(os.path.normpath(m["workdir"]))
-                                for m in others)
+    name += "_with_" + "+".join(os.path.basename(os.path.normpath(m["workdir"])) for m in others)
   return os.path.join(first["workdir"], "eval", name + ".json")
 
 

@@ -34,13 +34,19 @@ class Locked(RuntimeError):
 
 
 def holder_info(purpose: str) -> dict:
-  return dict(host=socket.gethostname(), pid=os.getpid(), purpose=purpose,
-              since=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+  return dict(
+    host=socket.gethostname(),
+    pid=os.getpid(),
+    purpose=purpose,
+    since=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+  )
 
 
 def describe(holder: dict) -> str:
-  return (f"{holder.get('purpose', '?')} (pid {holder.get('pid', '?')} on "
-          f"{holder.get('host', '?')}, since {holder.get('since', '?')})")
+  return (
+    f"{holder.get('purpose', '?')} (pid {holder.get('pid', '?')} on "
+    f"{holder.get('host', '?')}, since {holder.get('since', '?')})"
+  )
 
 
 def _read(fd: int) -> dict:
@@ -63,8 +69,10 @@ def _open_locked(path: str) -> int:
       os.close(fd)
       if e.errno not in (errno.EAGAIN, errno.EACCES):
         raise
-      raise Locked(f"{os.path.dirname(path)} is in use by {describe(holder)}; wait for it "
-                   f"to finish, or stop it") from None
+      raise Locked(
+        f"{os.path.dirname(path)} is in use by {describe(holder)}; wait for it "
+        f"to finish, or stop it"
+      ) from None
     try:
       if os.stat(path).st_ino == os.fstat(fd).st_ino:
         return fd
@@ -79,8 +87,10 @@ def _acquire(workdir: str, purpose: str) -> int:
   holder = _read(fd)
   if holder and holder.get("host") != socket.gethostname():
     os.close(fd)
-    raise Locked(f"{workdir} is locked by {describe(holder)}; if that process is gone, "
-                 f"clear the stale lock with: rm {path}")
+    raise Locked(
+      f"{workdir} is locked by {describe(holder)}; if that process is gone, "
+      f"clear the stale lock with: rm {path}"
+    )
   os.ftruncate(fd, 0)
   os.lseek(fd, 0, os.SEEK_SET)
   os.write(fd, json.dumps(holder_info(purpose)).encode())

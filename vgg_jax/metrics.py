@@ -24,10 +24,10 @@ class MetricWriter:
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
+
       os.makedirs(workdir, exist_ok=True)
       drop_records_after(self.path, start_step)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                               purge_step=start_step + 1)
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
@@ -83,8 +83,14 @@ class Progress:
 
   def __init__(self, total: int, initial: int, batch_size: int):
     self.batch_size = batch_size
-    self.bar = tqdm.tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
-                         mininterval=2.0, disable=jax.process_index() != 0)
+    self.bar = tqdm.tqdm(
+      total=total,
+      initial=initial,
+      unit="step",
+      dynamic_ncols=True,
+      mininterval=2.0,
+      disable=jax.process_index() != 0,
+    )
 
   def update(self, step: int, metrics: dict) -> float:
     """`step` is the number of finished steps; returns images/s, smoothed by tqdm."""

@@ -16,8 +16,10 @@ def check_steps(steps) -> None:
   """(0, 0) is off; otherwise 1 <= first <= last."""
   first, last = steps
   if (first, last) != (0, 0) and not 1 <= first <= last:
-    raise ValueError(f"profile_steps must be (first, last) with 1 <= first <= last, or "
-                     f"(0, 0) for none; got {tuple(steps)}")
+    raise ValueError(
+      f"profile_steps must be (first, last) with 1 <= first <= last, or "
+      f"(0, 0) for none; got {tuple(steps)}"
+    )
 
 
 class StepProfiler:

@@ -27,14 +27,42 @@ from vgg_jax.util import markdown_table
 
 REGIME_ORDER = tuple(s.name for s in paper.REGIMES)  # "256", "384", "256-512"
 PROTOCOL_ORDER = paper.PROTOCOLS
-TITLES = {3: "Table 3: single test scale (dense)",
-          4: "Table 4: multiple test scales (dense)",
-          5: "Table 5: jittered S, multiple test scales, by protocol",
-          6: "Table 6: ensembles of two nets, by protocol"}
-HEADER = ["arm", "config", "S", "paper S", "Q", "protocol", "split", "n", "top-1 %",
-          "top-5 %", "paper top-1", "paper top-5"]
-CSV_HEADER = ["arm", "config", "S", "paper_S", "Q", "protocol", "split", "n", "top1_mean",
-              "top1_std", "top5_mean", "top5_std", "paper_top1", "paper_top5"]
+TITLES = {
+  3: "Table 3: single test scale (dense)",
+  4: "Table 4: multiple test scales (dense)",
+  5: "Table 5: jittered S, multiple test scales, by protocol",
+  6: "Table 6: ensembles of two nets, by protocol",
+}
+HEADER = [
+  "arm",
+  "config",
+  "S",
+  "paper S",
+  "Q",
+  "protocol",
+  "split",
+  "n",
+  "top-1 %",
+  "top-5 %",
+  "paper top-1",
+  "paper top-5",
+]
+CSV_HEADER = [
+  "arm",
+  "config",
+  "S",
+  "paper_S",
+  "Q",
+  "protocol",
+  "split",
+  "n",
+  "top1_mean",
+  "top1_std",
+  "top5_mean",
+  "top5_std",
+  "paper_top1",
+  "paper_top5",
+]
 
 
 def regime(dataset: str, scale: str) -> str:
@@ -60,13 +88,23 @@ def collect(root: str) -> list[dict]:
       with open(path) as f:
         result = json.load(f)
       models = result["models"]
-      records.append(dict(
-          run=os.path.basename(workdir), seed=config["seed"], arm=arm(config),
-          config="+".join(m["config"] for m in models), S="+".join(m["S"] for m in models),
+      records.append(
+        dict(
+          run=os.path.basename(workdir),
+          seed=config["seed"],
+          arm=arm(config),
+          config="+".join(m["config"] for m in models),
+          S="+".join(m["S"] for m in models),
           regime="+".join(regime(config["data"]["name"], m["S"]) for m in models),
-          Q=",".join(map(str, models[0]["Q"])), protocol=result["protocol"],
-          split=result["split"], count=result["count"], top1_err=result["top1_err"],
-          top5_err=result["top5_err"], ensemble=len(models) > 1))
+          Q=",".join(map(str, models[0]["Q"])),
+          protocol=result["protocol"],
+          split=result["split"],
+          count=result["count"],
+          top1_err=result["top1_err"],
+          top5_err=result["top5_err"],
+          ensemble=len(models) > 1,
+        )
+      )
   return records
 
 
@@ -94,12 +132,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def paper_numbers(table: int, config: str, paper_s: str, protocol: str):
   """The paper's (top-1, top-5) for a row of Table `table`, or None."""
   if table == 6:
-    members = ("+".join(c for c, _ in paper.TABLE6_MEMBERS),
-               "+".join(s.name for _, s in paper.TABLE6_MEMBERS))
+    members = (
+      "+".join(c for c, _ in paper.TABLE6_MEMBERS),
+      "+".join(s.name for _, s in paper.TABLE6_MEMBERS),
+    )
     return paper.TABLE6.get(protocol) if (config, paper_s) == members else None
   if table == 5:
-    return paper.TABLE5.get((config, protocol)) if Scale.parse(paper_s) == paper.S256_512 \
-        else None
+    return paper.TABLE5.get((config, protocol)) if Scale.parse(paper_s) == paper.S256_512 else None
   return (paper.TABLE3 if table == 3 else paper.TABLE4).get((config, Scale.parse(paper_s)))
 
 
@@ -114,18 +153,38 @@ def aggregate(records: list[dict], table: int) -> list[dict]:
   for (arm_name, config, s, paper_s, q, protocol, split), members in groups.items():
     top1, top5 = (mean_std([m[k] for m in members]) for k in ("top1_err", "top5_err"))
     theirs = paper_numbers(table, config, paper_s, protocol) or (None, None)
-    rows.append(dict(arm=arm_name, config=config, S=s, paper_S=paper_s, Q=q,
-                     protocol=protocol,
-                     split=split, n=len(members), top1_mean=top1[0], top1_std=top1[1],
-                     top5_mean=top5[0], top5_std=top5[1], paper_top1=theirs[0],
-                     paper_top5=theirs[1]))
+    rows.append(
+      dict(
+        arm=arm_name,
+        config=config,
+        S=s,
+        paper_S=paper_s,
+        Q=q,
+        protocol=protocol,
+        split=split,
+        n=len(members),
+        top1_mean=top1[0],
+        top1_std=top1[1],
+        top5_mean=top5[0],
+        top5_std=top5[1],
+        paper_top1=theirs[0],
+        paper_top5=theirs[1],
+      )
+    )
   return sorted(rows, key=_order)
 
 
 def _order(row: dict):
-  return (row["arm"], _index(tuple(architectures.TABLE1), row["config"]), row["config"],
-          _index(REGIME_ORDER, row["paper_S"]), row["S"], row["Q"], row["split"],
-          _index(PROTOCOL_ORDER, row["protocol"]))
+  return (
+    row["arm"],
+    _index(tuple(architectures.TABLE1), row["config"]),
+    row["config"],
+    _index(REGIME_ORDER, row["paper_S"]),
+    row["S"],
+    row["Q"],
+    row["split"],
+    _index(PROTOCOL_ORDER, row["protocol"]),
+  )
 
 
 def _index(order: tuple, item) -> int:
@@ -137,11 +196,26 @@ def _number(value) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-  return markdown_table(HEADER, [
-      [r["arm"], r["config"], r["S"], r["paper_S"], r["Q"], r["protocol"], r["split"], r["n"],
-       f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
-       f"{r['top5_mean']:.2f} ± {r['top5_std']:.2f}",
-       _number(r["paper_top1"]), _number(r["paper_top5"])] for r in rows])
+  return markdown_table(
+    HEADER,
+    [
+      [
+        r["arm"],
+        r["config"],
+        r["S"],
+        r["paper_S"],
+        r["Q"],
+        r["protocol"],
+        r["split"],
+        r["n"],
+        f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
+        f"{r['top5_mean']:.2f} ± {r['top5_std']:.2f}",
+        _number(r["paper_top1"]),
+        _number(r["paper_top5"]),
+      ]
+      for r in rows
+    ],
+  )
 
 
 def to_csv(rows: list[dict], header: list[str] = CSV_HEADER) -> str:
@@ -167,8 +241,10 @@ def largest_splits(records: list[dict]) -> list[dict]:
 def tables(records: list[dict]) -> dict[int, list[dict]]:
   """Each table's rows, by table number (Tables 5 and 6 keep every split: their
   protocols are compared on the same images)."""
-  return {table: aggregate(records if table in (5, 6) else largest_splits(records), table)
-          for table in TITLES}
+  return {
+    table: aggregate(records if table in (5, 6) else largest_splits(records), table)
+    for table in TITLES
+  }
 
 
 def tables_markdown(rows: dict[int, list[dict]]) -> str:
@@ -190,8 +266,11 @@ def side_errors(records: list[dict], arm_name: str, side: paper.Side) -> dict[in
   key = (arm_name, side.config, side.scale.name, side.protocol)
   errors = {}
   for r in records:
-    if (not r.get("ensemble") and (r["arm"], r["config"], r["regime"], r["protocol"]) == key
-        and ("," in r["Q"]) == side.multi_q):
+    if (
+      not r.get("ensemble")
+      and (r["arm"], r["config"], r["regime"], r["protocol"]) == key
+      and ("," in r["Q"]) == side.multi_q
+    ):
       errors.setdefault(r["seed"], {})[r["split"]] = (100 * r["top1_err"], r["count"])
   return errors
 
@@ -211,12 +290,12 @@ def paired_differences(base: dict[int, dict], other: dict[int, dict]) -> list[fl
 def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float, float]:
   """Mean and Student-t confidence interval of the mean (nan bounds for n < 2)."""
   from scipy import stats  # pylint: disable=import-outside-toplevel
+
   values = np.asarray(values, np.float64)
   mean = float(values.mean())
   if len(values) < 2:
     return mean, float("nan"), float("nan")
-  half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(
-      len(values))
+  half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
   return mean, mean - half, mean + half
 
 
@@ -237,15 +316,26 @@ def claims(records: list[dict], level: float = 0.95) -> list[dict]:
   for arm_name in sorted({r["arm"] for r in records}):
     for claim, base, other in paper.claims():
       theirs = (paper_top1(base), paper_top1(other))
-      diffs = paired_differences(side_errors(records, arm_name, base),
-                                 side_errors(records, arm_name, other))
+      diffs = paired_differences(
+        side_errors(records, arm_name, base), side_errors(records, arm_name, other)
+      )
       if not diffs or None in theirs:
         continue
       mean, low, high = t_interval(diffs, level)
-      rows.append(dict(arm=arm_name, claim=claim, n=len(diffs), paper_base=theirs[0],
-                       paper_other=theirs[1], paper_diff=round(theirs[1] - theirs[0], 2),
-                       diff=mean, low=low, high=high,
-                       verdict=verdict(theirs[1] - theirs[0], low, high)))
+      rows.append(
+        dict(
+          arm=arm_name,
+          claim=claim,
+          n=len(diffs),
+          paper_base=theirs[0],
+          paper_other=theirs[1],
+          paper_diff=round(theirs[1] - theirs[0], 2),
+          diff=mean,
+          low=low,
+          high=high,
+          verdict=verdict(theirs[1] - theirs[0], low, high),
+        )
+      )
   return rows
 
 
@@ -254,22 +344,34 @@ def _interval(row: dict) -> str:
   return f"{row['diff']:+.2f}{bounds}"
 
 
-CLAIMS_HEADER = ["arm", "claim", "paper top-1 %", "paper diff", "our diff [95% CI]", "n",
-                 "verdict"]
+CLAIMS_HEADER = ["arm", "claim", "paper top-1 %", "paper diff", "our diff [95% CI]", "n", "verdict"]
 
 
 def claims_markdown(rows: list[dict]) -> str:
-  return ("## What reproduced: the paper's claims, paired by seed\n\n"
-          "Top-1 error of the second minus the first, in points (negative: the second is "
-          "better), mean over seeds with a 95% Student-t interval (n seeds, n - 1 degrees "
-          "of freedom). Reproduced: the interval excludes 0 on the paper's side; not "
-          "reproduced: on the other side; otherwise inconclusive. The paper's A-LRN claim "
-          "is that LRN does not help, which an inconclusive verdict is consistent with.\n\n"
-          + markdown_table(CLAIMS_HEADER, [
-              [r["arm"], r["claim"], f"{r['paper_base']:.1f} → {r['paper_other']:.1f}",
-               f"{r['paper_diff']:+.1f}",
-               _interval(r), r["n"], r["verdict"]]
-              for r in rows]) + "\n")
+  return (
+    "## What reproduced: the paper's claims, paired by seed\n\n"
+    "Top-1 error of the second minus the first, in points (negative: the second is "
+    "better), mean over seeds with a 95% Student-t interval (n seeds, n - 1 degrees "
+    "of freedom). Reproduced: the interval excludes 0 on the paper's side; not "
+    "reproduced: on the other side; otherwise inconclusive. The paper's A-LRN claim "
+    "is that LRN does not help, which an inconclusive verdict is consistent with.\n\n"
+    + markdown_table(
+      CLAIMS_HEADER,
+      [
+        [
+          r["arm"],
+          r["claim"],
+          f"{r['paper_base']:.1f} → {r['paper_other']:.1f}",
+          f"{r['paper_diff']:+.1f}",
+          _interval(r),
+          r["n"],
+          r["verdict"],
+        ]
+        for r in rows
+      ],
+    )
+    + "\n"
+  )
 
 
 # ---------------------------------------------------------------------------- figures
@@ -277,8 +379,10 @@ def claims_markdown(rows: list[dict]) -> str:
 
 def _pyplot():
   import matplotlib  # pylint: disable=import-outside-toplevel
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   return plt
 
 
@@ -288,8 +392,11 @@ def depth_positions(spread: float = 0.5) -> dict[str, float]:
   by_depth = {}
   for config in architectures.TABLE1:
     by_depth.setdefault(architectures.weight_layers(config), []).append(config)
-  return {config: depth + spread * (i - (len(group) - 1) / 2)
-          for depth, group in by_depth.items() for i, config in enumerate(group)}
+  return {
+    config: depth + spread * (i - (len(group) - 1) / 2)
+    for depth, group in by_depth.items()
+    for i, config in enumerate(group)
+  }
 
 
 def depth_figure(rows: list[dict], path: str) -> str:
@@ -304,21 +411,38 @@ def depth_figure(rows: list[dict], path: str) -> str:
     paper_ax = ax.twinx()
     for paper_s in REGIME_ORDER:
       for arm_name, style in zip(sorted({r["arm"] for r in rows}), ("-", ":", "-.", "--")):
-        ours = sorted((r for r in rows if (r["paper_S"], r["arm"]) == (paper_s, arm_name)),
-                      key=lambda r: x[r["config"]])
+        ours = sorted(
+          (r for r in rows if (r["paper_S"], r["arm"]) == (paper_s, arm_name)),
+          key=lambda r: x[r["config"]],
+        )
         if ours:
-          ax.errorbar([x[r["config"]] for r in ours], [r[f"{metric}_mean"] for r in ours],
-                      yerr=[r[f"{metric}_std"] for r in ours], marker="o", capsize=3,
-                      linestyle=style, color=colours[paper_s],
-                      label=f"ours, {arm_name}, S ~ {paper_s}")
-      theirs = sorted((x[c], v[which]) for (c, s), v in paper.TABLE3.items()
-                      if s.name == paper_s)
-      paper_ax.plot(*zip(*theirs), "--o", mfc="none", color=colours[paper_s], alpha=0.6,
-                    label=f"paper, S = {paper_s}")
-    ax.set_xticks(list(x.values()),
-                  [f"{c}\n{architectures.weight_layers(c)}" for c in x], fontsize=8)
-    ax.set(xlabel="configuration, weight layers", ylabel=f"our {metric} error (%)",
-           title=f"{metric} error vs depth (Table 3)")
+          ax.errorbar(
+            [x[r["config"]] for r in ours],
+            [r[f"{metric}_mean"] for r in ours],
+            yerr=[r[f"{metric}_std"] for r in ours],
+            marker="o",
+            capsize=3,
+            linestyle=style,
+            color=colours[paper_s],
+            label=f"ours, {arm_name}, S ~ {paper_s}",
+          )
+      theirs = sorted((x[c], v[which]) for (c, s), v in paper.TABLE3.items() if s.name == paper_s)
+      paper_ax.plot(
+        *zip(*theirs),
+        "--o",
+        mfc="none",
+        color=colours[paper_s],
+        alpha=0.6,
+        label=f"paper, S = {paper_s}",
+      )
+    ax.set_xticks(
+      list(x.values()), [f"{c}\n{architectures.weight_layers(c)}" for c in x], fontsize=8
+    )
+    ax.set(
+      xlabel="configuration, weight layers",
+      ylabel=f"our {metric} error (%)",
+      title=f"{metric} error vs depth (Table 3)",
+    )
     paper_ax.set_ylabel(f"paper {metric} error (%), ILSVRC-2012")
     ax.legend(loc="upper left", fontsize=8)
     paper_ax.legend(loc="upper right", fontsize=8)
@@ -361,13 +485,18 @@ def report(root: str) -> tuple[str, list[str]]:
   text = tables_markdown(rows) + "\n" + claims_markdown(verdicts)
   written = [_write(os.path.join(out, "tables.md"), text)]
   written += [_write(os.path.join(out, f"table{t}.csv"), to_csv(rows[t])) for t in rows]
-  written.append(_write(os.path.join(out, "claims.csv"), to_csv(verdicts, list(
-      verdicts[0]) if verdicts else ["arm", "claim"])))
+  written.append(
+    _write(
+      os.path.join(out, "claims.csv"),
+      to_csv(verdicts, list(verdicts[0]) if verdicts else ["arm", "claim"]),
+    )
+  )
   written.append(depth_figure(rows[3], os.path.join(out, "depth_vs_error.png")))
   for metrics_path in sorted(glob.glob(os.path.join(root, "*", "metrics.jsonl"))):
     workdir = os.path.dirname(metrics_path)
-    written.append(curve_figure(workdir, os.path.join(
-        out, "curves", os.path.basename(workdir) + ".png")))
+    written.append(
+      curve_figure(workdir, os.path.join(out, "curves", os.path.basename(workdir) + ".png"))
+    )
   return text, written
 
 

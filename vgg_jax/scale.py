@@ -17,12 +17,13 @@ class Scale:
 
   def __post_init__(self):
     if not 0 < self.lo <= self.hi:
-      raise ValueError(f"a scale is S or [S_min, S_max] with 0 < S_min <= S_max, got "
-                       f"[{self.lo},{self.hi}]")
+      raise ValueError(
+        f"a scale is S or [S_min, S_max] with 0 < S_min <= S_max, got [{self.lo},{self.hi}]"
+      )
 
   @classmethod
   def parse(cls, text: str) -> "Scale":
-    """"256", "256-512" (command lines, run names) or "[256,512]" (tables)."""
+    """ "256", "256-512" (command lines, run names) or "[256,512]" (tables)."""
     parts = str(text).strip().strip("[]").replace(",", "-").replace(" ", "").split("-")
     if len(parts) > 2:
       raise ValueError(f"a scale is S, S_min-S_max or [S_min,S_max], got {text!r}")

@@ -23,14 +23,14 @@ from jax.sharding import PartitionSpec as P
 Rules = Sequence[tuple[str, tuple]]
 
 PRESETS: dict[str, Rules] = {
-    "replicated": ((".*", ()),),
-    "fsdp": ((r"fc6/kernel$", (None, None, None, "data")),
-             (r"fc7/kernel$", ("data",)),
-             (".*", ())),
-    "tensor": ((r"fc6/kernel$", (None, None, None, "model")),
-               (r"fc6/bias$", ("model",)),
-               (r"fc7/kernel$", ("model",)),
-               (".*", ())),
+  "replicated": ((".*", ()),),
+  "fsdp": ((r"fc6/kernel$", (None, None, None, "data")), (r"fc7/kernel$", ("data",)), (".*", ())),
+  "tensor": (
+    (r"fc6/kernel$", (None, None, None, "model")),
+    (r"fc6/bias$", ("model",)),
+    (r"fc7/kernel$", ("model",)),
+    (".*", ()),
+  ),
 }
 
 
@@ -44,48 +44,53 @@ def make_mesh(axes: Sequence[tuple[str, int]]) -> jax.sharding.Mesh:
     sizes[sizes.index(-1)] = jax.device_count() // math.prod(s for s in sizes if s != -1)
   used = math.prod(sizes)
   if used > jax.device_count() or (jax.process_count() > 1 and used != jax.device_count()):
-    raise ValueError(f"mesh {dict(zip(names, sizes))} does not fit the "
-                     f"{jax.device_count()} devices of {jax.process_count()} process(es)")
-  return jax.make_mesh(sizes, names, axis_types=(AxisType.Auto,) * len(names),
-                       devices=jax.devices()[:used])
+    raise ValueError(
+      f"mesh {dict(zip(names, sizes))} does not fit the "
+      f"{jax.device_count()} devices of {jax.process_count()} process(es)"
+    )
+  return jax.make_mesh(
+    sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=jax.devices()[:used]
+  )
 
 
 def resolve_rules(rules: str | Rules) -> Rules:
   if isinstance(rules, str):
     if rules not in PRESETS:
-      raise ValueError(f"unknown sharding preset {rules!r}; choose one of "
-                       f"{', '.join(PRESETS)} or give [(regex, spec), ...]")
+      raise ValueError(
+        f"unknown sharding preset {rules!r}; choose one of "
+        f"{', '.join(PRESETS)} or give [(regex, spec), ...]"
+      )
     return PRESETS[rules]
   return tuple((pattern, tuple(spec)) for pattern, spec in rules)
 
 
 def path_string(path) -> str:
-  """"params/fc6/kernel" for a jax key path; NNX Variables' own `value` level is dropped."""
+  """ "params/fc6/kernel" for a jax key path; NNX Variables' own `value` level is dropped."""
   parts = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
   return "/".join(parts[:-1] if parts[-1:] == ["value"] else parts)
 
 
-def spec_for(path: str, shape: tuple[int, ...], rules: Rules,
-             mesh: jax.sharding.Mesh) -> P:
+def spec_for(path: str, shape: tuple[int, ...], rules: Rules, mesh: jax.sharding.Mesh) -> P:
   for pattern, spec in rules:
     if re.search(pattern, path):
-      spec = spec[:len(shape)]
+      spec = spec[: len(shape)]
       for dim, axis in zip(shape, spec):
         if axis is not None and dim % mesh.shape[axis]:
-          raise ValueError(f"cannot shard {path} {shape} over mesh axis {axis!r} of "
-                           f"size {mesh.shape[axis]} (rule {pattern!r})")
+          raise ValueError(
+            f"cannot shard {path} {shape} over mesh axis {axis!r} of "
+            f"size {mesh.shape[axis]} (rule {pattern!r})"
+          )
       return P(*spec)
   raise ValueError(f"no sharding rule matches {path}; end the rules with ('.*', ())")
 
 
-def state_shardings(abstract_state: Any, rules: str | Rules,
-                    mesh: jax.sharding.Mesh) -> Any:
+def state_shardings(abstract_state: Any, rules: str | Rules, mesh: jax.sharding.Mesh) -> Any:
   """NamedShardings for every array of a (possibly abstract) pytree."""
   rules = resolve_rules(rules)
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(
-          mesh, spec_for(path_string(path), tuple(x.shape), rules, mesh)),
-      abstract_state)
+    lambda path, x: NamedSharding(mesh, spec_for(path_string(path), tuple(x.shape), rules, mesh)),
+    abstract_state,
+  )
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

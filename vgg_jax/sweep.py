@@ -41,8 +41,7 @@ from vgg_jax.scale import Scale
 from vgg_jax.util import PEAK_FLOPS, markdown_table
 
 DONE, EVALUATED, FAILED = "sweep_done.json", "sweep_evaluated.json", "sweep_failed.txt"
-LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                      "launch.py")
+LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch.py")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +54,17 @@ class Run:
   stage: int = 0  # runs of a later stage start after every run of the earlier ones
 
 
-def paper_chain(table: Sequence[tuple[str, Scale]], seeds: Sequence[int], *,
-                warm_start: bool = True, scales: dict[Scale, Scale], extra: str = "",
-                finetune: dict | None = None, init: str = "glorot",
-                prefix: str = "") -> list[dict]:
+def paper_chain(
+  table: Sequence[tuple[str, Scale]],
+  seeds: Sequence[int],
+  *,
+  warm_start: bool = True,
+  scales: dict[Scale, Scale],
+  extra: str = "",
+  finetune: dict | None = None,
+  init: str = "glorot",
+  prefix: str = "",
+) -> list[dict]:
   """Runs for the (config, paper S) pairs of `table` per seed; `scales` maps the paper's
   S to this data set's (`paper.STAND_INS`; any spelling `Scale.of` reads), `extra` is
   appended to every run's arg and `finetune` (overrides) to the fine-tuned runs'. With
@@ -70,12 +76,16 @@ def paper_chain(table: Sequence[tuple[str, Scale]], seeds: Sequence[int], *,
     name = lambda model, s: f"{prefix}{model}_S{scales[s].name}_seed{seed}"  # noqa: E731
     for model, scale in table:
       scale = Scale.of(scale)
-      run = dict(name=name(model, scale),
-                 arg=f"model={model},S={scales[scale].name},seed={seed}{extra}")
+      run = dict(
+        name=name(model, scale), arg=f"model={model},S={scales[scale].name},seed={seed}{extra}"
+      )
       previous = paper.FINE_TUNED_FROM.get(scale)
       if previous:  # fine-tune the same config's net trained at the previous scale
-        run.update(parent=name(model, previous), layers="all",
-                   overrides={"optim.lr": 1e-3, **(finetune or {})})
+        run.update(
+          parent=name(model, previous),
+          layers="all",
+          overrides={"optim.lr": 1e-3, **(finetune or {})},
+        )
       elif model not in ("A", "A-LRN") and warm_start:
         run.update(parent=name("A", paper.S256), layers="paper")
       elif not warm_start:
@@ -84,19 +94,25 @@ def paper_chain(table: Sequence[tuple[str, Scale]], seeds: Sequence[int], *,
   return runs
 
 
-def table3_sweep(arg: str, scales: dict[Scale, Scale], finetune_epochs: int = 0,
-                 **run_args) -> list[dict]:
+def table3_sweep(
+  arg: str, scales: dict[Scale, Scale], finetune_epochs: int = 0, **run_args
+) -> list[dict]:
   """An experiment's `sweep(arg)`: Table 3's runs with the paper's chain (`chain=glorot`:
   no warm start, Glorot init), `seeds=N` of each, the fine-tuned runs (S=384 and
   multi-scale, whose length the paper does not give) trained for `finetune_epochs=N`
   (default as given; 0: as the others). `run_args` are more arguments, with their
   defaults, handed on to every run's `get_config` (e.g. `quick=False`, `width=0.125`)."""
-  parsed = config_lib.parse_arg(arg, seeds=1, chain="paper", finetune_epochs=finetune_epochs,
-                                **run_args)
+  parsed = config_lib.parse_arg(
+    arg, seeds=1, chain="paper", finetune_epochs=finetune_epochs, **run_args
+  )
   return paper_chain(
-      paper.TABLE3_RUNS, range(parsed.seeds), warm_start=parsed.chain == "paper", scales=scales,
-      extra="".join(f",{key}={parsed[key]}" for key in run_args),
-      finetune={"optim.epochs": parsed.finetune_epochs} if parsed.finetune_epochs else {})
+    paper.TABLE3_RUNS,
+    range(parsed.seeds),
+    warm_start=parsed.chain == "paper",
+    scales=scales,
+    extra="".join(f",{key}={parsed[key]}" for key in run_args),
+    finetune={"optim.epochs": parsed.finetune_epochs} if parsed.finetune_epochs else {},
+  )
 
 
 def expand(specs: Sequence[dict]) -> list[Run]:
@@ -132,16 +148,23 @@ def expand(specs: Sequence[dict]) -> list[Run]:
 
 def warm_start_overrides(run: Run, root: str) -> list[tuple[str, object]]:
   """The config fields that start `run` from its parent's weights, then its own."""
-  warm = ([("warm_start.workdir", os.path.join(root, run.parent)),
-           ("warm_start.layers", run.layers)] if run.parent else [])
+  warm = (
+    [("warm_start.workdir", os.path.join(root, run.parent)), ("warm_start.layers", run.layers)]
+    if run.parent
+    else []
+  )
   return warm + list(run.overrides)
 
 
 def train_command(run: Run, config_file: str, root: str) -> list[str]:
   """The `launch.py train` command line of one run."""
-  return [sys.executable, LAUNCH, "train", f"--config={config_file}:{run.arg}",
-          f"--workdir={os.path.join(root, run.name)}"] + [
-              f"--config.{key}={value}" for key, value in warm_start_overrides(run, root)]
+  return [
+    sys.executable,
+    LAUNCH,
+    "train",
+    f"--config={config_file}:{run.arg}",
+    f"--workdir={os.path.join(root, run.name)}",
+  ] + [f"--config.{key}={value}" for key, value in warm_start_overrides(run, root)]
 
 
 def state(run: Run, root: str) -> str:
@@ -155,8 +178,13 @@ def state(run: Run, root: str) -> str:
 def eval_command(run: Run, root: str) -> list[str]:
   """The `launch.py eval` of a trained run: all its config.evaluations (the paper's
   tables, see `config.paper_evaluations`) in one process."""
-  return [sys.executable, LAUNCH, "eval", f"--workdir={os.path.join(root, run.name)}",
-          "--configured"]
+  return [
+    sys.executable,
+    LAUNCH,
+    "eval",
+    f"--workdir={os.path.join(root, run.name)}",
+    "--configured",
+  ]
 
 
 # ---------------------------------------------------------------------- local backend
@@ -179,6 +207,7 @@ def enable_compilation_cache(root: str) -> None:
   small or quick to compile (CPU ones are both), so a resumed sweep compiles nothing
   twice. Resets JAX's cache if this process already compiled without it."""
   from jax.experimental.compilation_cache import compilation_cache as cc
+
   path = compilation_cache_dir(root)
   if jax.config.jax_compilation_cache_dir != path:
     jax.config.update("jax_compilation_cache_dir", path)
@@ -189,9 +218,12 @@ def enable_compilation_cache(root: str) -> None:
 
 def subprocess_env(root: str) -> dict[str, str]:
   """A run's subprocess environment: the same persistent compilation cache."""
-  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=compilation_cache_dir(root),
-              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
+  return dict(
+    os.environ,
+    JAX_COMPILATION_CACHE_DIR=compilation_cache_dir(root),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1",
+  )
 
 
 def run_config(run: Run, config_file: str, root: str | None = None):
@@ -212,13 +244,15 @@ def in_process_steps(run: Run, config_file: str, root: str) -> list[tuple]:
 
   def evaluate_run():
     from vgg_jax import evaluate  # pylint: disable=import-outside-toplevel
+
     trained = evaluate.load_trained(workdir)
     for result in evaluate.evaluate_many([trained], evaluate.configured(trained.config)):
       evaluate.write_result(result)
 
-  return [("train", lambda: train.train_and_evaluate(run_config(run, config_file, root),
-                                                     workdir), DONE),
-          ("evaluate", evaluate_run, EVALUATED)]
+  return [
+    ("train", lambda: train.train_and_evaluate(run_config(run, config_file, root), workdir), DONE),
+    ("evaluate", evaluate_run, EVALUATED),
+  ]
 
 
 def subprocess_steps(run: Run, config_file: str, root: str, execute) -> list[tuple]:
@@ -232,10 +266,13 @@ def subprocess_steps(run: Run, config_file: str, root: str, execute) -> list[tup
         raise train.Preempted(f"{command[2]} exited with {result.returncode}")
       if result.returncode:
         raise CommandFailed(result.returncode, (result.stdout or "") + (result.stderr or ""))
+
     return step
 
-  return [("train", call(train_command(run, config_file, root)), DONE),
-          ("evaluate", call(eval_command(run, root)), EVALUATED)]
+  return [
+    ("train", call(train_command(run, config_file, root)), DONE),
+    ("evaluate", call(eval_command(run, root)), EVALUATED),
+  ]
 
 
 def run_steps(run: Run, root: str, steps: list[tuple], log: Callable[[str], None]) -> str:
@@ -286,12 +323,19 @@ def seed_of(run: Run) -> int:
   return int(tokens.get("seed", 0))
 
 
-def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int = 1,
-              subprocesses: bool = False,
-              execute: Callable[[list[str]], subprocess.CompletedProcess] | None = None,
-              time_budget_s: float | None = None, costs: dict[str, float] | None = None,
-              log: Callable[[str], None] = print,
-              clock: Callable[[], float] = time.monotonic) -> dict[str, str]:
+def run_local(
+  runs: Sequence[Run],
+  config_file: str,
+  root: str,
+  *,
+  parallel: int = 1,
+  subprocesses: bool = False,
+  execute: Callable[[list[str]], subprocess.CompletedProcess] | None = None,
+  time_budget_s: float | None = None,
+  costs: dict[str, float] | None = None,
+  log: Callable[[str], None] = print,
+  clock: Callable[[], float] = time.monotonic,
+) -> dict[str, str]:
   """Trains and evaluates what is not done, in `runs`' order (parents first, see
   `expand`); returns each run's state. By default in this process, one run at a time,
   sharing compiled programs (`train.build_program`) and JAX's persistent compilation
@@ -303,8 +347,11 @@ def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int
   1 per run) at this call's pace."""
   subprocesses = subprocesses or execute is not None or parallel > 1
   if subprocesses:
-    execute = execute or (lambda command: subprocess.run(
-        command, capture_output=True, text=True, check=False, env=subprocess_env(root)))
+    execute = execute or (
+      lambda command: subprocess.run(
+        command, capture_output=True, text=True, check=False, env=subprocess_env(root)
+      )
+    )
     steps = lambda run: subprocess_steps(run, config_file, root, execute)  # noqa: E731
     pool = concurrent.futures.ThreadPoolExecutor(max(1, parallel))
   else:
@@ -321,8 +368,10 @@ def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int
         parent = outcome.get(run.parent, "pending") if run.parent else "done"
         if parent in ("failed", "blocked"):
           outcome[run.name] = "blocked"
-          log(f"{run.name}: blocked, parent {run.parent} is {parent}"
-              f" (see {os.path.join(root, run.parent)})")
+          log(
+            f"{run.name}: blocked, parent {run.parent} is {parent}"
+            f" (see {os.path.join(root, run.parent)})"
+          )
           pending.remove(run)
           pace.drop(run.name)
         elif time_budget_s is not None and pace.elapsed() >= time_budget_s:
@@ -333,8 +382,7 @@ def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int
           running[pool.submit(run_steps, run, root, steps(run), log)] = run
       if not running:
         break
-      finished, _ = concurrent.futures.wait(
-          running, return_when=concurrent.futures.FIRST_COMPLETED)
+      finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
       for future in finished:
         run = running.pop(future)
         outcome[run.name] = future.result()
@@ -342,19 +390,21 @@ def run_local(runs: Sequence[Run], config_file: str, root: str, *, parallel: int
         if outcome[run.name] == "preempted":
           stopping = "a run was preempted"
   if pending:
-    log(f"{len(pending)} runs not started ({stopping or 'their parents did not finish'});"
-        " run the same command again to continue")
+    log(
+      f"{len(pending)} runs not started ({stopping or 'their parents did not finish'});"
+      " run the same command again to continue"
+    )
   elif not stopping:
     evaluate_ensembles(ensemble_pairs(runs, config_file, root), root, log)
   return {run.name: outcome.get(run.name, "pending") for run in runs}
 
 
-def ensemble_pairs(runs: Sequence[Run], config_file: str, root: str
-                   ) -> list[tuple[Run, Run]]:
+def ensemble_pairs(runs: Sequence[Run], config_file: str, root: str) -> list[tuple[Run, Run]]:
   """Table 6's ensembles among the done runs: per arm (init, crop), S and seed, D with E,
   and the two configs with the lowest mean Table 3 top-1 error over seeds if another
   pair."""
   from vgg_jax import report  # pylint: disable=import-outside-toplevel
+
   groups = {}
   for run in runs:
     if state(run, root) == "done":
@@ -363,8 +413,11 @@ def ensemble_pairs(runs: Sequence[Run], config_file: str, root: str
       groups.setdefault(key, {}).setdefault(c.seed, {})[c.model.name] = run
   if all(len(members) < 2 for by_seed in groups.values() for members in by_seed.values()):
     return []
-  table3 = {r["run"]: r["top1_err"] for r in report.largest_splits(report.collect(root))
-            if 3 in report.table_of(r)}
+  table3 = {
+    r["run"]: r["top1_err"]
+    for r in report.largest_splits(report.collect(root))
+    if 3 in report.table_of(r)
+  }
   pairs = []
   for by_seed in groups.values():
     errors = {}
@@ -372,8 +425,7 @@ def ensemble_pairs(runs: Sequence[Run], config_file: str, root: str
       for config, run in members.items():
         if run.name in table3:
           errors.setdefault(config, []).append(table3[run.name])
-    best = tuple(sorted(errors, key=lambda config: sum(errors[config]) / len(errors[config])
-                        )[:2])
+    best = tuple(sorted(errors, key=lambda config: sum(errors[config]) / len(errors[config]))[:2])
     for members in by_seed.values():
       for pair in dict.fromkeys([("D", "E"), tuple(sorted(best))]):
         if len(pair) == 2 and all(config in members for config in pair):
@@ -381,20 +433,24 @@ def ensemble_pairs(runs: Sequence[Run], config_file: str, root: str
   return pairs
 
 
-def evaluate_ensembles(pairs: Sequence[tuple[Run, Run]], root: str,
-                       log: Callable[[str], None]) -> None:
+def evaluate_ensembles(
+  pairs: Sequence[tuple[Run, Run]], root: str, log: Callable[[str], None]
+) -> None:
   """Each pair's soft-max average under the first run's configured evaluations (what
   `launch.py eval --workdir FIRST --ensemble SECOND` does per protocol), written to the
   first run's eval/ (..._with_SECOND.json, for the report's Table 6); done once."""
   from vgg_jax import evaluate  # pylint: disable=import-outside-toplevel
+
   for first, second in pairs:
     marker = os.path.join(root, first.name, f"sweep_ensemble_{second.name}.json")
     if os.path.exists(marker):
       continue
     try:
       models = [evaluate.load_trained(os.path.join(root, run.name)) for run in (first, second)]
-      paths = [evaluate.write_result(result) for result in evaluate.evaluate_many(
-          models, evaluate.configured(models[0].config))]
+      paths = [
+        evaluate.write_result(result)
+        for result in evaluate.evaluate_many(models, evaluate.configured(models[0].config))
+      ]
     except Exception as e:  # pylint: disable=broad-except
       log(f"ensemble {first.name} + {second.name} failed: {e!r}")
       continue
@@ -435,8 +491,7 @@ class Pace:
     cost = self.left.pop(name)
     if outcome == "done":
       self.done_cost, self.done_seconds = self.done_cost + cost, self.done_seconds + seconds
-    return (f"[{time.strftime('%H:%M:%S')}] {name}: {outcome} in {seconds:.0f} s; "
-            f"{self.forecast()}")
+    return f"[{time.strftime('%H:%M:%S')}] {name}: {outcome} in {seconds:.0f} s; {self.forecast()}"
 
   def forecast(self) -> str:
     runs = f"{len(self.left)} runs to go"
@@ -456,9 +511,16 @@ def status_table(runs: Sequence[Run], root: str) -> str:
   rows = []
   for run in runs:
     last = last_metrics(os.path.join(root, run.name))
-    rows.append([run.name, state(run, root), run.parent or "-",
-                 last.get("step", "-"), _percent(last.get("val_top1_err")),
-                 _percent(last.get("val_top5_err"))])
+    rows.append(
+      [
+        run.name,
+        state(run, root),
+        run.parent or "-",
+        last.get("step", "-"),
+        _percent(last.get("val_top1_err")),
+        _percent(last.get("val_top5_err")),
+      ]
+    )
   return markdown_table(["run", "state", "parent", "step", "val top-1 %", "val top-5 %"], rows)
 
 
@@ -467,7 +529,7 @@ def _percent(value) -> str:
 
 
 def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
-  """"experiments/FILE.py:ARG" -> (the file, its `sweep(ARG)` expanded)."""
+  """ "experiments/FILE.py:ARG" -> (the file, its `sweep(ARG)` expanded)."""
   config_file, _, arg = config_spec.partition(":")
   config_file = os.path.abspath(config_file)
   module = config_lib.load_experiment_module(config_file)
@@ -480,9 +542,13 @@ def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
 
 
 # (train images, classes, channels) of the data sets a sweep may use, for the forecast.
-DATASETS = {"imagenet2012": (1_281_167, 1000, 3), "fashion_mnist": (60_000, 10, 1),
-            "cifar10": (50_000, 10, 3), "cifar100": (50_000, 100, 3),
-            "imagenette": (9_469, 10, 3)}
+DATASETS = {
+  "imagenet2012": (1_281_167, 1000, 3),
+  "fashion_mnist": (60_000, 10, 1),
+  "cifar10": (50_000, 10, 3),
+  "cifar100": (50_000, 100, 3),
+  "imagenette": (9_469, 10, 3),
+}
 
 
 def training_flops(config) -> float:
@@ -492,10 +558,12 @@ def training_flops(config) -> float:
 
   from vgg_jax import model as model_lib  # pylint: disable=import-outside-toplevel
   from vgg_jax import train
+
   images, classes, channels = DATASETS[config.data.name]
   cfg = train.model_config(config, num_classes=classes, in_channels=channels)
   per_image = model_lib.training_flops_per_image(
-      nnx.eval_shape(lambda: model_lib.VGG(cfg, rngs=nnx.Rngs(0))), config.data.crop)
+    nnx.eval_shape(lambda: model_lib.VGG(cfg, rngs=nnx.Rngs(0))), config.data.crop
+  )
   per_epoch = images // config.optim.batch_size
   steps = config.optim.max_steps or config.optim.epochs * per_epoch
   return per_image * steps * config.optim.batch_size
@@ -506,8 +574,13 @@ def run_flops(runs: Sequence[Run], config_file: str) -> dict[str, float]:
   return {run.name: training_flops(run_config(run, config_file)) for run in runs}
 
 
-def forecast(runs: Sequence[Run], config_file: str, accelerator: str, mfu: float,
-             flops: dict[str, float] | None = None) -> str:
+def forecast(
+  runs: Sequence[Run],
+  config_file: str,
+  accelerator: str,
+  mfu: float,
+  flops: dict[str, float] | None = None,
+) -> str:
   """Per run: training FLOPs and device-hours on `accelerator` at `mfu` of its peak."""
   flops = flops or run_flops(runs, config_file)
   rows, total = [], 0.0
@@ -516,10 +589,12 @@ def forecast(runs: Sequence[Run], config_file: str, accelerator: str, mfu: float
     total += hours
     rows.append([run.name, f"{flops[run.name]:.3g}", f"{hours:.3g}"])
   rows.append(["total", "", f"{total:.3g}"])
-  return (markdown_table(["run", "training FLOPs", f"{accelerator}-hours"], rows)
-          + f"\n\n{len(runs)} runs, {total * 60:.1f} {accelerator}-minutes at {mfu:.0%} of "
-          f"{accelerator}'s {PEAK_FLOPS[accelerator] / 1e12:.0f} TFLOP/s bf16 peak; "
-          "evaluation not included.")
+  return (
+    markdown_table(["run", "training FLOPs", f"{accelerator}-hours"], rows)
+    + f"\n\n{len(runs)} runs, {total * 60:.1f} {accelerator}-minutes at {mfu:.0%} of "
+    f"{accelerator}'s {PEAK_FLOPS[accelerator] / 1e12:.0f} TFLOP/s bf16 peak; "
+    "evaluation not included."
+  )
 
 
 # ------------------------------------------------------------------- cluster backends
@@ -533,19 +608,28 @@ def cluster_commands(run: Run, config_file: str, root: str, repo: str) -> tuple[
   here = os.path.dirname(LAUNCH)
   remote_config = os.path.join(repo, os.path.relpath(config_file, here))
   return tuple(  # each without this python and launch.py
-      shlex.join(["python3", os.path.join(repo, "launch.py"), *command[2:], "--distributed"])
-      for command in (train_command(run, remote_config, root), eval_command(run, root)))
+    shlex.join(["python3", os.path.join(repo, "launch.py"), *command[2:], "--distributed"])
+    for command in (train_command(run, remote_config, root), eval_command(run, root))
+  )
 
 
-def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str,
-                  nodes: int = 1, gpus_per_node: int = 8, time: str = "72:00:00"
-                  ) -> dict[str, str]:
+def slurm_scripts(
+  runs: Sequence[Run],
+  config_file: str,
+  root: str,
+  *,
+  repo: str,
+  nodes: int = 1,
+  gpus_per_node: int = 8,
+  time: str = "72:00:00",
+) -> dict[str, str]:
   """sbatch scripts, one per run (one task per host), and `submit.sh`, which submits
   them with afterok dependencies so a run starts only when its parent succeeded."""
   scripts, submit = {}, ["#!/bin/bash", "set -euo pipefail"]
   for run in runs:
     workdir = os.path.join(root, run.name)
-    scripts[f"{run.name}.sbatch"] = "\n".join([
+    scripts[f"{run.name}.sbatch"] = "\n".join(
+      [
         "#!/bin/bash",
         f"#SBATCH --job-name={run.name}",
         f"#SBATCH --nodes={nodes}",
@@ -556,30 +640,39 @@ def slurm_scripts(runs: Sequence[Run], config_file: str, root: str, *, repo: str
         "#SBATCH --requeue",
         "set -euo pipefail",  # a failed training is not evaluated, and fails the job
         "# A preempted step (exit 75) requeues the job, which resumes from its checkpoints.",
-        f"run() {{ \"$@\" || {{ status=$?; [ $status -ne {train.PREEMPTED_EXIT_CODE} ] || "
-        "scontrol requeue \"$SLURM_JOB_ID\"; exit $status; }; }",
+        f'run() {{ "$@" || {{ status=$?; [ $status -ne {train.PREEMPTED_EXIT_CODE} ] || '
+        'scontrol requeue "$SLURM_JOB_ID"; exit $status; }; }',
         f"mkdir -p {workdir}",
         *(f"run srun {command}" for command in cluster_commands(run, config_file, root, repo)),
-        ""])
+        "",
+      ]
+    )
     after = f" --dependency=afterok:${{job_{_shell(run.parent)}}}" if run.parent else ""
-    submit.append(f"job_{_shell(run.name)}=$(sbatch --parsable{after} "
-                  f"{os.path.join(root, 'slurm', run.name)}.sbatch)")
+    submit.append(
+      f"job_{_shell(run.name)}=$(sbatch --parsable{after} "
+      f"{os.path.join(root, 'slurm', run.name)}.sbatch)"
+    )
   scripts["submit.sh"] = "\n".join(submit + [""])
   return scripts
 
 
-def tpu_commands(runs: Sequence[Run], config_file: str, root: str, *, repo: str,
-                 tpu: str, zone: str) -> list[str]:
+def tpu_commands(
+  runs: Sequence[Run], config_file: str, root: str, *, repo: str, tpu: str, zone: str
+) -> list[str]:
   """gcloud commands that start each run on every host of a Cloud TPU VM pod, parents
   first (as big_vision's README does); run them one after another. A preempted training
   (exit 75) starts again and resumes from its checkpoints; the evaluation follows."""
   commands = []
   for run in runs:
     training, evaluation = cluster_commands(run, config_file, root, repo)
-    remote = (f"until {training}; do s=$?; [ $s -eq {train.PREEMPTED_EXIT_CODE} ] || exit $s;"
-              f" done && {evaluation}")
-    commands.append(f"gcloud compute tpus tpu-vm ssh {tpu} --zone={zone} --worker=all "
-                    f"--command={shlex.quote(remote)}")
+    remote = (
+      f"until {training}; do s=$?; [ $s -eq {train.PREEMPTED_EXIT_CODE} ] || exit $s;"
+      f" done && {evaluation}"
+    )
+    commands.append(
+      f"gcloud compute tpus tpu-vm ssh {tpu} --zone={zone} --worker=all "
+      f"--command={shlex.quote(remote)}"
+    )
   return commands
 
 

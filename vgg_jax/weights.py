@@ -31,6 +31,7 @@ _SHOWN = 8  # how many names an error message lists before "and N more"
 
 class Tensor(NamedTuple):
   """One source tensor, already in vgg_jax layout; `source` names it in the source."""
+
   value: np.ndarray
   source: str
 
@@ -40,16 +41,21 @@ class Tensor(NamedTuple):
 
 def model_tensors(model: nnx.Module) -> dict[str, nnx.Variable]:
   """The model's loadable variables by path ("fc6/kernel"); works on abstract models."""
-  return {"/".join(map(str, path)): node for path, node in nnx.iter_graph(model)
-          if isinstance(node, LOADED)}
+  return {
+    "/".join(map(str, path)): node
+    for path, node in nnx.iter_graph(model)
+    if isinstance(node, LOADED)
+  }
 
 
 def _checked(path: str, variable: nnx.Variable, tensor: Tensor) -> np.ndarray:
   """The one shape check every write goes through."""
   value = np.asarray(tensor.value)
   if value.shape != tuple(variable.shape):
-    raise ValueError(f"{path} (from {tensor.source}): source shape {value.shape} does not "
-                     f"match the model's {tuple(variable.shape)}")
+    raise ValueError(
+      f"{path} (from {tensor.source}): source shape {value.shape} does not "
+      f"match the model's {tuple(variable.shape)}"
+    )
   return value
 
 
@@ -76,13 +82,15 @@ def assign(model: nnx.Module, path: str, value: Any, *, source: str = "the given
   """Writes one tensor into `model` at `path` ("conv1_1/kernel"), checking its shape."""
   variables = model_tensors(model)
   if path not in variables:
-    raise ValueError(f"{path} (from {source}) has no place in the model; its tensors are "
-                     f"{_listing(variables)}")
+    raise ValueError(
+      f"{path} (from {source}) has no place in the model; its tensors are {_listing(variables)}"
+    )
   _write(variables[path], _checked(path, variables[path], _as_tensor(value, source)))
 
 
-def checked_tensors(model: nnx.Module, tensors: Mapping[str, Any], *,
-                    source: str = "the checkpoint") -> dict[str, np.ndarray]:
+def checked_tensors(
+  model: nnx.Module, tensors: Mapping[str, Any], *, source: str = "the checkpoint"
+) -> dict[str, np.ndarray]:
   """`tensors` (path -> `Tensor` or array) as arrays, after checking that they fill
   every loadable variable of `model` exactly: none missing, none extra, all shapes."""
   tensors = {path: _as_tensor(value, f"{source} {path}") for path, value in tensors.items()}
@@ -94,17 +102,19 @@ def checked_tensors(model: nnx.Module, tensors: Mapping[str, Any], *,
     target = f"the VGG-{name} model" if name else "the model"
     problems = []
     if missing:
-      problems.append(f"{len(missing)} tensors of {target} are missing from {source}: "
-                      f"{_listing(missing)}")
+      problems.append(
+        f"{len(missing)} tensors of {target} are missing from {source}: {_listing(missing)}"
+      )
     if extra:
-      problems.append(f"{len(extra)} tensors of {source} have no place in {target}: "
-                      + _listing(f"{p} (from {tensors[p].source})" for p in extra))
+      problems.append(
+        f"{len(extra)} tensors of {source} have no place in {target}: "
+        + _listing(f"{p} (from {tensors[p].source})" for p in extra)
+      )
     raise ValueError("; ".join(problems))
   return {path: _checked(path, variables[path], tensor) for path, tensor in tensors.items()}
 
 
-def load_tensors(model: nnx.Module, tensors: Mapping[str, Any], *,
-                 source: str = "the checkpoint"):
+def load_tensors(model: nnx.Module, tensors: Mapping[str, Any], *, source: str = "the checkpoint"):
   """Fills every loadable variable of `model` from `tensors` (path -> `Tensor` or
   array), in place. All checks run before the first write."""
   variables = model_tensors(model)
@@ -134,9 +144,11 @@ def _unflatten_fc1(kernel: np.ndarray, channels: int | None, source: str) -> np.
   rows = kernel.shape[0] if kernel.ndim == 2 else 0
   k = math.isqrt(rows // channels) if channels and rows % channels == 0 else 0
   if not channels or kernel.ndim != 2 or k * k * channels != rows:
-    raise ValueError(f"fc6/kernel (from {source}): cannot unflatten source shape "
-                     f"{kernel.shape} into (K, K, {channels}, F) after a conv layer with "
-                     f"{channels} channels")
+    raise ValueError(
+      f"fc6/kernel (from {source}): cannot unflatten source shape "
+      f"{kernel.shape} into (K, K, {channels}, F) after a conv layer with "
+      f"{channels} channels"
+    )
   return kernel.reshape(k, k, channels, kernel.shape[1])
 
 
@@ -156,8 +168,9 @@ def keras_tensors(keras_model) -> dict[str, Tensor]:
     # name when a layer was built inside one (e.g. "sequential/fc1/kernel").
     names = [f"{layer.name}/{variable.name}" for variable in layer_weights]
     if target is None:
-      raise ValueError(f"Keras layer {layer.name!r} has weights ({', '.join(names)}) but "
-                       "no vgg_jax counterpart")
+      raise ValueError(
+        f"Keras layer {layer.name!r} has weights ({', '.join(names)}) but no vgg_jax counterpart"
+      )
     for variable, name, value in zip(layer_weights, names, layer.get_weights()):
       source = f"Keras {name}"
       if target == "fc6" and variable.name == "kernel":
@@ -187,6 +200,7 @@ def load_keras(path: str, model: nnx.Module) -> nnx.Module:
 def read_keras(path: str):
   os.environ.setdefault("KERAS_BACKEND", "jax")
   import keras  # pylint: disable=import-outside-toplevel
+
   try:
     return keras.saving.load_model(path, compile=False)
   except Exception as e:  # h5py, zipfile and Keras each raise their own
@@ -197,8 +211,7 @@ def read_keras(path: str):
 
 
 TORCHVISION_HEAD = {"classifier.0": "fc6", "classifier.3": "fc7", "classifier.6": "fc8"}
-_TORCH_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean",
-             "running_var": "var"}
+_TORCH_BN = {"weight": "scale", "bias": "bias", "running_mean": "mean", "running_var": "var"}
 _BN_TO_TORCH = {v: k for k, v in _TORCH_BN.items()}
 # A counter torchvision keeps beside BN statistics; it does not change any output.
 _IGNORED_TORCH_SUFFIX = ".num_batches_tracked"
@@ -209,7 +222,7 @@ def torchvision_names(model: nnx.Module) -> dict[str, str]:
   `features` is a Sequential of conv, [BN,] ReLU and pool modules in exactly the order
   of vgg_jax's plan, so a layer's index there is its position in the plan."""
   names = {}
-  for index, layer in enumerate(model.plan[:model.plan.index("fc6")]):
+  for index, layer in enumerate(model.plan[: model.plan.index("fc6")]):
     if layer.startswith(("conv", "bn")):
       names[layer] = f"features.{index}"
     elif layer.startswith("lrn"):
@@ -222,8 +235,9 @@ def _fc6_from_torch(weight: np.ndarray, k: int, source: str) -> np.ndarray:
   c*K*K + h*K + w); fc6 is (K, K, C, F) over HWC order."""
   out, rows = weight.shape
   if rows % (k * k):
-    raise ValueError(f"fc6/kernel (from {source}): source shape {weight.shape} is not "
-                     f"(F, C*{k}*{k})")
+    raise ValueError(
+      f"fc6/kernel (from {source}): source shape {weight.shape} is not (F, C*{k}*{k})"
+    )
   return weight.T.reshape(rows // (k * k), k, k, out).transpose(1, 2, 0, 3)
 
 
@@ -232,8 +246,7 @@ def _fc6_to_torch(kernel: np.ndarray) -> np.ndarray:
   return kernel.transpose(2, 0, 1, 3).reshape(channels * k * k, out).T
 
 
-def torchvision_tensors(state_dict: Mapping[str, Any], model: nnx.Module
-                        ) -> dict[str, Tensor]:
+def torchvision_tensors(state_dict: Mapping[str, Any], model: nnx.Module) -> dict[str, Tensor]:
   """A torchvision VGG state dict (numpy or torch values) as vgg_jax tensors for
   `model`'s layout: OIHW conv weights -> HWIO kernels, (out, in) Linear weights ->
   (in, out), classifier.0 un-flattened from NCHW order, BN weight/bias/statistics."""
@@ -274,23 +287,32 @@ def load_torchvision(state_dict_or_path: Any, model: nnx.Module) -> nnx.Module:
 
 def torchvision_model_args(state_dict: Mapping[str, Any]) -> dict:
   """`create_model` arguments for the network a torchvision VGG state dict holds."""
-  kernels = [v for k, v in state_dict.items()
-             if k.startswith("features.") and k.endswith(".weight") and len(v.shape) == 4]
+  kernels = [
+    v
+    for k, v in state_dict.items()
+    if k.startswith("features.") and k.endswith(".weight") and len(v.shape) == 4
+  ]
   depth = {8: "vgg11", 10: "vgg13", 13: "vgg16", 16: "vgg19"}.get(len(kernels))
   if depth is None or "classifier.0.weight" not in state_dict:
-    raise ValueError(f"not a torchvision VGG state dict: {len(kernels)} conv layers, keys "
-                     f"{_listing(state_dict)}")
+    raise ValueError(
+      f"not a torchvision VGG state dict: {len(kernels)} conv layers, keys {_listing(state_dict)}"
+    )
   fc1, fc3 = state_dict["classifier.0.weight"], state_dict["classifier.6.weight"]
   channels = kernels[-1].shape[0]
   width = kernels[0].shape[0] / 64
-  return dict(name=depth, batch_norm=any(k.endswith(".running_mean") for k in state_dict),
-              num_classes=fc3.shape[0], width=width,
-              fc_width=fc1.shape[0] if fc1.shape[0] != round(4096 * width) else None,
-              image_size=32 * math.isqrt(fc1.shape[1] // channels))
+  return dict(
+    name=depth,
+    batch_norm=any(k.endswith(".running_mean") for k in state_dict),
+    num_classes=fc3.shape[0],
+    width=width,
+    fc_width=fc1.shape[0] if fc1.shape[0] != round(4096 * width) else None,
+    image_size=32 * math.isqrt(fc1.shape[1] // channels),
+  )
 
 
 def read_pth(path: str) -> Mapping[str, Any]:
   import torch  # pylint: disable=import-outside-toplevel
+
   try:
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:
@@ -330,22 +352,27 @@ def import_file(source: str, path: str) -> nnx.Module:
   """A VGG holding the weights of a torchvision `.pth` or a Keras `.keras`/`.h5` file,
   its configuration read from the file itself."""
   from vgg_jax.model import create_model  # pylint: disable=import-outside-toplevel
+
   if source == "torchvision":
     state_dict = read_pth(path)
     args = torchvision_model_args(state_dict)
     return load_torchvision(state_dict, nnx.eval_shape(lambda: create_model(**args)))
   if source == "keras":
     keras_model = read_keras(path)
-    convs = sum(keras_layer_name(layer.name) is not None and layer.name.startswith("block")
-                for layer in keras_model.layers)
+    convs = sum(
+      keras_layer_name(layer.name) is not None and layer.name.startswith("block")
+      for layer in keras_model.layers
+    )
     name = {13: "vgg16", 16: "vgg19"}.get(convs)
     if name is None:
       raise ValueError(f"{path} is not a Keras VGG16/VGG19: {convs} conv layers")
-    args = dict(name=name, num_classes=keras_model.get_layer("predictions").units,
-                image_size=keras_model.input_shape[1])
+    args = dict(
+      name=name,
+      num_classes=keras_model.get_layer("predictions").units,
+      image_size=keras_model.input_shape[1],
+    )
     return keras_to_vgg(keras_model, nnx.eval_shape(lambda: create_model(**args)))
   raise ValueError(f"unknown source {source!r}; choose torchvision or keras")
-
 
 
 def weights_state(model: nnx.Module) -> dict:
@@ -357,6 +384,7 @@ def save_orbax(model: nnx.Module, directory: str) -> str:
   """Writes the weights as step 0 of an orbax checkpoint under DIRECTORY/checkpoints,
   with the model's signature: what `launch.py convert` writes, `load_orbax` reads."""
   from vgg_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+
   checkpoints = ckpt_lib.Checkpointer(directory, keep=1, keep_best=False)
   try:
     checkpoints.save(0, weights_state(model), {"model": model.cfg.signature()})
@@ -372,17 +400,20 @@ def load_orbax(directory: str, model: nnx.Module, step: int | None = None) -> nn
   only the weights are read, not the optimiser). The saved model signature must match
   `model.cfg`'s, or the error names both."""
   from vgg_jax import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+
   with ckpt_lib.reader(directory) as checkpoints:
     step = checkpoints.latest_step() if step is None else step
     restored = checkpoints.restore_weights(
-        jax.tree.map(_abstract_on_device, weights_state(model)), step, model.cfg.signature())
+      jax.tree.map(_abstract_on_device, weights_state(model)), step, model.cfg.signature()
+    )
   nnx.update(model, restored["params"], restored["batch_stats"])
   return model
 
 
 def _abstract_on_device(x) -> jax.ShapeDtypeStruct:
   sharding = getattr(x, "sharding", None) or jax.sharding.SingleDeviceSharding(
-      jax.local_devices()[0])
+    jax.local_devices()[0]
+  )
   return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
@@ -414,8 +445,9 @@ def preprocess(images: Any, source: str) -> jax.Array:
 # ---------------------------------------------------------------- warm start
 
 
-def warm_start_tensors(parent: nnx.Module, child: nnx.Module, layers: str = "paper"
-                       ) -> dict[str, np.ndarray]:
+def warm_start_tensors(
+  parent: nnx.Module, child: nnx.Module, layers: str = "paper"
+) -> dict[str, np.ndarray]:
   """The parent's tensors that initialise `child` (Section 3.1's training chain).
 
   "paper": the parent's first four conv layers and its three FC layers, each into the
@@ -426,16 +458,21 @@ def warm_start_tensors(parent: nnx.Module, child: nnx.Module, layers: str = "pap
   BN statistics travel with their layers."""
   ours, theirs = model_tensors(child), model_tensors(parent)
   if layers == "all":
-    return checked_tensors(child, {p: np.asarray(v.get_value()) for p, v in theirs.items()},
-                           source=f"the parent VGG-{parent.cfg.name}")
+    return checked_tensors(
+      child,
+      {p: np.asarray(v.get_value()) for p, v in theirs.items()},
+      source=f"the parent VGG-{parent.cfg.name}",
+    )
   if layers != "paper":
     raise ValueError(f"unknown warm start {layers!r}; choose paper or all")
   convs = [n for n in parent.plan if n.startswith("conv")][:4]
   chosen = set(convs) | {"fc6", "fc7", "fc8"}
   chosen |= {n.replace("conv", "bn", 1) for n in convs}
-  copied = {path: np.asarray(v.get_value()) for path, v in theirs.items()
-            if path.split("/")[0] in chosen and path in ours
-            and tuple(ours[path].shape) == tuple(v.shape)}
+  copied = {
+    path: np.asarray(v.get_value())
+    for path, v in theirs.items()
+    if path.split("/")[0] in chosen and path in ours and tuple(ours[path].shape) == tuple(v.shape)
+  }
   if not copied:
     raise ValueError(f"no layer of the parent VGG-{parent.cfg.name} fits VGG-{child.cfg.name}")
   return copied

@@ -78,10 +78,17 @@ def backend(cfg: Any) -> ModuleType:
   return importlib.import_module(f"vgg_jax.data.{resolve_config(cfg).backend}_backend")
 
 
-def make_pipeline(cfg: Any, *, train: bool, global_batch_size: int, seed: int = 0,
-                  split: str | None = None, process_index: int | None = None,
-                  process_count: int | None = None,
-                  sharding: jax.sharding.NamedSharding | None = None) -> Pipeline:
+def make_pipeline(
+  cfg: Any,
+  *,
+  train: bool,
+  global_batch_size: int,
+  seed: int = 0,
+  split: str | None = None,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  sharding: jax.sharding.NamedSharding | None = None,
+) -> Pipeline:
   """The one entry point: `cfg` is the `data` config (missing fields take the defaults),
   `split` overrides cfg.train_split / cfg.eval_split, the process arguments default to
   JAX's (pass them to simulate several processes). `sharding` is the train step's batch
@@ -91,26 +98,40 @@ def make_pipeline(cfg: Any, *, train: bool, global_batch_size: int, seed: int = 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
-    raise ValueError(f"global batch {global_batch_size} does not divide between "
-                     f"{process_count} processes")
+    raise ValueError(
+      f"global batch {global_batch_size} does not divide between {process_count} processes"
+    )
   return backend(cfg).pipeline(
-      cfg=cfg, train=train, local_batch_size=global_batch_size // process_count, seed=seed,
-      split=split or (cfg.train_split if train else cfg.eval_split),
-      process_index=process_index, process_count=process_count, sharding=sharding)
+    cfg=cfg,
+    train=train,
+    local_batch_size=global_batch_size // process_count,
+    seed=seed,
+    split=split or (cfg.train_split if train else cfg.eval_split),
+    process_index=process_index,
+    process_count=process_count,
+    sharding=sharding,
+  )
 
 
-def read_split(cfg: Any, split: str = "", process_index: int | None = None,
-               process_count: int | None = None, chunk: int = CHUNK
-               ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+def read_split(
+  cfg: Any,
+  split: str = "",
+  process_index: int | None = None,
+  process_count: int | None = None,
+  chunk: int = CHUNK,
+) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
   """This process's share of a split (default: the eval split; `shard`, nothing
   dropped) as chunks of at most `chunk` raw images (HWC, any sizes) and their int32
   labels, read as they are needed so memory holds one chunk; the process arguments
   default to JAX's. What the evaluation protocols read."""
   cfg = resolve_config(cfg)
   yield from backend(cfg).read_split(
-      cfg, split or cfg.eval_split,
-      jax.process_index() if process_index is None else process_index,
-      jax.process_count() if process_count is None else process_count, chunk)
+    cfg,
+    split or cfg.eval_split,
+    jax.process_index() if process_index is None else process_index,
+    jax.process_count() if process_count is None else process_count,
+    chunk,
+  )
 
 
 def rescale_images(cfg: Any, images: np.ndarray, short_side: int) -> np.ndarray:

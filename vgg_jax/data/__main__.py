@@ -19,14 +19,22 @@ flags.mark_flag_as_required("dataset")
 
 def stats_command():
   """Computes one dataset's training-set statistics and writes them to the stats file."""
-  cfg = data.default_config(name=_DATASET.value, data_dir=_DATA_DIR.value,
-                            backend=_BACKEND.value, manual_dir=_MANUAL_DIR.value,
-                            train_split=_SPLIT.value)
+  cfg = data.default_config(
+    name=_DATASET.value,
+    data_dir=_DATA_DIR.value,
+    backend=_BACKEND.value,
+    manual_dir=_MANUAL_DIR.value,
+    train_split=_SPLIT.value,
+  )
   stats = data.compute_stats(data.backend(cfg).pixel_moment_chunks(cfg))
-  info = dict(computed=True, split=cfg.train_split, units="mean in 0-255 pixels; eigval = "
-              "covariance eigenvalues of [0, 1] pixels x 255 (the AlexNet convention); "
-              "eigvec columns are the principal axes",
-              command=data.STATS_COMMAND.format(name=_DATASET.value))
+  info = dict(
+    computed=True,
+    split=cfg.train_split,
+    units="mean in 0-255 pixels; eigval = "
+    "covariance eigenvalues of [0, 1] pixels x 255 (the AlexNet convention); "
+    "eigvec columns are the principal axes",
+    command=data.STATS_COMMAND.format(name=_DATASET.value),
+  )
   data.write_stats(_DATASET.value, stats, info, _OUT.value)
   print(json.dumps({k: np.round(v, 4).tolist() for k, v in stats._asdict().items()}))
 

@@ -20,8 +20,9 @@ def rescaled_hw(short_side: jax.Array, h: int, w: int) -> jax.Array:
   return jnp.stack(rescaled_shape(h, w, jnp.asarray(short_side, jnp.int32)), -1)
 
 
-def resample(images: jax.Array, short_side: jax.Array, offsets: jax.Array,
-             out_hw: tuple[int, int]) -> jax.Array:
+def resample(
+  images: jax.Array, short_side: jax.Array, offsets: jax.Array, out_hw: tuple[int, int]
+) -> jax.Array:
   """Rescales each image of [N, H, W, C] so its shortest side is short_side[i], then cuts
   the out_hw window at offsets[i] = (y, x): one resampling per image (float32 out)."""
   n, h, w, c = images.shape
@@ -29,14 +30,15 @@ def resample(images: jax.Array, short_side: jax.Array, offsets: jax.Array,
 
   def one(image, s, offset):
     return jax.image.scale_and_translate(
-        image, (*out_hw, c), (0, 1), s, -offset.astype(jnp.float32), "linear",
-        antialias=True)
+      image, (*out_hw, c), (0, 1), s, -offset.astype(jnp.float32), "linear", antialias=True
+    )
 
   return jax.vmap(one)(images.astype(jnp.float32), scale, offsets)
 
 
-def rescale_crop(images: jax.Array, short_side: jax.Array, offsets: jax.Array,
-                 crop: int) -> jax.Array:
+def rescale_crop(
+  images: jax.Array, short_side: jax.Array, offsets: jax.Array, crop: int
+) -> jax.Array:
   """`resample` to a crop x crop window."""
   return resample(images, short_side, offsets, (crop, crop))
 
@@ -46,8 +48,15 @@ def rescale(images: jax.Array, mean: jax.Array, *, short_side: int) -> jax.Array
   """Same-sized images [N, h, w, C], whole, shortest side to `short_side`, the channel
   means subtracted (the evaluation protocols cut their views from these)."""
   n, h, w, _ = images.shape
-  return resample(images, jnp.full((n,), short_side), jnp.zeros((n, 2), jnp.int32),
-                  rescaled_shape(h, w, short_side)) - mean
+  return (
+    resample(
+      images,
+      jnp.full((n,), short_side),
+      jnp.zeros((n, 2), jnp.int32),
+      rescaled_shape(h, w, short_side),
+    )
+    - mean
+  )
 
 
 def lighting(images: jax.Array, alpha: jax.Array, stats: Stats) -> jax.Array:
@@ -62,16 +71,26 @@ def step_keys(key: jax.Array, step, global_batch: int) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "crop", "flip", "pca_std"))
-def augment_batch(keys: jax.Array, images: jax.Array, stats: Stats, *,
-                  scale: tuple[int, int], crop: int, flip: bool, pca_std: float) -> jax.Array:
+def augment_batch(
+  keys: jax.Array,
+  images: jax.Array,
+  stats: Stats,
+  *,
+  scale: tuple[int, int],
+  crop: int,
+  flip: bool,
+  pca_std: float,
+) -> jax.Array:
   """The training augmentation on a batch of same-sized images [N, H, W, C] (any dtype),
   one key per image: S ~ U{S_min..S_max}, random crop, flip, lighting, mean subtraction."""
   n, h, w, c = images.shape
-  k_scale, k_crop, k_flip, k_alpha = jnp.moveaxis(jax.vmap(jax.random.split, (0, None))(
-      keys, 4), 1, 0)
+  k_scale, k_crop, k_flip, k_alpha = jnp.moveaxis(
+    jax.vmap(jax.random.split, (0, None))(keys, 4), 1, 0
+  )
   short_side = jax.vmap(lambda k: jax.random.randint(k, (), scale[0], scale[1] + 1))(k_scale)
   offsets = jax.vmap(lambda k, hi: jax.random.randint(k, (2,), 0, hi))(
-      k_crop, rescaled_hw(short_side, h, w) - crop + 1)
+    k_crop, rescaled_hw(short_side, h, w) - crop + 1
+  )
   x = rescale_crop(images, short_side, offsets, crop)
   if flip:
     flips = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(k_flip)

@@ -38,25 +38,33 @@ from vgg_jax.data import augment, core
 MAX_FRACTION = 0.5  # of a chip's memory the input may take; the rest is the model's
 
 
-def pipeline(*, cfg, train, local_batch_size, seed, split, process_index, process_count,
-             sharding=None) -> core.Pipeline:
+def pipeline(
+  *, cfg, train, local_batch_size, seed, split, process_index, process_count, sharding=None
+) -> core.Pipeline:
   """See `data.make_pipeline`. The batches are global arrays, so the process arguments
   must be JAX's own (this backend cannot simulate other processes)."""
   if (process_index, process_count) != (jax.process_index(), jax.process_count()):
-    raise ValueError("the device backend yields global arrays: it runs as JAX's process "
-                     f"{jax.process_index()} of {jax.process_count()}, not as "
-                     f"{process_index} of {process_count}")
+    raise ValueError(
+      "the device backend yields global arrays: it runs as JAX's process "
+      f"{jax.process_index()} of {jax.process_count()}, not as "
+      f"{process_index} of {process_count}"
+    )
   sharding = sharding or sharding_lib.batch_sharding(sharding_lib.make_mesh((("data", -1),)))
   global_batch = local_batch_size * process_count
   data_devices = sharding.mesh.shape["data"]
   if global_batch % data_devices:
-    raise ValueError(f"global batch {global_batch} does not divide between the "
-                     f"{data_devices} devices of the data axis")
+    raise ValueError(
+      f"global batch {global_batch} does not divide between the "
+      f"{data_devices} devices of the data axis"
+    )
   images, labels = core.load_idx_split(cfg, split)
   images = core.pad_images(images, cfg.pad_to)
   side = cfg.crop if train else core.eval_crop(cfg)
-  check_fits(split_bytes(images.shape, data_devices) + batch_bytes(
-      images.shape[1:], side, global_batch, data_devices), sharding)
+  check_fits(
+    split_bytes(images.shape, data_devices)
+    + batch_bytes(images.shape[1:], side, global_batch, data_devices),
+    sharding,
+  )
   stats = core.load_stats(cfg.stats or cfg.name)
   placed = functools.cache(lambda: (place(images, sharding), place(labels, sharding)))
   if train:
@@ -65,9 +73,15 @@ def pipeline(*, cfg, train, local_batch_size, seed, split, process_index, proces
   else:
     steps = math.ceil(len(labels) / global_batch)
     batches = eval_batches(placed, len(labels), stats, cfg, global_batch, steps, sharding)
-  return core.Pipeline(batches, len(labels), steps, local_batch_size,
-                       (side, side, images.shape[-1]), len(core.FASHION_MNIST_CLASSES),
-                       prefetch=0)
+  return core.Pipeline(
+    batches,
+    len(labels),
+    steps,
+    local_batch_size,
+    (side, side, images.shape[-1]),
+    len(core.FASHION_MNIST_CLASSES),
+    prefetch=0,
+  )
 
 
 # --------------------------------------------------------------------------- memory
@@ -78,14 +92,17 @@ def split_bytes(shape: tuple[int, ...], data_devices: int) -> int:
   return math.ceil(shape[0] / data_devices) * math.prod(shape[1:])
 
 
-def batch_bytes(image_shape: tuple[int, ...], crop: int, global_batch: int,
-                data_devices: int) -> int:
+def batch_bytes(
+  image_shape: tuple[int, ...], crop: int, global_batch: int, data_devices: int
+) -> int:
   """A step's temporaries on one chip, generously: the gathered global batch (uint8 and a
   float32 copy) and the chip's share of float32 crops, twice (input and output)."""
   pixels = math.prod(image_shape)
   channels = image_shape[-1]
-  return global_batch * pixels * 5 + 2 * 4 * math.ceil(
-      global_batch / data_devices) * crop * crop * channels
+  return (
+    global_batch * pixels * 5
+    + 2 * 4 * math.ceil(global_batch / data_devices) * crop * crop * channels
+  )
 
 
 def memory_limit(device: jax.Device) -> int | None:
@@ -101,10 +118,11 @@ def check_fits(need: int, sharding: NamedSharding):
     limit = memory_limit(device)
     if limit is not None and need > MAX_FRACTION * limit:
       raise MemoryError(
-          f"the device backend needs {need / 2**20:.0f} MiB on each chip ({device}) for the "
-          f"split and a step's batch, more than {MAX_FRACTION:.0%} of its "
-          f"{limit / 2**20:.0f} MiB; use more data-parallel devices, a smaller split, or "
-          "data.backend='numpy'")
+        f"the device backend needs {need / 2**20:.0f} MiB on each chip ({device}) for the "
+        f"split and a step's batch, more than {MAX_FRACTION:.0%} of its "
+        f"{limit / 2**20:.0f} MiB; use more data-parallel devices, a smaller split, or "
+        "data.backend='numpy'"
+      )
 
 
 def place(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -125,14 +143,21 @@ def on_batch(x: jax.Array, sharding: NamedSharding) -> jax.Array:
 def train_batches(placed, num_examples, stats, cfg, global_batch, seed, sharding):
   """Endless global batches from any step: the rows of `core.train_order`, augmented."""
   indices = core.train_order(num_examples, global_batch, seed)
-  make = train_program(sharding, global_batch, core.scale_range(cfg.scale), cfg.crop,
-                       bool(cfg.flip), float(cfg.pca_std))
+  make = train_program(
+    sharding,
+    global_batch,
+    core.scale_range(cfg.scale),
+    cfg.crop,
+    bool(cfg.flip),
+    float(cfg.pca_std),
+  )
 
   def batches(start):
     images, labels = placed()
     for step in itertools.count(start):
-      yield make(images, labels, indices(step).astype(np.int32), np.int32(step),
-                 np.int32(seed), stats)
+      yield make(
+        images, labels, indices(step).astype(np.int32), np.int32(step), np.int32(seed), stats
+      )
 
   return batches
 
@@ -143,12 +168,20 @@ def train_program(sharding, global_batch, scale, crop, flip, pca_std):
   one per shape and option, so the runs of a sweep share it."""
   replicated = NamedSharding(sharding.mesh, P())
 
-  @functools.partial(jax.jit, out_shardings=sharding,
-                     in_shardings=(sharding, sharding) + (replicated,) * 4)
+  @functools.partial(
+    jax.jit, out_shardings=sharding, in_shardings=(sharding, sharding) + (replicated,) * 4
+  )
   def make(images, labels, idx, step, seed, stats):
     keys = augment.step_keys(jax.random.key(seed), step, global_batch)
-    image = augment.augment_batch(on_batch(keys, sharding), on_batch(images[idx], sharding),
-                                  stats, scale=scale, crop=crop, flip=flip, pca_std=pca_std)
+    image = augment.augment_batch(
+      on_batch(keys, sharding),
+      on_batch(images[idx], sharding),
+      stats,
+      scale=scale,
+      crop=crop,
+      flip=flip,
+      pca_std=pca_std,
+    )
     return {"image": image, "label": labels[idx], "mask": jnp.ones(global_batch, bool)}
 
   return make
@@ -172,15 +205,19 @@ def eval_program(sharding, global_batch, scale, crop):
   """(split images, labels, first row, rows in the split, stats) -> a masked batch."""
   replicated = NamedSharding(sharding.mesh, P())
 
-  @functools.partial(jax.jit, out_shardings=sharding,
-                     in_shardings=(sharding, sharding) + (replicated,) * 3)
+  @functools.partial(
+    jax.jit, out_shardings=sharding, in_shardings=(sharding, sharding) + (replicated,) * 3
+  )
   def make(images, labels, start, num_examples, stats):
     idx = start + jnp.arange(global_batch)
     mask = idx < num_examples
     idx = jnp.minimum(idx, num_examples - 1)
     image = augment.eval_batch(on_batch(images[idx], sharding), stats, scale=scale, crop=crop)
-    return {"image": jnp.where(mask[:, None, None, None], image, 0),
-            "label": jnp.where(mask, labels[idx], 0), "mask": mask}
+    return {
+      "image": jnp.where(mask[:, None, None, None], image, 0),
+      "label": jnp.where(mask, labels[idx], 0),
+      "mask": mask,
+    }
 
   return make
 

@@ -13,8 +13,9 @@ import numpy as np
 from vgg_jax.data import augment, core
 
 
-def pipeline(*, cfg, train, local_batch_size, seed, split, process_index, process_count,
-             sharding=None) -> core.Pipeline:
+def pipeline(
+  *, cfg, train, local_batch_size, seed, split, process_index, process_count, sharding=None
+) -> core.Pipeline:
   """See `data.make_pipeline` (`sharding` is not needed: batches are per process).
   Training batches are cut from one global stream that does not depend on the number
   of processes: every process reads the whole (small) split and keeps its slice of each
@@ -27,58 +28,80 @@ def pipeline(*, cfg, train, local_batch_size, seed, split, process_index, proces
     global_batch = local_batch_size * process_count
     side, steps = cfg.crop, len(labels) // global_batch
     augment_fn = functools.partial(
-        augment.augment_batch, stats=stats, scale=core.scale_range(cfg.scale), crop=side,
-        flip=bool(cfg.flip), pca_std=float(cfg.pca_std))
+      augment.augment_batch,
+      stats=stats,
+      scale=core.scale_range(cfg.scale),
+      crop=side,
+      flip=bool(cfg.flip),
+      pca_std=float(cfg.pca_std),
+    )
     mine = slice(process_index * local_batch_size, (process_index + 1) * local_batch_size)
-    batches = train_batches(core.pad_images(images, cfg.pad_to), labels, augment_fn,
-                            global_batch, mine, seed)
-    return core.Pipeline(batches, len(labels), steps, local_batch_size,
-                         (side, side, images.shape[-1]), classes)
-  shards = [core.shard(len(labels), i, process_count, drop_remainder=False)
-            for i in range(process_count)]
+    batches = train_batches(
+      core.pad_images(images, cfg.pad_to), labels, augment_fn, global_batch, mine, seed
+    )
+    return core.Pipeline(
+      batches, len(labels), steps, local_batch_size, (side, side, images.shape[-1]), classes
+    )
+  shards = [
+    core.shard(len(labels), i, process_count, drop_remainder=False) for i in range(process_count)
+  ]
   local = shards[process_index]
   side, steps = core.eval_crop(cfg), core.eval_steps(map(len, shards), local_batch_size)
-  preprocess = functools.partial(augment.eval_batch, stats=stats, scale=cfg.eval_scale,
-                                 crop=side)
-  batches = eval_batches(core.pad_images(images[local.start:local.stop], cfg.pad_to),
-                         labels[local.start:local.stop], preprocess, local_batch_size, steps)
-  return core.Pipeline(batches, len(labels), steps, local_batch_size,
-                       (side, side, images.shape[-1]), classes)
+  preprocess = functools.partial(augment.eval_batch, stats=stats, scale=cfg.eval_scale, crop=side)
+  batches = eval_batches(
+    core.pad_images(images[local.start : local.stop], cfg.pad_to),
+    labels[local.start : local.stop],
+    preprocess,
+    local_batch_size,
+    steps,
+  )
+  return core.Pipeline(
+    batches, len(labels), steps, local_batch_size, (side, side, images.shape[-1]), classes
+  )
 
 
-def train_batches(images, labels, augment_fn, global_batch, mine: slice,
-                  seed) -> Callable[[int], Iterator]:
+def train_batches(
+  images, labels, augment_fn, global_batch, mine: slice, seed
+) -> Callable[[int], Iterator]:
   """The global batches of `core.train_order`, each example augmented with its key of
   `augment.step_keys`; this process yields the `mine` slice."""
   indices = core.train_order(len(labels), global_batch, seed)
-  key, = augment.on_cpu(jax.random.key(seed))
+  (key,) = augment.on_cpu(jax.random.key(seed))
 
   def batches(start):
     for step in itertools.count(start):
       idx = indices(step)[mine]
       keys = augment.step_keys(key, step, global_batch)[mine]
-      image, = augment.on_cpu(images[idx])
-      yield {"image": np.asarray(augment_fn(keys, image)), "label": labels[idx],
-             "mask": np.ones(len(idx), bool)}
+      (image,) = augment.on_cpu(images[idx])
+      yield {
+        "image": np.asarray(augment_fn(keys, image)),
+        "label": labels[idx],
+        "mask": np.ones(len(idx), bool),
+      }
 
   return batches
 
 
 def eval_batches(images, labels, preprocess, batch, steps) -> Callable[[int], Iterator]:
   """Preprocesses the shard once, then pads it to `steps` batches with masked zeros."""
-  shape = jax.eval_shape(preprocess, jax.ShapeDtypeStruct((batch,) + images.shape[1:],
-                                                          images.dtype)).shape[1:]
+  shape = jax.eval_shape(
+    preprocess, jax.ShapeDtypeStruct((batch,) + images.shape[1:], images.dtype)
+  ).shape[1:]
   image = np.zeros((steps * batch,) + shape, np.float32)
   for i in range(0, len(labels), batch):
-    chunk = images[i:i + batch]
-    image[i:i + len(chunk)] = np.asarray(preprocess(*augment.on_cpu(chunk)))
+    chunk = images[i : i + batch]
+    image[i : i + len(chunk)] = np.asarray(preprocess(*augment.on_cpu(chunk)))
   label = np.zeros(steps * batch, np.int32)
-  label[:len(labels)] = labels
+  label[: len(labels)] = labels
   mask = np.arange(steps * batch) < len(labels)
 
   def batches(start):
     for s in range(start * batch, steps * batch, batch):
-      yield {"image": image[s:s + batch], "label": label[s:s + batch], "mask": mask[s:s + batch]}
+      yield {
+        "image": image[s : s + batch],
+        "label": label[s : s + batch],
+        "mask": mask[s : s + batch],
+      }
 
   return batches
 

@@ -27,23 +27,30 @@ class FashionMnistLocal(tfds.core.GeneratorBasedBuilder):
   The files are its manual_dir: pass `DownloadConfig(manual_dir=...)`, as for imagenet2012.
   Features match tfds' own fashion_mnist, so `data.name = "fashion_mnist"` resolves here.
   """
+
   VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      f"`apt-get install dataset-fashion-mnist` puts the IDX files in {core.FASHION_MNIST_DIR}.")
+    f"`apt-get install dataset-fashion-mnist` puts the IDX files in {core.FASHION_MNIST_DIR}."
+  )
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(28, 28, 1)),
-            "label": tfds.features.ClassLabel(names=core.FASHION_MNIST_CLASSES),
-        }),
-        supervised_keys=("image", "label"),
-        disable_shuffling=True,  # record i is IDX example i, as in the numpy backend
-        homepage="https://github.com/zalandoresearch/fashion-mnist")
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(28, 28, 1)),
+          "label": tfds.features.ClassLabel(names=core.FASHION_MNIST_CLASSES),
+        }
+      ),
+      supervised_keys=("image", "label"),
+      disable_shuffling=True,  # record i is IDX example i, as in the numpy backend
+      homepage="https://github.com/zalandoresearch/fashion-mnist",
+    )
 
   def _split_generators(self, dl_manager):
-    return {split: self._generate_examples(dl_manager.manual_dir, split)
-            for split in core.FASHION_MNIST_FILES}
+    return {
+      split: self._generate_examples(dl_manager.manual_dir, split)
+      for split in core.FASHION_MNIST_FILES
+    }
 
   def _generate_examples(self, manual_dir, split):
     images, labels = core.load_idx_numpy(str(manual_dir), split)
@@ -64,13 +71,18 @@ def prepared_builder(cfg) -> tfds.core.DatasetBuilder:
     manual_dir = core.fashion_mnist_dir(cfg.manual_dir)
   try:
     builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+      download_config=tfds.download.DownloadConfig(manual_dir=manual_dir)
+    )
   except Exception as e:  # tfds raises many kinds; all mean "not there, can't fetch"
-    how = (builder.MANUAL_DOWNLOAD_INSTRUCTIONS or
-           f"tfds downloads it; offline, run `tfds build {name} --data_dir DIR` where there "
-           "is internet and copy DIR to data.data_dir")
-    raise RuntimeError(f"tfds could not prepare {name} in {builder.data_dir}: {e}\n"
-                       f"To get {name}: {how} (manual files go in data.manual_dir).") from e
+    how = (
+      builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+      or f"tfds downloads it; offline, run `tfds build {name} --data_dir DIR` where there "
+      "is internet and copy DIR to data.data_dir"
+    )
+    raise RuntimeError(
+      f"tfds could not prepare {name} in {builder.data_dir}: {e}\n"
+      f"To get {name}: {how} (manual files go in data.manual_dir)."
+    ) from e
   return builder
 
 
@@ -81,8 +93,9 @@ def pad_to(image: tf.Tensor, size: int) -> tf.Tensor:
   """Centred zero padding up to size x size (no-op when already as large, or size 0)."""
   hw = tf.shape(image)[-3:-1]
   pad = tf.maximum(size - hw, 0)
-  return tf.pad(image, [[pad[0] // 2, pad[0] - pad[0] // 2],
-                        [pad[1] // 2, pad[1] - pad[1] // 2], [0, 0]])
+  return tf.pad(
+    image, [[pad[0] // 2, pad[0] - pad[0] // 2], [pad[1] // 2, pad[1] - pad[1] // 2], [0, 0]]
+  )
 
 
 def sample_scale(scale, seed: tf.Tensor) -> tf.Tensor:
@@ -98,9 +111,11 @@ def rescale(image: tf.Tensor, short_side) -> tf.Tensor:
   hw = tf.shape(image)[-3:-1]
   new_hw = hw * tf.cast(short_side, tf.int32) // tf.reduce_min(hw)
   # Antialiasing changes nothing when enlarging and is 5x slower, so only when shrinking.
-  return tf.cond(tf.reduce_any(new_hw < hw),
-                 lambda: tf.image.resize(image, new_hw, "bilinear", antialias=True),
-                 lambda: tf.image.resize(image, new_hw, "bilinear"))
+  return tf.cond(
+    tf.reduce_any(new_hw < hw),
+    lambda: tf.image.resize(image, new_hw, "bilinear", antialias=True),
+    lambda: tf.image.resize(image, new_hw, "bilinear"),
+  )
 
 
 def random_crop(image: tf.Tensor, crop: int, seed: tf.Tensor) -> tf.Tensor:
@@ -127,8 +142,7 @@ def lighting(images: tf.Tensor, alpha: tf.Tensor, stats: core.Stats) -> tf.Tenso
   return images + shift[..., None, None, :]
 
 
-def random_lighting(images: tf.Tensor, std: float, stats: core.Stats,
-                    seed: tf.Tensor) -> tf.Tensor:
+def random_lighting(images: tf.Tensor, std: float, stats: core.Stats, seed: tf.Tensor) -> tf.Tensor:
   """`lighting` with alpha_i ~ N(0, std) drawn per image."""
   shape = tf.concat([tf.shape(images)[:-3], [len(stats.eigval)]], 0)
   return lighting(images, tf.random.stateless_normal(shape, seed, stddev=std), stats)
@@ -141,8 +155,9 @@ def subtract_mean(images: tf.Tensor, mean) -> tf.Tensor:
 # ------------------------------------------------------------------------------ pipeline
 
 
-def pipeline(*, cfg, train, local_batch_size, seed, split, process_index, process_count,
-             sharding=None) -> core.Pipeline:
+def pipeline(
+  *, cfg, train, local_batch_size, seed, split, process_index, process_count, sharding=None
+) -> core.Pipeline:
   """See `data.make_pipeline` (`sharding` is not needed: batches are per process): this
   process's share of the split via
   `tfds.split_for_jax_process`, dropping the remainder in training only. Each process
@@ -154,28 +169,42 @@ def pipeline(*, cfg, train, local_batch_size, seed, split, process_index, proces
   read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
   # Ordered datasets (the local Fashion-MNIST) refuse file shuffling; the buffer still shuffles.
   shuffle_files = train and not builder.info.disable_shuffling
-  shards = [builder.as_dataset(split=tfds.split_for_jax_process(
-      split, process_index=i, process_count=process_count, drop_remainder=train),
-      shuffle_files=shuffle_files, read_config=read_config) for i in range(process_count)]
+  shards = [
+    builder.as_dataset(
+      split=tfds.split_for_jax_process(
+        split, process_index=i, process_count=process_count, drop_remainder=train
+      ),
+      shuffle_files=shuffle_files,
+      read_config=read_config,
+    )
+    for i in range(process_count)
+  ]
   counts = [int(ds.cardinality()) for ds in shards]
   ds = shards[process_index].map(
-      lambda ex: {"image": pad_to(ex["image"], cfg.pad_to),
-                  "label": tf.cast(ex["label"], tf.int32)}, num_parallel_calls=AUTOTUNE)
+    lambda ex: {"image": pad_to(ex["image"], cfg.pad_to), "label": tf.cast(ex["label"], tf.int32)},
+    num_parallel_calls=AUTOTUNE,
+  )
   if train:
     side = cfg.crop
     steps = sum(counts) // (local_batch_size * process_count)
     if cfg.cache:
       ds = ds.cache()
-    make = functools.partial(train_batches, ds, cfg, stats, local_batch_size, seed,
-                             counts[process_index])
+    make = functools.partial(
+      train_batches, ds, cfg, stats, local_batch_size, seed, counts[process_index]
+    )
   else:
     side, steps = core.eval_crop(cfg), core.eval_steps(counts, local_batch_size)
     ds = eval_batches(ds, cfg, stats, local_batch_size, steps, counts[process_index])
     make = ds.skip
   features = builder.info.features
-  return core.Pipeline(lambda start: make(start).prefetch(AUTOTUNE).as_numpy_iterator(),
-                       sum(counts), steps, local_batch_size,
-                       (side, side, features["image"].shape[-1]), features["label"].num_classes)
+  return core.Pipeline(
+    lambda start: make(start).prefetch(AUTOTUNE).as_numpy_iterator(),
+    sum(counts),
+    steps,
+    local_batch_size,
+    (side, side, features["image"].shape[-1]),
+    features["label"].num_classes,
+  )
 
 
 def stream_seed(seed: int, stream: int, index: tf.Tensor) -> tf.Tensor:
@@ -215,11 +244,18 @@ def train_batches(ds, cfg, stats, batch, seed, num_examples, start_step) -> tf.d
 
   ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch).skip(offset)
   ds = ds.map(
-      lambda i, ex: {**ex, "image": train_image(ex["image"], cfg, stream_seed(seed, 0, i))},
-      num_parallel_calls=AUTOTUNE)
+    lambda i, ex: {**ex, "image": train_image(ex["image"], cfg, stream_seed(seed, 0, i))},
+    num_parallel_calls=AUTOTUNE,
+  )
   ds = ds.batch(batch, drop_remainder=True).enumerate(start=start_step)
-  return ds.map(lambda i, ex: {**ex, "mask": tf.ones([batch], tf.bool), "image": train_batch(
-      ex["image"], cfg, stats, stream_seed(seed, 1, i))}, num_parallel_calls=AUTOTUNE)
+  return ds.map(
+    lambda i, ex: {
+      **ex,
+      "mask": tf.ones([batch], tf.bool),
+      "image": train_batch(ex["image"], cfg, stats, stream_seed(seed, 1, i)),
+    },
+    num_parallel_calls=AUTOTUNE,
+  )
 
 
 def eval_batches(ds, cfg, stats, batch, steps, count) -> tf.data.Dataset:
@@ -228,8 +264,11 @@ def eval_batches(ds, cfg, stats, batch, steps, count) -> tf.data.Dataset:
 
   def preprocess(ex):
     image = centre_crop(rescale(ex["image"], cfg.eval_scale), crop)
-    return {"image": subtract_mean(image, stats.mean), "label": ex["label"],
-            "mask": tf.constant(True)}
+    return {
+      "image": subtract_mean(image, stats.mean),
+      "label": ex["label"],
+      "mask": tf.constant(True),
+    }
 
   ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE)
   if cfg.cache:
@@ -255,9 +294,15 @@ def pixel_moment_chunks(cfg):
 
 def read_split(cfg, split, process_index, process_count, chunk):
   """See `data.read_split`: the examples of `tfds.split_for_jax_process`, as read."""
-  examples = prepared_builder(cfg).as_dataset(split=tfds.split_for_jax_process(
-      split, process_index=process_index, process_count=process_count,
-      drop_remainder=False)).as_numpy_iterator()
+  examples = (
+    prepared_builder(cfg)
+    .as_dataset(
+      split=tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count, drop_remainder=False
+      )
+    )
+    .as_numpy_iterator()
+  )
   while part := list(itertools.islice(examples, chunk)):
     yield [ex["image"] for ex in part], np.array([ex["label"] for ex in part], np.int32)
 
