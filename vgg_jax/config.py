@@ -37,8 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
       weight_decay=5e-4, decay_biases=False,  # L2 on weights only, as Caffe's VGG solver
       epochs=74, max_steps=0,                 # max_steps > 0 stops earlier (smoke runs)
       # LR / 10 when validation accuracy stops improving (Section 3.1), at most 3 times.
-      # The paper gives no patience; 2 epochs is our choice.
-      plateau_factor=0.1, plateau_patience=2, plateau_max_drops=3, plateau_min_delta=1e-4)
+      # The paper gives no patience; 2 epochs is our choice. Validations before epoch
+      # plateau_from_epoch are not fed to the rule (our choice, for deep nets' slow
+      # start on short schedules; 0: the rule from the first epoch).
+      plateau_factor=0.1, plateau_patience=2, plateau_max_drops=3, plateau_min_delta=1e-4,
+      plateau_from_epoch=0)
 
   # Start from another run's weights (Section 3.1's chain): "paper" copies its first
   # four conv and three FC layers (B-E from A), "all" every layer (S=384 from 256).
