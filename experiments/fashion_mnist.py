@@ -49,16 +49,31 @@ Sweeps sized to converge (DESIGNS; `launch.py sweep --config THIS_FILE:gpu --wor
 from vgg_jax import config as config_lib
 from vgg_jax import sweep as sweep_lib
 
-
 TRAIN_IMAGES = 60_000
 
 
 def get_config(arg: str = ""):
-  arg = config_lib.parse_arg(arg, model="A", S="32", width=0.25, epochs=6, seed=0,
-                             init="glorot", backend="tfds", dtype="float32", holdout=0,
-                             table5_images=2000, quick=False, manual_dir="", size=32,
-                             batch=128, steps=0, test_images=0, patience=1,
-                             plateau_from=0)
+  arg = config_lib.parse_arg(
+    arg,
+    model="A",
+    S="32",
+    width=0.25,
+    epochs=6,
+    seed=0,
+    init="glorot",
+    backend="tfds",
+    dtype="float32",
+    holdout=0,
+    table5_images=2000,
+    quick=False,
+    manual_dir="",
+    size=32,
+    batch=128,
+    steps=0,
+    test_images=0,
+    patience=1,
+    plateau_from=0,
+  )
   c = config_lib.base_config()
   c.seed = arg.seed
   c.model.update(name=arg.model, width=arg.width, init=arg.init, dtype=arg.dtype)
@@ -66,17 +81,33 @@ def get_config(arg: str = ""):
   # `holdout=N` validates (LR schedule, best checkpoint) on the last N training images
   # instead of the test set, which the evaluations then see for the first time.
   keep = TRAIN_IMAGES - arg.holdout
-  c.data.update(name="fashion_mnist", backend=arg.backend, manual_dir=arg.manual_dir,
-                train_split=f"train[:{keep}]" if arg.holdout else "train",
-                eval_split=f"train[{keep}:]" if arg.holdout else "test", pad_to=32,
-                scale=(lo, hi), crop=arg.size, eval_scale=(lo + hi) // 2,  # Q = S, or mid
-                eval_crop=arg.size, cache=True, shuffle_buffer=TRAIN_IMAGES)
+  c.data.update(
+    name="fashion_mnist",
+    backend=arg.backend,
+    manual_dir=arg.manual_dir,
+    train_split=f"train[:{keep}]" if arg.holdout else "train",
+    eval_split=f"train[{keep}:]" if arg.holdout else "test",
+    pad_to=32,
+    scale=(lo, hi),
+    crop=arg.size,
+    eval_scale=(lo + hi) // 2,  # Q = S, or mid
+    eval_crop=arg.size,
+    cache=True,
+    shuffle_buffer=TRAIN_IMAGES,
+  )
   test = f"test[:{arg.test_images}]" if arg.test_images else "test"
   c.evaluations = config_lib.paper_evaluations(
-      (lo, hi), split=test,
-      table5_split=f"test[:{min(arg.table5_images, arg.test_images or TRAIN_IMAGES)}]")
-  c.optim.update(batch_size=arg.batch, epochs=arg.epochs, max_steps=arg.steps,
-                 plateau_patience=arg.patience, plateau_from_epoch=arg.plateau_from)
+    (lo, hi),
+    split=test,
+    table5_split=f"test[:{min(arg.table5_images, arg.test_images or TRAIN_IMAGES)}]",
+  )
+  c.optim.update(
+    batch_size=arg.batch,
+    epochs=arg.epochs,
+    max_steps=arg.steps,
+    plateau_patience=arg.patience,
+    plateau_from_epoch=arg.plateau_from,
+  )
   c.checkpoint.every_steps = 500
   c.log_every_steps = 50
   if arg.quick:
@@ -92,19 +123,54 @@ def get_config(arg: str = ""):
 # the five pools leave 2x2), all with the same seeds, so each comparison is paired by
 # seed. Forecasts: `launch.py sweep --accelerator h200 --mfu 0.2 --dry_run`.
 DESIGNS = {
-    # One H200: half width, bf16, batch 512, 20 epochs (5 to fine-tune), 3 seeds.
-    "gpu": dict(chain=sweep_lib.TABLE3, he=("A", "B", "D", "E"), he64=("A", "B", "D"),
-                seeds=3, width=0.5, epochs=20, finetune_epochs=5, batch=512,
-                dtype="bfloat16", backend="device", holdout=5000, patience=2,
-                plateau_from=5),
-    # 2 CPU cores in <= 45 minutes: A, B, D of the chain at S=32, 1/8 width, 3 seeds.
-    "cpu": dict(chain=(("A", "256"), ("B", "256"), ("D", "256")), he=(), he64=(),
-                seeds=3, width=0.125, epochs=4, finetune_epochs=0, batch=128,
-                dtype="float32", backend="numpy", holdout=5000, patience=1),
-    # Every code path of `gpu` in under a minute on a CPU: A and B, 1 seed, 40 steps.
-    "smoke": dict(chain=(("A", "256"), ("B", "256")), he=(), he64=(), seeds=1,
-                  width=0.0625, epochs=1, finetune_epochs=0, batch=32, dtype="float32",
-                  backend="numpy", holdout=500, patience=1, steps=40, test_images=500),
+  # One H200: half width, bf16, batch 512, 20 epochs (5 to fine-tune), 3 seeds.
+  "gpu": dict(
+    chain=sweep_lib.TABLE3,
+    he=("A", "B", "D", "E"),
+    he64=("A", "B", "D"),
+    seeds=3,
+    width=0.5,
+    epochs=20,
+    finetune_epochs=5,
+    batch=512,
+    dtype="bfloat16",
+    backend="device",
+    holdout=5000,
+    patience=2,
+    plateau_from=5,
+  ),
+  # 2 CPU cores in <= 45 minutes: A, B, D of the chain at S=32, 1/8 width, 3 seeds.
+  "cpu": dict(
+    chain=(("A", "256"), ("B", "256"), ("D", "256")),
+    he=(),
+    he64=(),
+    seeds=3,
+    width=0.125,
+    epochs=4,
+    finetune_epochs=0,
+    batch=128,
+    dtype="float32",
+    backend="numpy",
+    holdout=5000,
+    patience=1,
+  ),
+  # Every code path of `gpu` in under a minute on a CPU: A and B, 1 seed, 40 steps.
+  "smoke": dict(
+    chain=(("A", "256"), ("B", "256")),
+    he=(),
+    he64=(),
+    seeds=1,
+    width=0.0625,
+    epochs=1,
+    finetune_epochs=0,
+    batch=32,
+    dtype="float32",
+    backend="numpy",
+    holdout=500,
+    patience=1,
+    steps=40,
+    test_images=500,
+  ),
 }
 
 
@@ -120,35 +186,76 @@ def sweep(arg: str = ""):
   name, _, rest = (arg or "").partition(",")
   if name in DESIGNS:
     return design_sweep(DESIGNS[name], rest)
-  return sweep_lib.table3_sweep(arg, scales=sweep_lib.PAPER_SCALES["fashion_mnist"],
-                                finetune_epochs=1, width=0.125, epochs=2, holdout=5000,
-                                backend="tfds", dtype="float32", quick=False, manual_dir="")
+  return sweep_lib.table3_sweep(
+    arg,
+    scales=sweep_lib.PAPER_SCALES["fashion_mnist"],
+    finetune_epochs=1,
+    width=0.125,
+    epochs=2,
+    holdout=5000,
+    backend="tfds",
+    dtype="float32",
+    quick=False,
+    manual_dir="",
+  )
 
 
 def design_sweep(design: dict, arg: str = "") -> list[dict]:
   """The runs of a design (see DESIGNS), its fields overridden by `arg`."""
   fields = {"steps": 0, "test_images": 0, "manual_dir": "", "plateau_from": 0, **design}
-  d = config_lib.parse_arg(arg, **{k: v for k, v in fields.items()
-                                   if k not in ("chain", "he", "he64")})
-  extra = "".join(f",{key}={d[key]}" for key in (
-      "width", "epochs", "batch", "dtype", "backend", "holdout", "patience",
-      "plateau_from", "steps", "test_images", "manual_dir"))
+  d = config_lib.parse_arg(
+    arg, **{k: v for k, v in fields.items() if k not in ("chain", "he", "he64")}
+  )
+  extra = "".join(
+    f",{key}={d[key]}"
+    for key in (
+      "width",
+      "epochs",
+      "batch",
+      "dtype",
+      "backend",
+      "holdout",
+      "patience",
+      "plateau_from",
+      "steps",
+      "test_images",
+      "manual_dir",
+    )
+  )
   # Fine-tunings start from a trained net: no slow start to wait out.
-  finetune = {"optim.plateau_from_epoch": 0,
-              **({"optim.epochs": d.finetune_epochs} if d.finetune_epochs else {})}
+  finetune = {
+    "optim.plateau_from_epoch": 0,
+    **({"optim.epochs": d.finetune_epochs} if d.finetune_epochs else {}),
+  }
   seeds = range(d.seeds)
   fixed = lambda configs: tuple((config, "256") for config in configs)  # noqa: E731
-  chain = sweep_lib.paper_chain(design["chain"], seeds, extra=extra, finetune=finetune,
-                                scales=sweep_lib.PAPER_SCALES["fashion_mnist"])
-  he = sweep_lib.paper_chain(fixed(design["he"]), seeds, warm_start=False, init="he",
-                             prefix="he_", extra=extra,
-                             scales=sweep_lib.PAPER_SCALES["fashion_mnist"])
-  he64 = sweep_lib.paper_chain(fixed(design["he64"]), seeds, warm_start=False, init="he",
-                               prefix="he64_", extra=extra + ",size=64",
-                               scales=sweep_lib.PAPER_SCALES["fashion_mnist@64"])
+  chain = sweep_lib.paper_chain(
+    design["chain"],
+    seeds,
+    extra=extra,
+    finetune=finetune,
+    scales=sweep_lib.PAPER_SCALES["fashion_mnist"],
+  )
+  he = sweep_lib.paper_chain(
+    fixed(design["he"]),
+    seeds,
+    warm_start=False,
+    init="he",
+    prefix="he_",
+    extra=extra,
+    scales=sweep_lib.PAPER_SCALES["fashion_mnist"],
+  )
+  he64 = sweep_lib.paper_chain(
+    fixed(design["he64"]),
+    seeds,
+    warm_start=False,
+    init="he",
+    prefix="he64_",
+    extra=extra + ",size=64",
+    scales=sweep_lib.PAPER_SCALES["fashion_mnist@64"],
+  )
   # Stages, so a sweep cut short (--time_budget_s) keeps the depth comparisons whole:
   # every seed of the S=32 nets of both arms first, then the fine-tunings at S=40 and
   # [32,48], then the 64x64 arm.
   stage = lambda run: 1 if "parent" in run and run["layers"] == "all" else 0  # noqa: E731
-  return ([dict(run, stage=stage(run)) for run in chain + he]
-          + [dict(run, stage=2) for run in he64])
+  return [dict(run, stage=stage(run)) for run in chain + he] + [dict(run, stage=2) for run in he64]

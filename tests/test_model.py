@@ -14,20 +14,24 @@ from vgg_jax import architectures, data
 from vgg_jax import model as model_lib
 
 FULL_SIZE_PARAMS = {  # PAPER.md; A, B, D, E are also torchvision's vgg11/13/16/19
-    "A": 132_863_336, "A-LRN": 132_863_336, "B": 133_047_848,
-    "C": 133_638_952, "D": 138_357_544, "E": 143_667_240,
+  "A": 132_863_336,
+  "A-LRN": 132_863_336,
+  "B": 133_047_848,
+  "C": 133_638_952,
+  "D": 138_357_544,
+  "E": 143_667_240,
 }
 GMACS_224 = {"A": 7.609, "B": 11.308, "D": 15.470, "E": 19.632}
 
 # Table 1 read column by column: the weight layers and LRN of each net, in order.
 TABLE1_COLUMNS = {
-    "A": "conv3-64 | conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
-    "A-LRN": "conv3-64, LRN | conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
-    "B": "2x conv3-64 | 2x conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
-    "C": "2x conv3-64 | 2x conv3-128 | 2x conv3-256, conv1-256 | 2x conv3-512, conv1-512"
-         " | 2x conv3-512, conv1-512",
-    "D": "2x conv3-64 | 2x conv3-128 | 3x conv3-256 | 3x conv3-512 | 3x conv3-512",
-    "E": "2x conv3-64 | 2x conv3-128 | 4x conv3-256 | 4x conv3-512 | 4x conv3-512",
+  "A": "conv3-64 | conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
+  "A-LRN": "conv3-64, LRN | conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
+  "B": "2x conv3-64 | 2x conv3-128 | 2x conv3-256 | 2x conv3-512 | 2x conv3-512",
+  "C": "2x conv3-64 | 2x conv3-128 | 2x conv3-256, conv1-256 | 2x conv3-512, conv1-512"
+  " | 2x conv3-512, conv1-512",
+  "D": "2x conv3-64 | 2x conv3-128 | 3x conv3-256 | 3x conv3-512 | 3x conv3-512",
+  "E": "2x conv3-64 | 2x conv3-128 | 4x conv3-256 | 4x conv3-512 | 4x conv3-512",
 }
 DEPTHS = {"A": 11, "A-LRN": 11, "B": 13, "C": 16, "D": 16, "E": 19}
 
@@ -99,9 +103,21 @@ def test_layer_order_follows_the_table():
   assert c.conv3_3.kernel.shape[:2] == (1, 1) and c.conv3_3.padding == "VALID"
   assert c.conv3_2.kernel.shape[:2] == (3, 3) and c.conv3_2.padding == "SAME"
   convs = [n for n in c.plan if n.startswith("conv")]
-  assert convs == ["conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2",
-                   "conv3_3", "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2",
-                   "conv5_3"]
+  assert convs == [
+    "conv1_1",
+    "conv1_2",
+    "conv2_1",
+    "conv2_2",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "conv4_1",
+    "conv4_2",
+    "conv4_3",
+    "conv5_1",
+    "conv5_2",
+    "conv5_3",
+  ]
   assert [n for n in c.plan if n.startswith("pool")] == [f"pool{s}" for s in range(1, 6)]
   assert c.plan[-7:] == ("fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8")
 
@@ -121,7 +137,7 @@ def numpy_lrn(a, k, n, alpha, beta, alpha_over_n):
   scale = alpha / n if alpha_over_n else alpha
   for c in range(channels):
     lo, hi = max(0, c - n // 2), min(channels - 1, c + n // 2)
-    total = (a[..., lo:hi + 1] ** 2).sum(-1)
+    total = (a[..., lo : hi + 1] ** 2).sum(-1)
     out[..., c] = a[..., c] / (k + scale * total) ** beta
   return out
 
@@ -140,8 +156,7 @@ def test_lrn_against_numpy(alpha_over_n):
 
 def test_lrn_default_is_alexnet_formula_after_first_relu():
   model = small("A-LRN", lrn=vgg_jax.LRNConfig())
-  assert model.cfg.lrn == vgg_jax.LRNConfig(k=2.0, n=5, alpha=1e-4, beta=0.75,
-                                            alpha_over_n=False)
+  assert model.cfg.lrn == vgg_jax.LRNConfig(k=2.0, n=5, alpha=1e-4, beta=0.75, alpha_over_n=False)
   model.eval()
   x = jax.random.normal(jax.random.key(1), (1, 32, 32, 3)) * 50
   acts = model.features(x, ("relu1_1", "lrn1"))
@@ -171,14 +186,15 @@ def test_dense_mode_averages_the_class_score_map():
   assert pool5.shape[1:3] == (5, 4)
 
   def head(window):  # the FC head applied to one KxK window
-    h = jax.nn.relu(window.reshape(len(window), -1)
-                    @ model.fc6.kernel[...].reshape(-1, model.cfg.hidden) + model.fc6.bias[...])
+    h = jax.nn.relu(
+      window.reshape(len(window), -1) @ model.fc6.kernel[...].reshape(-1, model.cfg.hidden)
+      + model.fc6.bias[...]
+    )
     h = jax.nn.relu(model.fc7(h))
     return model.fc8(h)
 
-  scores = [head(pool5[:, i:i + 2, j:j + 2]) for i in range(4) for j in range(3)]
-  np.testing.assert_allclose(model(x, dense=True), np.mean(scores, axis=0),
-                             rtol=1e-5, atol=1e-6)
+  scores = [head(pool5[:, i : i + 2, j : j + 2]) for i in range(4) for j in range(3)]
+  np.testing.assert_allclose(model(x, dense=True), np.mean(scores, axis=0), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
@@ -236,11 +252,14 @@ def test_same_seed_same_network_other_seed_other_network():
   assert not np.allclose(a(x), c(x))
 
 
-@pytest.mark.parametrize("init,std", [
+@pytest.mark.parametrize(
+  "init,std",
+  [
     ("paper", lambda fan_in, fan_out: 1e-2),
     ("glorot", lambda fan_in, fan_out: np.sqrt(2 / (fan_in + fan_out))),
     ("he", lambda fan_in, fan_out: np.sqrt(2 / fan_in)),
-])
+  ],
+)
 def test_initialisations(init, std):
   model = vgg_jax.create_model("A", num_classes=10, width=0.5, image_size=32, init=init)
   kernel = np.asarray(model.conv4_1.kernel[...])  # 3x3x128x256
@@ -252,10 +271,20 @@ def test_initialisations(init, std):
 
 
 def kernels(init: str, **kw) -> dict[str, np.ndarray]:
-  model = vgg_jax.create_model("A", num_classes=10, width=1 / 8, image_size=32, init=init,
-                               in_channels=1, rngs=nnx.Rngs(3), **kw)
-  return {name: np.asarray(getattr(model, name).kernel[...])
-          for name in model_lib.weight_layer_names(model)}
+  model = vgg_jax.create_model(
+    "A",
+    num_classes=10,
+    width=1 / 8,
+    image_size=32,
+    init=init,
+    in_channels=1,
+    rngs=nnx.Rngs(3),
+    **kw,
+  )
+  return {
+    name: np.asarray(getattr(model, name).kernel[...])
+    for name in model_lib.weight_layer_names(model)
+  }
 
 
 @pytest.mark.parametrize("init", ["paper", "glorot", "he"])
@@ -280,6 +309,7 @@ def test_he_draws_the_fc_layers_as_torchvision_does():
 def test_from_config_reads_the_pixels_std_for_he_only():
   """The std comes from the data statistics and is the training pixels' own."""
   from vgg_jax import config as config_lib
+
   images, _ = data.load_idx_numpy("", "train")
   for init, want in (("he", images.std(dtype=np.float64)), ("glorot", 1.0), ("paper", 1.0)):
     config = config_lib.experiment_config("fashion_mnist", f"init={init}")
@@ -308,12 +338,15 @@ def test_aliases_resolve_to_table_names():
   assert small("vgg16").cfg.name == "D" and small("a-lrn").cfg.name == "A-LRN"
 
 
-@pytest.mark.parametrize("kwargs,message", [
+@pytest.mark.parametrize(
+  "kwargs,message",
+  [
     (dict(name="F"), "unknown VGG configuration 'F'.*A, A-LRN, B, C, D, E"),
     (dict(name="D", width=-0.5), "width must be positive"),
     (dict(name="D", image_size=16), "at least 32x32"),
     (dict(name="D", init="orthogonal"), "unknown init"),
-])
+  ],
+)
 def test_bad_arguments_are_clear_errors(kwargs, message):
   name = kwargs.pop("name")
   with pytest.raises(ValueError, match=message):
@@ -336,8 +369,7 @@ def test_bad_inputs_are_clear_errors():
 
 
 def test_default_features_are_each_stage_s_last_relu():
-  assert small("A").stage_outputs() == ("relu1_1", "relu2_1", "relu3_2", "relu4_2",
-                                        "relu5_2")
+  assert small("A").stage_outputs() == ("relu1_1", "relu2_1", "relu3_2", "relu4_2", "relu5_2")
   assert small("A-LRN").stage_outputs()[0] == "lrn1"
   assert small("E").stage_outputs()[-1] == "relu5_4"
 
@@ -372,8 +404,10 @@ def test_reshape_pool_equals_reduce_window(shape):
   np.testing.assert_array_equal(model_lib.max_pool_reshape(x), model_lib.max_pool(x))
 
 
-@pytest.mark.parametrize("options", [dict(pool="reshape"), dict(relu_grad="output"),
-                                     dict(pool="reshape", relu_grad="output")])
+@pytest.mark.parametrize(
+  "options",
+  [dict(pool="reshape"), dict(relu_grad="output"), dict(pool="reshape", relu_grad="output")],
+)
 def test_levers_give_today_s_loss_and_gradients(options):
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   labels = jnp.arange(4) % 10
@@ -389,8 +423,9 @@ def test_levers_give_today_s_loss_and_gradients(options):
 
 def step_hlo(**kw) -> str:
   """The (unoptimised) HLO of the gradient computation: what every backend starts from."""
-  grad_fn, params = loss_and_grads(small("A", **kw), jnp.ones((2, 32, 32, 3)),
-                                   jnp.zeros((2,), jnp.int32))
+  grad_fn, params = loss_and_grads(
+    small("A", **kw), jnp.ones((2, 32, 32, 3)), jnp.zeros((2,), jnp.int32)
+  )
   return jax.jit(grad_fn).lower(params).as_text(dialect="hlo")
 
 
@@ -402,17 +437,21 @@ def test_reshape_pool_leaves_no_select_and_scatter():
 def relu_input_users(relu_grad: str) -> list[int]:
   """For each conv ReLU of A's gradient computation (jax.nn.relu stays a custom_jvp call,
   ours is inlined as its max), how many equations use its input, the conv + bias output."""
-  grad_fn, params = loss_and_grads(small("A", relu_grad=relu_grad), jnp.ones((2, 32, 32, 3)),
-                                   jnp.zeros((2,), jnp.int32))
+  grad_fn, params = loss_and_grads(
+    small("A", relu_grad=relu_grad), jnp.ones((2, 32, 32, 3)), jnp.zeros((2,), jnp.int32)
+  )
   eqns = jax.make_jaxpr(grad_fn)(params).jaxpr.eqns
   users = collections.Counter(v for e in eqns for v in e.invars if not hasattr(v, "val"))
-  return [users[e.invars[0]] for e in eqns
-          if e.primitive.name in ("custom_jvp_call", "max") and e.invars[0].aval.ndim == 4]
+  return [
+    users[e.invars[0]]
+    for e in eqns
+    if e.primitive.name in ("custom_jvp_call", "max") and e.invars[0].aval.ndim == 4
+  ]
 
 
 def test_relu_grad_from_output_leaves_the_conv_output_one_user():
   assert relu_input_users("output") == [1] * 8  # A's eight convolutions
-  assert relu_input_users("input") == [2] * 8   # the ReLU and its gradient's x > 0
+  assert relu_input_users("input") == [2] * 8  # the ReLU and its gradient's x > 0
 
 
 def test_unknown_lever_values_are_errors():

@@ -24,12 +24,17 @@ def test_paper_chain_expands_table3_per_seed_parents_first():
   assert by_name["A_S32_seed1"].parent is None and by_name["A-LRN_S32_seed0"].parent is None
   d = by_name["D_S32_seed1"]
   assert (d.parent, d.layers, d.arg) == (
-      "A_S32_seed1", "paper",
-      "model=D,S=32,seed=1,width=0.125,epochs=2,holdout=5000,backend=tfds,dtype=float32,"
-      "quick=False,manual_dir=")
+    "A_S32_seed1",
+    "paper",
+    "model=D,S=32,seed=1,width=0.125,epochs=2,holdout=5000,backend=tfds,dtype=float32,"
+    "quick=False,manual_dir=",
+  )
   d384, jitter = by_name["D_S40_seed0"], by_name["D_S32-48_seed0"]
   assert (d384.parent, d384.layers, dict(d384.overrides)) == (
-      "D_S32_seed0", "all", {"optim.lr": 1e-3, "optim.epochs": 1})
+    "D_S32_seed0",
+    "all",
+    {"optim.lr": 1e-3, "optim.epochs": 1},
+  )
   assert jitter.parent == "D_S40_seed0" and jitter.arg.startswith("model=D,S=32-48")
   assert {r.name.split("_")[0] for r in runs} == {"A", "A-LRN", "B", "C", "D", "E"}
 
@@ -62,6 +67,7 @@ def test_bad_sweeps_are_clear_errors():
 def fake(fail: set[str], calls: list[tuple[str, str]]):
   """An executor that records each (command, run), fails the commands of the runs
   named in `fail` and, as training does, leaves the run's config.json."""
+
   def execute(command):
     workdir = next(a for a in command if a.startswith("--workdir=")).partition("=")[2]
     name = os.path.basename(workdir)
@@ -70,6 +76,7 @@ def fake(fail: set[str], calls: list[tuple[str, str]]):
       with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write('{"data": {"scale": %s}}' % ("[32, 48]" if name == "J" else "32"))
     return subprocess.CompletedProcess(command, 1 if name in fail else 0, "", "boom")
+
   return execute
 
 
@@ -78,18 +85,28 @@ def runs_of(calls: list[tuple[str, str]], command: str) -> list[str]:
 
 
 def test_failed_parent_blocks_its_children_and_a_rerun_runs_only_what_is_left(tmp_path):
-  runs = sweep.expand([dict(name="A", arg=""), dict(name="B", arg="", parent="A"),
-                       dict(name="C", arg="", parent="B"), dict(name="Z", arg="")])
+  runs = sweep.expand(
+    [
+      dict(name="A", arg=""),
+      dict(name="B", arg="", parent="A"),
+      dict(name="C", arg="", parent="B"),
+      dict(name="Z", arg=""),
+    ]
+  )
   calls, messages = [], []
-  outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=fake({"A"}, calls),
-                            log=messages.append)
+  outcome = sweep.run_local(
+    runs, FASHION, str(tmp_path), execute=fake({"A"}, calls), log=messages.append
+  )
   assert outcome == {"A": "failed", "B": "blocked", "C": "blocked", "Z": "done"}
   assert runs_of(calls, "train") == ["A", "Z"] and runs_of(calls, "eval") == ["Z"]
   assert any("B: blocked, parent A is failed" in m for m in messages)
   assert "boom" in open(tmp_path / "A" / sweep.FAILED).read()
   calls.clear()
-  assert set(sweep.run_local(runs, FASHION, str(tmp_path), execute=fake(set(), calls),
-                             log=messages.append).values()) == {"done"}
+  assert set(
+    sweep.run_local(
+      runs, FASHION, str(tmp_path), execute=fake(set(), calls), log=messages.append
+    ).values()
+  ) == {"done"}
   assert runs_of(calls, "train") == ["A", "B", "C"]  # Z was done
   calls.clear()
   sweep.run_local(runs, FASHION, str(tmp_path), execute=fake(set(), calls), log=print)
@@ -112,29 +129,45 @@ def test_each_run_is_evaluated_once_and_a_failed_evaluation_is_redone(tmp_path):
   assert outcome == {"A": "failed", "J": "blocked"}
   assert sweep.state(runs[0], str(tmp_path)) == "failed"
   calls.clear()
-  assert sweep.run_local(runs, FASHION, str(tmp_path), execute=execute,
-                         log=print) == {"A": "done", "J": "done"}
+  assert sweep.run_local(runs, FASHION, str(tmp_path), execute=execute, log=print) == {
+    "A": "done",
+    "J": "done",
+  }
   assert runs_of(calls, "train") == ["J"]
   assert [c for c in calls if c[0] == "eval"] == [("eval", "A"), ("eval", "J")]
   assert sweep.eval_command(runs[1], str(tmp_path))[2:] == [
-      "eval", f"--workdir={tmp_path / 'J'}", "--configured"]
+    "eval",
+    f"--workdir={tmp_path / 'J'}",
+    "--configured",
+  ]
   assert os.path.exists(tmp_path / "J" / sweep.EVALUATED)
 
 
-TINY = {"model.width": 0.0625, "optim.batch_size": 32, "optim.max_steps": 4,
-        "data.eval_split": "test[:64]", "mesh": (("data", 1), ("model", 1)),
-        "evaluations": ("dense@@test[:64]", "dense@table4@test[:64]")}
+TINY = {
+  "model.width": 0.0625,
+  "optim.batch_size": 32,
+  "optim.max_steps": 4,
+  "data.eval_split": "test[:64]",
+  "mesh": (("data", 1), ("model", 1)),
+  "evaluations": ("dense@@test[:64]", "dense@table4@test[:64]"),
+}
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
-                    reason="needs `apt-get install dataset-fashion-mnist`")
+@pytest.mark.skipif(
+  not os.path.exists("/usr/share/datasets/fashion-mnist"),
+  reason="needs `apt-get install dataset-fashion-mnist`",
+)
 def test_a_real_sweep_warm_starts_and_resumes_a_killed_run(tmp_path):
   """A then B warm-started from it, for real; A was 'killed' after 2 of its 4 steps
   (its checkpoint is there, no done marker), so the sweep resumes it."""
   from vgg_jax import train
-  runs = sweep.expand([dict(name="A", arg="quick,backend=numpy", overrides=TINY),
-                       dict(name="B", arg="quick,backend=numpy,model=B", parent="A",
-                            overrides=TINY)])
+
+  runs = sweep.expand(
+    [
+      dict(name="A", arg="quick,backend=numpy", overrides=TINY),
+      dict(name="B", arg="quick,backend=numpy,model=B", parent="A", overrides=TINY),
+    ]
+  )
   interrupted = sweep.run_config(runs[0], FASHION)
   interrupted.optim.max_steps = 2
   train.train_and_evaluate(interrupted, str(tmp_path / "A"))
@@ -151,22 +184,32 @@ def test_a_real_sweep_warm_starts_and_resumes_a_killed_run(tmp_path):
   trains = [output for command, output in outputs if command == "train"]
   assert "resumed from step 2" in trains[0]
   assert "warm start from" in trains[1] and "fc6/kernel" in trains[1]
-  assert sorted(os.listdir(tmp_path / "B" / "eval")) == ["test_64_dense_Q32-37.json",
-                                                         "test_64_dense_Q32.json"]
-  assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "B"))
-          if "val_top1_err" in r] == [4]
+  assert sorted(os.listdir(tmp_path / "B" / "eval")) == [
+    "test_64_dense_Q32-37.json",
+    "test_64_dense_Q32.json",
+  ]
+  assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "B")) if "val_top1_err" in r] == [
+    4
+  ]
   table = sweep.status_table(runs, str(tmp_path))
   assert "| A | done | - | 4 |" in table and "| B | done | A | 4 |" in table
 
 
 def golden_sweep():
   """Three runs with a parent, a warm start of every layer and a quoted override."""
-  return sweep.expand([
+  return sweep.expand(
+    [
       dict(name="A_S32_seed0", arg="model=A,S=32,seed=0"),
       dict(name="D_S32_seed0", arg="model=D,S=32,seed=0", parent="A_S32_seed0"),
-      dict(name="D_S40_seed0", arg="model=D,S=40,seed=0", parent="D_S32_seed0",
-           layers="all", overrides={"optim.lr": 1e-3,
-                                    "mesh": (("data", -1), ("model", 2))})])
+      dict(
+        name="D_S40_seed0",
+        arg="model=D,S=40,seed=0",
+        parent="D_S32_seed0",
+        layers="all",
+        overrides={"optim.lr": 1e-3, "mesh": (("data", -1), ("model", 2))},
+      ),
+    ]
+  )
 
 
 def golden(name: str) -> str:
@@ -178,15 +221,17 @@ def test_slurm_scripts_match_the_golden_file():
   """One sbatch per run (one task per host, srun, --distributed), submitted with afterok
   dependencies on the parent's job. Overwrite the golden file only after reading the
   diff."""
-  scripts = sweep.slurm_scripts(golden_sweep(), FASHION, "/ckpt/sweep", repo="/src/vgg_jax",
-                                nodes=2, gpus_per_node=4)
+  scripts = sweep.slurm_scripts(
+    golden_sweep(), FASHION, "/ckpt/sweep", repo="/src/vgg_jax", nodes=2, gpus_per_node=4
+  )
   assert "".join(f"# {n}\n{t}" for n, t in scripts.items()) == golden("slurm.txt")
   assert "--dependency=afterok:${job_D_S32_seed0}" in scripts["submit.sh"]
 
 
 def test_tpu_commands_match_the_golden_file():
-  commands = sweep.tpu_commands(golden_sweep(), FASHION, "/ckpt/sweep", repo="/src/vgg_jax",
-                                tpu="v4-32", zone="us-central2-b")
+  commands = sweep.tpu_commands(
+    golden_sweep(), FASHION, "/ckpt/sweep", repo="/src/vgg_jax", tpu="v4-32", zone="us-central2-b"
+  )
   assert "\n".join(commands) + "\n" == golden("tpu.txt")
   assert all("--worker=all" in c and "--distributed" in c for c in commands)
 
@@ -207,8 +252,10 @@ def test_parallel_runs_start_when_their_parents_are_done(tmp_path):
   """Two at a time: A and Z run together; B waits for A, whatever Z does."""
   import threading
   import time
-  runs = sweep.expand([dict(name="A", arg=""), dict(name="B", arg="", parent="A"),
-                       dict(name="Z", arg="")])
+
+  runs = sweep.expand(
+    [dict(name="A", arg=""), dict(name="B", arg="", parent="A"), dict(name="Z", arg="")]
+  )
   calls, events, lock = [], [], threading.Lock()
   execute = fake(set(), calls)
 
@@ -224,8 +271,9 @@ def test_parallel_runs_start_when_their_parents_are_done(tmp_path):
         events.append(("end", name))
     return result
 
-  outcome = sweep.run_local(runs, FASHION, str(tmp_path), parallel=2, execute=timed,
-                            log=lambda m: None)
+  outcome = sweep.run_local(
+    runs, FASHION, str(tmp_path), parallel=2, execute=timed, log=lambda m: None
+  )
   assert outcome == {"A": "done", "B": "done", "Z": "done"}
   assert events[:2] == [("start", "A"), ("start", "Z")]  # both before either ended
   assert events.index(("end", "A")) < events.index(("start", "B"))
@@ -243,6 +291,7 @@ def fake_in_process(monkeypatch, fail=(), preempt=()):
   metrics line; runs named in `fail` raise, in `preempt` are preempted. Returns the
   runs trained and evaluated, in order."""
   from vgg_jax import evaluate, train
+
   calls = []
 
   def train_and_evaluate(config, workdir):
@@ -257,19 +306,28 @@ def fake_in_process(monkeypatch, fail=(), preempt=()):
     return {}, {}
 
   monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
-  monkeypatch.setattr(evaluate, "load_trained", lambda workdir: types.SimpleNamespace(
-      config=None, workdir=workdir))
+  monkeypatch.setattr(
+    evaluate, "load_trained", lambda workdir: types.SimpleNamespace(config=None, workdir=workdir)
+  )
   monkeypatch.setattr(evaluate, "configured", lambda config: [])
-  monkeypatch.setattr(evaluate, "evaluate_many", lambda models, evaluations: (
-      calls.append(("eval", os.path.basename(models[0].workdir))) or []))
+  monkeypatch.setattr(
+    evaluate,
+    "evaluate_many",
+    lambda models, evaluations: calls.append(("eval", os.path.basename(models[0].workdir))) or [],
+  )
   return calls
 
 
-def test_in_process_failure_blocks_only_descendants_and_a_rerun_finishes(tmp_path,
-                                                                         monkeypatch):
-  runs = sweep.expand([dict(name="A", arg="seed=0"), dict(name="B", arg="seed=0", parent="A"),
-                       dict(name="Z", arg="seed=0"), dict(name="A1", arg="seed=1"),
-                       dict(name="B1", arg="seed=1", parent="A1")])
+def test_in_process_failure_blocks_only_descendants_and_a_rerun_finishes(tmp_path, monkeypatch):
+  runs = sweep.expand(
+    [
+      dict(name="A", arg="seed=0"),
+      dict(name="B", arg="seed=0", parent="A"),
+      dict(name="Z", arg="seed=0"),
+      dict(name="A1", arg="seed=1"),
+      dict(name="B1", arg="seed=1", parent="A1"),
+    ]
+  )
   calls, messages = fake_in_process(monkeypatch, fail={"A"}), []
   outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=messages.append)
   assert outcome == {"A": "failed", "B": "blocked", "Z": "done", "A1": "done", "B1": "done"}
@@ -283,8 +341,7 @@ def test_in_process_failure_blocks_only_descendants_and_a_rerun_finishes(tmp_pat
   assert calls == [("train", "A"), ("eval", "A"), ("train", "B"), ("eval", "B")]
 
 
-def test_a_preempted_run_stops_the_sweep_unmarked_and_resumes_next_time(tmp_path,
-                                                                        monkeypatch):
+def test_a_preempted_run_stops_the_sweep_unmarked_and_resumes_next_time(tmp_path, monkeypatch):
   runs = sweep.expand([dict(name="A", arg=""), dict(name="P", arg=""), dict(name="Z", arg="")])
   calls = fake_in_process(monkeypatch, preempt={"P"})
   outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=print)
@@ -314,24 +371,33 @@ def test_no_run_starts_once_the_time_budget_is_spent(tmp_path, monkeypatch):
   runs = sweep.expand([dict(name=n, arg="") for n in "ABC"])
   fake_in_process(monkeypatch)
   now = iter(range(0, 1000, 10))  # each reading of the clock is 10 s later
-  outcome = sweep.run_local(runs, FASHION, str(tmp_path), time_budget_s=25, log=print,
-                            clock=lambda: next(now))
+  outcome = sweep.run_local(
+    runs, FASHION, str(tmp_path), time_budget_s=25, log=print, clock=lambda: next(now)
+  )
   assert list(outcome.values()).count("done") in (1, 2)
   assert outcome["C"] == "pending" and sweep.exit_status(outcome) == 0
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist"),
-                    reason="needs `apt-get install dataset-fashion-mnist`")
+@pytest.mark.skipif(
+  not os.path.exists("/usr/share/datasets/fashion-mnist"),
+  reason="needs `apt-get install dataset-fashion-mnist`",
+)
 def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(tmp_path, capfd):
   """In one process: A seed 0 'killed' after 2 of its 4 steps resumes; A seed 1 reuses
   its compiled programs; B warm-starts from A; each run keeps its own workdir, metrics
   and evaluations, and A + B is evaluated as an ensemble; JAX's persistent cache fills
   under the root."""
   from vgg_jax import train
-  spec = lambda name, arg, **kw: dict(name=name, arg=f"quick,backend=numpy,{arg}",  # noqa
-                                      overrides=TINY, **kw)
-  runs = sweep.expand([spec("A", "seed=0"), spec("A1", "seed=1"),
-                       spec("B", "model=B,seed=0", parent="A")])
+
+  spec = lambda name, arg, **kw: dict(
+    name=name,
+    arg=f"quick,backend=numpy,{arg}",  # noqa
+    overrides=TINY,
+    **kw,
+  )
+  runs = sweep.expand(
+    [spec("A", "seed=0"), spec("A1", "seed=1"), spec("B", "model=B,seed=0", parent="A")]
+  )
   interrupted = sweep.run_config(runs[0], FASHION)
   interrupted.optim.max_steps = 2
   train.train_and_evaluate(interrupted, str(tmp_path / "A"))
@@ -340,26 +406,30 @@ def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(tmp_pa
   printed = capfd.readouterr()
   assert "resumed from step 2" in printed.out + printed.err
   for run in runs:
-    assert [r["step"] for r in metrics.read_metrics(str(tmp_path / run.name))
-            if "val_top1_err" in r][-1] == 4
+    assert [
+      r["step"] for r in metrics.read_metrics(str(tmp_path / run.name)) if "val_top1_err" in r
+    ][-1] == 4
     ensembles = ["test_64_dense_Q32-37_with_B.json", "test_64_dense_Q32_with_B.json"]
     assert sorted(os.listdir(tmp_path / run.name / "eval")) == sorted(
-        ["test_64_dense_Q32-37.json", "test_64_dense_Q32.json"]
-        + (ensembles if run.name == "A" else []))  # Table 6: the best two of seed 0
+      ["test_64_dense_Q32-37.json", "test_64_dense_Q32.json"]
+      + (ensembles if run.name == "A" else [])
+    )  # Table 6: the best two of seed 0
   from vgg_jax import sharding
+
   config = sweep.run_config(runs[1], FASHION)
-  key = train.program_key(config, sharding.make_mesh(config.mesh),
-                          train.model_config(config, 10, 1))
+  key = train.program_key(
+    config, sharding.make_mesh(config.mesh), train.model_config(config, 10, 1)
+  )
   step = train._COMPILED[key][3]  # pylint: disable=protected-access
   assert step._cache_size() == 1  # compiled once for the three trainings of A
   assert os.listdir(sweep.compilation_cache_dir(str(tmp_path)))
-
 
 
 def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
   """Table 3's chain, He init from scratch (A, B, D, E) and 64x64 (A, B, D), 3 seeds:
   every run's config is valid, and the forecast at 20% MFU is at most 8 minutes."""
   from vgg_jax import config as config_lib
+
   config_file, runs = sweep.load_sweep(f"{FASHION}:gpu")
   assert len(runs) == 3 * (12 + 4 + 3)
   by_name = {r.name: r for r in runs}
@@ -371,7 +441,10 @@ def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
     config = sweep.run_config(run, config_file, "/root")
     config_lib.validate(config, 1)
     assert (config.model.width, config.model.dtype, config.optim.batch_size) == (
-        0.5, "bfloat16", 512)
+      0.5,
+      "bfloat16",
+      512,
+    )
     assert config.data.crop == (64 if run.name.startswith("he64_") else 32)
   flops = sweep.run_flops(runs, config_file)
   minutes = sum(flops.values()) / (sweep.PEAK_FLOPS["h200"] * 0.2) / 60
@@ -389,9 +462,12 @@ def test_the_gpu_designs_he_arm_trains_on_the_papers_raw_pixels():
   stays finite and falls (He's init as it was gave a NaN at step 3 on an H200)."""
   import numpy as np
   from flax import nnx
-  from vgg_jax import config as config_lib, data, model, sharding, train
+
+  from vgg_jax import data, model, sharding, train
+
   config_file, runs = sweep.load_sweep(
-      f"{FASHION}:gpu,seeds=1,width=0.125,batch=64,dtype=float32,backend=numpy")
+    f"{FASHION}:gpu,seeds=1,width=0.125,batch=64,dtype=float32,backend=numpy"
+  )
   run = next(r for r in runs if r.name == "he_A_S32_seed0")
   config = sweep.run_config(run, config_file, "/root")
   program = train.build_program(config, sharding.make_mesh(config.mesh), 10, 1)
@@ -400,8 +476,7 @@ def test_the_gpu_designs_he_arm_trains_on_the_papers_raw_pixels():
   for step, batch in zip(range(120), batches):
     batch = data.to_global(batch, program.batch_sharding)
     if step == 0:
-      net = nnx.merge(model.model_graphdef(program.model), state["params"],
-                      state["batch_stats"])
+      net = nnx.merge(model.model_graphdef(program.model), state["params"], state["batch_stats"])
       net.eval()
       features = net.features(batch["image"], ["relu5_2"])["relu5_2"]
       assert 0.1 < float(np.sqrt(np.mean(np.square(features)))) < 10
@@ -420,15 +495,16 @@ def test_the_designs_hold_the_lr_for_their_first_epochs_but_not_when_fine_tuning
     assert config.optim.plateau_from_epoch == (0 if run.layers == "all" else 5)
   for design in ("cpu", "smoke"):
     config_file, runs = sweep.load_sweep(f"{FASHION}:{design}")
-    assert {sweep.run_config(r, config_file, "/root").optim.plateau_from_epoch
-            for r in runs} == {0}
+    assert {sweep.run_config(r, config_file, "/root").optim.plateau_from_epoch for r in runs} == {0}
 
 
 def test_table6_ensembles_pair_d_with_e_and_the_best_two_per_seed(tmp_path, monkeypatch):
   """Done runs A, B, D, E of two seeds, B and D best on Table 3: the ensembles are D+E
   and B+D of each seed, evaluated once each into the first run's eval/."""
   from test_report import result, write_run
+
   from vgg_jax import evaluate
+
   top1 = {"A": 0.12, "B": 0.09, "D": 0.10, "E": 0.11}
   specs = []
   for seed in range(2):
@@ -440,14 +516,23 @@ def test_table6_ensembles_pair_d_with_e_and_the_best_two_per_seed(tmp_path, monk
   runs = sweep.expand(specs)
   pairs = sweep.ensemble_pairs(runs, FASHION, str(tmp_path))
   assert [(a.name, b.name) for a, b in pairs] == [
-      ("D_S32_seed0", "E_S32_seed0"), ("B_S32_seed0", "D_S32_seed0"),
-      ("D_S32_seed1", "E_S32_seed1"), ("B_S32_seed1", "D_S32_seed1")]
+    ("D_S32_seed0", "E_S32_seed0"),
+    ("B_S32_seed0", "D_S32_seed0"),
+    ("D_S32_seed1", "E_S32_seed1"),
+    ("B_S32_seed1", "D_S32_seed1"),
+  ]
   evaluated = []
-  monkeypatch.setattr(evaluate, "load_trained", lambda workdir: types.SimpleNamespace(
-      config=None, workdir=workdir))
+  monkeypatch.setattr(
+    evaluate, "load_trained", lambda workdir: types.SimpleNamespace(config=None, workdir=workdir)
+  )
   monkeypatch.setattr(evaluate, "configured", lambda config: [("dense", "", "")])
-  monkeypatch.setattr(evaluate, "evaluate_many", lambda models, evaluations: evaluated.append(
-      tuple(os.path.basename(m.workdir) for m in models)) or [])
+  monkeypatch.setattr(
+    evaluate,
+    "evaluate_many",
+    lambda models, evaluations: (
+      evaluated.append(tuple(os.path.basename(m.workdir) for m in models)) or []
+    ),
+  )
   for _ in range(2):  # the second time, nothing is left to do
     sweep.evaluate_ensembles(pairs, str(tmp_path), log=print)
   assert evaluated == [(a.name, b.name) for a, b in pairs]

@@ -11,7 +11,7 @@ import os
 
 import ml_collections
 
-from vgg_jax import architectures, data, model, profiling
+from vgg_jax import data, model, profiling
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -20,28 +20,44 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = dict(
-      name="A", width=1.0, fc_width=0, batch_norm=False, dropout=0.5,
-      init="paper", init_std=1e-2,  # std, not variance: see VGGConfig
-      lrn_alpha_over_n=False,
-      dtype="float32", param_dtype="float32",
-      # How the step computes pools and ReLU gradients, same values either way (see
-      # VGGConfig): "reduce_window" | "reshape", "input" | "output".
-      pool="reshape", relu_grad="input")
+    name="A",
+    width=1.0,
+    fc_width=0,
+    batch_norm=False,
+    dropout=0.5,
+    init="paper",
+    init_std=1e-2,  # std, not variance: see VGGConfig
+    lrn_alpha_over_n=False,
+    dtype="float32",
+    param_dtype="float32",
+    # How the step computes pools and ReLU gradients, same values either way (see
+    # VGGConfig): "reduce_window" | "reshape", "input" | "output".
+    pool="reshape",
+    relu_grad="input",
+  )
 
   # Every field is documented in vgg_jax.data.default_config. S is always (lo, hi):
   # ConfigDict fields keep their type, and (256, 256) is a fixed S.
   c.data = dict(data.DEFAULTS, scale=(256, 256))
 
   c.optim = dict(
-      batch_size=256, lr=1e-2, momentum=0.9,
-      weight_decay=5e-4, decay_biases=False,  # L2 on weights only, as Caffe's VGG solver
-      epochs=74, max_steps=0,                 # max_steps > 0 stops earlier (smoke runs)
-      # LR / 10 when validation accuracy stops improving (Section 3.1), at most 3 times.
-      # The paper gives no patience; 2 epochs is our choice. Validations before epoch
-      # plateau_from_epoch are not fed to the rule (our choice, for deep nets' slow
-      # start on short schedules; 0: the rule from the first epoch).
-      plateau_factor=0.1, plateau_patience=2, plateau_max_drops=3, plateau_min_delta=1e-4,
-      plateau_from_epoch=0)
+    batch_size=256,
+    lr=1e-2,
+    momentum=0.9,
+    weight_decay=5e-4,
+    decay_biases=False,  # L2 on weights only, as Caffe's VGG solver
+    epochs=74,
+    max_steps=0,  # max_steps > 0 stops earlier (smoke runs)
+    # LR / 10 when validation accuracy stops improving (Section 3.1), at most 3 times.
+    # The paper gives no patience; 2 epochs is our choice. Validations before epoch
+    # plateau_from_epoch are not fed to the rule (our choice, for deep nets' slow
+    # start on short schedules; 0: the rule from the first epoch).
+    plateau_factor=0.1,
+    plateau_patience=2,
+    plateau_max_drops=3,
+    plateau_min_delta=1e-4,
+    plateau_from_epoch=0,
+  )
 
   # Start from another run's weights (Section 3.1's chain): "paper" copies its first
   # four conv and three FC layers (B-E from A), "all" every layer (S=384 from 256).
@@ -49,7 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.mesh = (("data", -1), ("model", 1))
   c.sharding = "replicated"  # a preset of vgg_jax.sharding.PRESETS ...
-  c.sharding_rules = ()      # ... or, when given, rules ((regex, spec), ...) instead
+  c.sharding_rules = ()  # ... or, when given, rules ((regex, spec), ...) instead
 
   # What `launch.py eval --configured` (and so a sweep) evaluates once a run has
   # trained: "PROTOCOL[@SCALES[@SPLIT]]" (see `parse_evaluation`).
@@ -65,8 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                           "experiments")
+EXPERIMENTS = os.path.join(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"
+)
 
 
 def load_experiment_module(name: str):
@@ -85,7 +102,7 @@ def experiment_config(name: str, arg: str = "") -> ml_collections.ConfigDict:
 
 
 def parse_arg(arg: str, **defaults) -> ml_collections.ConfigDict:
-  """"a=1,b=x,quick" -> {a: 1, b: "x", quick: True}, typed like `defaults`; a bare
+  """ "a=1,b=x,quick" -> {a: 1, b: "x", quick: True}, typed like `defaults`; a bare
   name sets a boolean. Unknown keys are errors that list the known ones."""
   parsed = ml_collections.ConfigDict(defaults)
   for token in filter(None, (t.strip() for t in (arg or "").split(","))):
@@ -115,12 +132,14 @@ PROTOCOLS = ("single", "dense", "multicrop", "multicrop+dense")
 
 
 def parse_evaluation(spec: str) -> tuple[str, str, str]:
-  """"multicrop@table4@test[:2000]" -> (protocol, scales, split); scales "" is the run's
+  """ "multicrop@table4@test[:2000]" -> (protocol, scales, split); scales "" is the run's
   own Q and split "" its eval split (see `evaluate.resolve_scales`)."""
   protocol, scales, split, *rest = spec.split("@") + ["", ""]
   if protocol not in PROTOCOLS or any(rest):
-    raise ValueError(f"evaluation {spec!r} is not PROTOCOL[@SCALES[@SPLIT]] with PROTOCOL "
-                     f"one of {', '.join(PROTOCOLS)}")
+    raise ValueError(
+      f"evaluation {spec!r} is not PROTOCOL[@SCALES[@SPLIT]] with PROTOCOL "
+      f"one of {', '.join(PROTOCOLS)}"
+    )
   return protocol, scales, split
 
 
@@ -133,8 +152,10 @@ def paper_evaluations(scale, split: str = "", table5_split: str = "") -> tuple[s
   evaluations = (spec("dense", "", split), spec("dense", "table4", split))
   lo, hi = scale
   if lo != hi:
-    evaluations += tuple(spec(protocol, "table4", table5_split or split)
-                         for protocol in ("dense", "multicrop", "multicrop+dense"))
+    evaluations += tuple(
+      spec(protocol, "table4", table5_split or split)
+      for protocol in ("dense", "multicrop", "multicrop+dense")
+    )
   return tuple(dict.fromkeys(evaluations))  # table5_split == split: dense@table4 once
 
 
@@ -159,15 +180,18 @@ def _check(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   # come from the data, read later.
   model.VGGConfig.from_config(config, num_classes=1, in_channels=1)
   if config.optim.batch_size % data_parallel:
-    raise ValueError(f"batch_size {config.optim.batch_size} is not divisible by the "
-                     f"{data_parallel} devices of the mesh's data axis")
+    raise ValueError(
+      f"batch_size {config.optim.batch_size} is not divisible by the "
+      f"{data_parallel} devices of the mesh's data axis"
+    )
   lo, hi = data.scale_range(config.data.scale)
   if not config.data.crop <= lo <= hi:
-    raise ValueError(f"training scale S={scale_name(config.data.scale)} must be at least "
-                     f"the crop {config.data.crop}")
+    raise ValueError(
+      f"training scale S={scale_name(config.data.scale)} must be at least "
+      f"the crop {config.data.crop}"
+    )
   if config.data.eval_scale < config.data.crop:
-    raise ValueError(f"eval_scale Q={config.data.eval_scale} is below the crop "
-                     f"{config.data.crop}")
+    raise ValueError(f"eval_scale Q={config.data.eval_scale} is below the crop {config.data.crop}")
   for spec in config.evaluations:
     parse_evaluation(spec)
   profiling.check_steps(config.profile_steps)

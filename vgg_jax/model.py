@@ -39,6 +39,7 @@ class LRNConfig:
   (AlexNet's formula, TensorFlow's `local_response_normalization`). The paper uses
   AlexNet's constants; which formula it meant is not stated, so we default to AlexNet's.
   """
+
   k: float = 2.0
   n: int = 5
   alpha: float = 1e-4
@@ -84,6 +85,7 @@ class VGGConfig:
     pre-activation, so each convolution's output has two users) or "output" (y > 0,
     the same mask, so the convolution's output has one user and can fuse with its ReLU).
   """
+
   name: str = "D"
   num_classes: int = 1000
   width: float = 1.0
@@ -119,8 +121,9 @@ class VGGConfig:
       raise ValueError(f"input_std must be positive, got {self.input_std}")
     for field, choices in (("pool", POOLINGS), ("relu_grad", RELUS)):
       if getattr(self, field) not in choices:
-        raise ValueError(f"unknown {field} {getattr(self, field)!r}; choose one of "
-                         f"{', '.join(choices)}")
+        raise ValueError(
+          f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(choices)}"
+        )
 
   @property
   def head_kernel(self) -> int:
@@ -137,9 +140,15 @@ class VGGConfig:
   def signature(self) -> dict:
     """What weights must agree on to load into this network (not dtypes, dropout or
     init): checkpoints store it and loaders compare it."""
-    return dict(name=self.name, num_classes=self.num_classes, width=self.width,
-                hidden=self.hidden, batch_norm=self.batch_norm, image_size=self.image_size,
-                in_channels=self.in_channels)
+    return dict(
+      name=self.name,
+      num_classes=self.num_classes,
+      width=self.width,
+      hidden=self.hidden,
+      batch_norm=self.batch_norm,
+      image_size=self.image_size,
+      in_channels=self.in_channels,
+    )
 
   @classmethod
   def from_signature(cls, signature: dict, **rest) -> "VGGConfig":
@@ -154,16 +163,30 @@ class VGGConfig:
     data's crop) asks for; the classes and channels come from its data, and for "he"
     the input's standard deviation from its statistics."""
     m = config.model
-    input_std = data.load_stats(config.data.stats or config.data.name).pixel_std if (
-        m.init in INPUT_SCALED) else 1.0
-    return cls(name=m.name, num_classes=num_classes, width=m.width,
-               fc_width=m.fc_width or None, batch_norm=m.batch_norm, dropout=m.dropout,
-               image_size=config.data.crop, in_channels=in_channels, init=m.init,
-               init_std=m.init_std, input_std=input_std,
-               lrn=LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
-               dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
-               # same values either way; runs from before these fields computed the first
-               pool=m.get("pool", "reduce_window"), relu_grad=m.get("relu_grad", "input"))
+    input_std = (
+      data.load_stats(config.data.stats or config.data.name).pixel_std
+      if (m.init in INPUT_SCALED)
+      else 1.0
+    )
+    return cls(
+      name=m.name,
+      num_classes=num_classes,
+      width=m.width,
+      fc_width=m.fc_width or None,
+      batch_norm=m.batch_norm,
+      dropout=m.dropout,
+      image_size=config.data.crop,
+      in_channels=in_channels,
+      init=m.init,
+      init_std=m.init_std,
+      input_std=input_std,
+      lrn=LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
+      dtype=jnp.dtype(m.dtype),
+      param_dtype=jnp.dtype(m.param_dtype),
+      # same values either way; runs from before these fields computed the first
+      pool=m.get("pool", "reduce_window"),
+      relu_grad=m.get("relu_grad", "input"),
+    )
 
 
 def min_input_size() -> int:
@@ -188,9 +211,9 @@ def he_init(cfg: "VGGConfig", layer: str) -> Callable:
 
 # Kernel initialisers by name: (config, layer name) -> initialiser.
 INITIALIZERS: dict[str, Callable[[VGGConfig, str], Callable]] = {
-    "paper": lambda cfg, layer: nnx.initializers.normal(cfg.init_std),
-    "glorot": lambda cfg, layer: nnx.initializers.glorot_uniform(),
-    "he": he_init,
+  "paper": lambda cfg, layer: nnx.initializers.normal(cfg.init_std),
+  "glorot": lambda cfg, layer: nnx.initializers.glorot_uniform(),
+  "he": he_init,
 }
 INPUT_SCALED = ("he",)  # the schemes whose first layer takes the input's std
 
@@ -200,8 +223,13 @@ def local_response_norm(x: jax.Array, cfg: LRNConfig) -> jax.Array:
   sq = jnp.square(x.astype(jnp.float32))
   half = cfg.n // 2
   window_sum = jax.lax.reduce_window(
-      sq, 0.0, jax.lax.add, (1, 1, 1, cfg.n), (1, 1, 1, 1),
-      ((0, 0), (0, 0), (0, 0), (half, cfg.n - 1 - half)))
+    sq,
+    0.0,
+    jax.lax.add,
+    (1, 1, 1, cfg.n),
+    (1, 1, 1, 1),
+    ((0, 0), (0, 0), (0, 0), (half, cfg.n - 1 - half)),
+  )
   alpha = cfg.alpha / cfg.n if cfg.alpha_over_n else cfg.alpha
   return (x / (cfg.k + alpha * window_sum) ** cfg.beta).astype(x.dtype)
 
@@ -215,7 +243,7 @@ def max_pool_reshape(x: jax.Array) -> jax.Array:
   """The same pool as a max over the reshaped 2x2 windows (an odd last row or column
   dropped, as VALID does): its gradient has no select-and-scatter."""
   n, h, w, c = x.shape
-  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
@@ -242,8 +270,9 @@ class VGG(nnx.Module):
   def __init__(self, cfg: VGGConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
     init = functools.partial(INITIALIZERS[cfg.init], cfg)
-    dense_kwargs = dict(bias_init=nnx.initializers.zeros, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, rngs=rngs)
+    dense_kwargs = dict(
+      bias_init=nnx.initializers.zeros, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs
+    )
     plan, channels = [], cfg.in_channels
     for s, stage in enumerate(architectures.stages(cfg.name), start=1):
       convs = 0
@@ -253,51 +282,77 @@ class VGG(nnx.Module):
           continue
         convs += 1
         name, out = f"conv{s}_{convs}", cfg.channels(layer.features)
-        setattr(self, name, nnx.Conv(
-            channels, out, (layer.kernel, layer.kernel),
-            padding="SAME" if layer.kernel > 1 else "VALID", kernel_init=init(name),
-            **dense_kwargs))
+        setattr(
+          self,
+          name,
+          nnx.Conv(
+            channels,
+            out,
+            (layer.kernel, layer.kernel),
+            padding="SAME" if layer.kernel > 1 else "VALID",
+            kernel_init=init(name),
+            **dense_kwargs,
+          ),
+        )
         plan.append(name)
         if cfg.batch_norm:
           # momentum 0.9 and eps 1e-5 are torchvision's BN defaults (momentum=0.1 there).
-          setattr(self, f"bn{s}_{convs}", nnx.BatchNorm(
-              out, momentum=0.9, epsilon=1e-5, dtype=cfg.dtype,
-              param_dtype=cfg.param_dtype, rngs=rngs))
+          setattr(
+            self,
+            f"bn{s}_{convs}",
+            nnx.BatchNorm(
+              out,
+              momentum=0.9,
+              epsilon=1e-5,
+              dtype=cfg.dtype,
+              param_dtype=cfg.param_dtype,
+              rngs=rngs,
+            ),
+          )
           plan.append(f"bn{s}_{convs}")
         plan.append(f"relu{s}_{convs}")
         channels = out
       plan.append(f"pool{s}")
     k = cfg.head_kernel
-    self.fc6 = nnx.Conv(channels, cfg.hidden, (k, k), padding="VALID",
-                        kernel_init=init("fc6"), **dense_kwargs)
+    self.fc6 = nnx.Conv(
+      channels, cfg.hidden, (k, k), padding="VALID", kernel_init=init("fc6"), **dense_kwargs
+    )
     self.fc7 = nnx.Linear(cfg.hidden, cfg.hidden, kernel_init=init("fc7"), **dense_kwargs)
-    self.fc8 = nnx.Linear(cfg.hidden, cfg.num_classes, kernel_init=init("fc8"),
-                          **dense_kwargs)
+    self.fc8 = nnx.Linear(cfg.hidden, cfg.num_classes, kernel_init=init("fc8"), **dense_kwargs)
     self.drop6 = nnx.Dropout(cfg.dropout)
     self.drop7 = nnx.Dropout(cfg.dropout)
     self.plan = tuple(plan) + HEAD
 
-  def __call__(self, x: jax.Array, *, dense: bool = False,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, *, dense: bool = False, rngs: nnx.Rngs | None = None
+  ) -> jax.Array:
     """Class logits (float32). `dense` runs the head as convolutions and averages the
     class-score map; `rngs` (a `dropout` stream) is needed in train mode."""
     return self.features(x, ("fc8",), dense=dense, rngs=rngs)["fc8"]
 
-  def features(self, x: jax.Array, layers: Iterable[str] | None = None, *,
-               dense: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+  def features(
+    self,
+    x: jax.Array,
+    layers: Iterable[str] | None = None,
+    *,
+    dense: bool = False,
+    rngs: nnx.Rngs | None = None,
+  ) -> dict[str, jax.Array]:
     """Activations of the named layers (any of `self.plan`; default: each stage's
     output before its pool, relu1_2 ... relu5_3 for D), computing no further than the last one
     asked for; any input size >= 32 if the classifier is not asked."""
     wanted = set(layers if layers is not None else self.stage_outputs())
     unknown = wanted.difference(self.plan)
     if unknown:
-      raise ValueError(f"unknown layers {sorted(unknown)} for VGG-{self.cfg.name}; "
-                       f"its layers are {', '.join(self.plan)}")
+      raise ValueError(
+        f"unknown layers {sorted(unknown)} for VGG-{self.cfg.name}; "
+        f"its layers are {', '.join(self.plan)}"
+      )
     last = max(self.plan.index(name) for name in wanted)
     self._check_input(x, dense=dense, head=last >= self.plan.index("fc6"))
     out = {}
     x = x.astype(self.cfg.dtype)
-    for name in self.plan[:last + 1]:
+    for name in self.plan[: last + 1]:
       with jax.named_scope(name):  # names each op in the HLO and in profiles by its layer
         x = self._apply(name, x, dense=dense, rngs=rngs)
       if name in wanted:
@@ -335,36 +390,59 @@ class VGG(nnx.Module):
 
   def _dropout(self, layer: nnx.Dropout, x: jax.Array, rngs) -> jax.Array:
     if rngs is None and not layer.deterministic and layer.rate > 0:
-      raise ValueError("dropout in train mode needs rngs=nnx.Rngs(dropout=key); "
-                       "call model.eval() for inference")
+      raise ValueError(
+        "dropout in train mode needs rngs=nnx.Rngs(dropout=key); call model.eval() for inference"
+      )
     return layer(x, rngs=rngs)
 
   def _check_input(self, x: jax.Array, *, dense: bool, head: bool):
     if x.ndim != 4 or x.shape[-1] != self.cfg.in_channels:
-      raise ValueError(f"expected NHWC images with {self.cfg.in_channels} channels, "
-                       f"got shape {tuple(x.shape)}")
+      raise ValueError(
+        f"expected NHWC images with {self.cfg.in_channels} channels, got shape {tuple(x.shape)}"
+      )
     height, width = x.shape[1:3]
     if min(height, width) < min_input_size():
       raise ValueError(f"input {height}x{width} is too small: {too_small_reason()}")
     k, size = self.cfg.head_kernel, self.cfg.image_size
     final = (height // 2**POOLS, width // 2**POOLS)
     if head and dense and min(final) < k:
-      raise ValueError(f"dense evaluation needs inputs of at least the training size "
-                       f"{size}x{size}; got {height}x{width}")
+      raise ValueError(
+        f"dense evaluation needs inputs of at least the training size "
+        f"{size}x{size}; got {height}x{width}"
+      )
     if head and not dense and final != (k, k):
-      raise ValueError(f"the FC head expects a {k}x{k} final feature map ({size}x{size} "
-                       f"input); got {height}x{width}: pass dense=True for other sizes")
+      raise ValueError(
+        f"the FC head expects a {k}x{k} final feature map ({size}x{size} "
+        f"input); got {height}x{width}: pass dense=True for other sizes"
+      )
 
 
-def create_model(name: str, *, num_classes: int = 1000, width: float = 1.0,
-                 batch_norm: bool = False, dropout: float = 0.5, dtype: Any = jnp.float32,
-                 param_dtype: Any = jnp.float32, init: str = "paper",
-                 rngs: nnx.Rngs | None = None, **options) -> VGG:
+def create_model(
+  name: str,
+  *,
+  num_classes: int = 1000,
+  width: float = 1.0,
+  batch_norm: bool = False,
+  dropout: float = 0.5,
+  dtype: Any = jnp.float32,
+  param_dtype: Any = jnp.float32,
+  init: str = "paper",
+  rngs: nnx.Rngs | None = None,
+  **options,
+) -> VGG:
   """Builds a VGG of Table 1 (or an alias such as "vgg16"). `options` are the other
   `VGGConfig` fields: fc_width, image_size, in_channels, init_std, lrn."""
-  cfg = VGGConfig(name=name, num_classes=num_classes, width=width, batch_norm=batch_norm,
-                  dropout=dropout, dtype=dtype, param_dtype=param_dtype, init=init,
-                  **options)
+  cfg = VGGConfig(
+    name=name,
+    num_classes=num_classes,
+    width=width,
+    batch_norm=batch_norm,
+    dropout=dropout,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    init=init,
+    **options,
+  )
   return VGG(cfg, rngs=rngs if rngs is not None else nnx.Rngs(0))
 
 
@@ -377,8 +455,9 @@ def weight_layer_names(model: VGG) -> tuple[str, ...]:
   return tuple(n for n in model.plan if n.startswith(("conv", "fc")))
 
 
-def count_macs(model: VGG, height: int, width: int | None = None, *,
-               dense: bool | None = None) -> int:
+def count_macs(
+  model: VGG, height: int, width: int | None = None, *, dense: bool | None = None
+) -> int:
   """Forward multiply-adds per image, from a shape walk of the model itself: each conv
   or FC layer costs (output positions) x (its kernel's size). Costs no compute."""
   width = width or height
@@ -395,8 +474,10 @@ def count_macs(model: VGG, height: int, width: int | None = None, *,
   shapes = jax.eval_shape(walk, state, image)
   # In dense mode fc8's output is already averaged; its score map is fc7's size.
   output_of = dict(zip(names, names), **({"fc8": "fc7"} if dense else {}))
-  return sum(math.prod(shapes[output_of[name]].shape[1:-1])
-             * math.prod(getattr(model, name).kernel.shape) for name in names)
+  return sum(
+    math.prod(shapes[output_of[name]].shape[1:-1]) * math.prod(getattr(model, name).kernel.shape)
+    for name in names
+  )
 
 
 def training_flops_per_image(model: VGG, height: int) -> float:
@@ -408,13 +489,13 @@ def training_flops_per_image(model: VGG, height: int) -> float:
 def model_graphdef(cfg: VGGConfig):
   """The network's structure without its arrays: `nnx.merge(graphdef, params,
   batch_stats)` rebuilds it from a state's `params` and `batch_stats`."""
-  return nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))),
-                   nnx.Param, nnx.BatchStat)[0]
+  return nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))), nnx.Param, nnx.BatchStat)[0]
 
 
 def abstract_weights(cfg: VGGConfig) -> dict:
   """{"params", "batch_stats"} of the network as shapes, as a train state lays them out:
   what a checkpoint's weights are restored into."""
-  _, params, batch_stats = nnx.split(nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))),
-                                     nnx.Param, nnx.BatchStat)
+  _, params, batch_stats = nnx.split(
+    nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0))), nnx.Param, nnx.BatchStat
+  )
   return dict(params=params, batch_stats=batch_stats)

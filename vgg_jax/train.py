@@ -27,7 +27,8 @@ import numpy as np
 import optax
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
@@ -61,20 +62,31 @@ model_config = VGGConfig.from_config  # the config's network (kept for sweep.py'
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """SGD with momentum and L2 weight decay added to the gradient (Section 3.1); momentum
   0 keeps no momentum buffer."""
-  decay_mask = None if optim.decay_biases else (
+  decay_mask = (
+    None
+    if optim.decay_biases
+    else (
       lambda params: jax.tree_util.tree_map_with_path(
-          lambda path, _: sharding_lib.path_string(path).endswith("kernel"), params))
-  return optax.chain(optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
-                     optax.sgd(optim.lr, momentum=optim.momentum or None))
+        lambda path, _: sharding_lib.path_string(path).endswith("kernel"), params
+      )
+    )
+  )
+  return optax.chain(
+    optax.add_decayed_weights(optim.weight_decay, mask=decay_mask),
+    optax.sgd(optim.lr, momentum=optim.momentum or None),
+  )
 
 
 def make_plateau(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """LR x factor when validation error stops improving, at most `max_drops` times; fed
   once per evaluation with the validation top-1 error."""
   return optax.contrib.reduce_on_plateau(
-      factor=optim.plateau_factor, patience=optim.plateau_patience,
-      rtol=0.0, atol=optim.plateau_min_delta,
-      min_scale=optim.plateau_factor ** optim.plateau_max_drops * (1 - 1e-6))
+    factor=optim.plateau_factor,
+    patience=optim.plateau_patience,
+    rtol=0.0,
+    atol=optim.plateau_min_delta,
+    min_scale=optim.plateau_factor**optim.plateau_max_drops * (1 - 1e-6),
+  )
 
 
 def lr_drops(scale: float, factor: float) -> int:
@@ -84,8 +96,7 @@ def lr_drops(scale: float, factor: float) -> int:
 # --------------------------------------------------------------------- the train step
 
 
-def train_step(state: dict, batch: dict, hyper: dict, *, graphdef,
-               tx) -> tuple[dict, dict]:
+def train_step(state: dict, batch: dict, hyper: dict, *, graphdef, tx) -> tuple[dict, dict]:
   """One SGD step. `hyper` holds what differs between runs of one shape, as traced
   values (`run_hyper`: seed and base LR), so a config's seeds and fine-tunings share
   one compiled program; `tx` is built with LR 1 and the update scaled by the base LR
@@ -100,15 +111,22 @@ def train_step(state: dict, batch: dict, hyper: dict, *, graphdef,
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
     return loss, (logits, nnx.state(model, nnx.BatchStat))
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state["params"])
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   updates = jax.tree.map(lambda u: u * hyper["lr"] * state["plateau"].scale, updates)
-  new_state = dict(state, step=state["step"] + 1,
-                   params=optax.apply_updates(state["params"], updates),
-                   batch_stats=batch_stats, opt_state=opt_state)
-  metrics = dict(loss=loss, train_top1_err=1 - jnp.mean(logits.argmax(-1) == batch["label"]),
-                 grad_norm=optax.global_norm(grads), lr=hyper["lr"] * state["plateau"].scale)
+  new_state = dict(
+    state,
+    step=state["step"] + 1,
+    params=optax.apply_updates(state["params"], updates),
+    batch_stats=batch_stats,
+    opt_state=opt_state,
+  )
+  metrics = dict(
+    loss=loss,
+    train_top1_err=1 - jnp.mean(logits.argmax(-1) == batch["label"]),
+    grad_norm=optax.global_norm(grads),
+    lr=hyper["lr"] * state["plateau"].scale,
+  )
   return new_state, metrics
 
 
@@ -121,8 +139,12 @@ def eval_step(state: dict, batch: dict, *, graphdef) -> dict:
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   hit5 = (top5 == batch["label"][:, None]).any(-1)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-  return dict(top1=jnp.sum((logits.argmax(-1) == batch["label"]) * mask),
-              top5=jnp.sum(hit5 * mask), loss=jnp.sum(loss * mask), count=jnp.sum(mask))
+  return dict(
+    top1=jnp.sum((logits.argmax(-1) == batch["label"]) * mask),
+    top5=jnp.sum(hit5 * mask),
+    loss=jnp.sum(loss * mask),
+    count=jnp.sum(mask),
+  )
 
 
 def evaluate(program: "Program", state: dict, pipeline: data_lib.Pipeline) -> dict:
@@ -132,9 +154,13 @@ def evaluate(program: "Program", state: dict, pipeline: data_lib.Pipeline) -> di
     sums = program.eval(state, data_lib.to_global(batch, program.batch_sharding))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   top1, top5, loss, count = (float(totals[k]) for k in ("top1", "top5", "loss", "count"))
-  return dict(val_top1_err=1 - top1 / count, val_top5_err=1 - top5 / count,
-              val_top1_acc=top1 / count, val_loss=loss / count,
-              val_count=int(count))
+  return dict(
+    val_top1_err=1 - top1 / count,
+    val_top5_err=1 - top5 / count,
+    val_top1_acc=top1 / count,
+    val_loss=loss / count,
+    val_count=int(count),
+  )
 
 
 # ------------------------------------------------------------------------ the input
@@ -196,14 +222,15 @@ class Preemption:
 class Program:
   """A run's jitted functions and where its state lives; built from the config alone,
   so training, resuming and evaluating a checkpoint all place arrays the same way."""
+
   model: VGGConfig
   mesh: jax.sharding.Mesh
-  abstract_state: Any      # ShapeDtypeStructs carrying the target shardings
+  abstract_state: Any  # ShapeDtypeStructs carrying the target shardings
   batch_sharding: NamedSharding
-  init: Any                # () -> state, created already sharded
-  step: Any                # (state, batch) -> (state, metrics); state donated
-  eval: Any                # (state, batch) -> summed top-1/top-5 hits, loss, count
-  plateau: Any             # (plateau state, val error) -> plateau state
+  init: Any  # () -> state, created already sharded
+  step: Any  # (state, batch) -> (state, metrics); state donated
+  eval: Any  # (state, batch) -> summed top-1/top-5 hits, loss, count
+  plateau: Any  # (plateau state, val error) -> plateau state
 
 
 class Bound:
@@ -237,32 +264,44 @@ PER_RUN_OPTIM = ("lr", "epochs", "max_steps", "batch_size", "plateau_from_epoch"
 _COMPILED: dict[tuple, tuple] = {}  # program key -> the jitted functions, shared
 
 
-def program_key(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                cfg: VGGConfig) -> tuple:
+def program_key(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, cfg: VGGConfig
+) -> tuple:
   """Everything that determines the programs' HLO, batch shapes aside (jit keys those)."""
   optim = {k: v for k, v in config.optim.items() if k not in PER_RUN_OPTIM}
   rules = config.sharding_rules or config.sharding
   return cfg, mesh, json.dumps(optim, sort_keys=True), json.dumps(rules, default=list)
 
 
-def build_program(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                  num_classes: int, in_channels: int) -> Program:
+def build_program(
+  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_classes: int, in_channels: int
+) -> Program:
   """The run's Program; runs whose `program_key` is equal (a config's seeds, its
   fine-tunings at another LR) share the jitted functions, so one process compiles
   them once."""
   cfg = model_config(config, num_classes, in_channels)
   key = program_key(config, mesh, cfg)
   if key not in _COMPILED:
-    _COMPILED[key] = compile_program(config.optim, config.sharding_rules or config.sharding,
-                                     mesh, cfg)
+    _COMPILED[key] = compile_program(
+      config.optim, config.sharding_rules or config.sharding, mesh, cfg
+    )
   abstract_state, batch_sharding, init, step, evaluate_batch, plateau = _COMPILED[key]
   hyper = run_hyper(config)
-  return Program(cfg, mesh, abstract_state, batch_sharding, Bound(init, hyper["seed"]),
-                 Bound(step, hyper), evaluate_batch, plateau)
+  return Program(
+    cfg,
+    mesh,
+    abstract_state,
+    batch_sharding,
+    Bound(init, hyper["seed"]),
+    Bound(step, hyper),
+    evaluate_batch,
+    plateau,
+  )
 
 
-def compile_program(optim: ml_collections.ConfigDict, rules, mesh: jax.sharding.Mesh,
-                    cfg: VGGConfig) -> tuple:
+def compile_program(
+  optim: ml_collections.ConfigDict, rules, mesh: jax.sharding.Mesh, cfg: VGGConfig
+) -> tuple:
   """The jitted init, train step, eval step and plateau update (compiled on first call)."""
   tx = make_optimizer(ml_collections.ConfigDict(dict(optim.to_dict(), lr=1.0)))  # see train_step
   plateau = make_plateau(optim)
@@ -270,31 +309,46 @@ def compile_program(optim: ml_collections.ConfigDict, rules, mesh: jax.sharding.
   def init_state(seed):
     model = VGG(cfg, rngs=nnx.Rngs(jax.random.key(seed)))
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    return dict(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
-                opt_state=tx.init(params), plateau=plateau.init(params))
+    return dict(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=tx.init(params),
+      plateau=plateau.init(params),
+    )
 
   graphdef = model_graphdef(cfg)
   abstract_state = jax.eval_shape(init_state, jax.ShapeDtypeStruct((), jnp.uint32))
   state_sharding = sharding_lib.state_shardings(abstract_state, rules, mesh)
   batch_sharding = sharding_lib.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
-  step = jax.jit(functools.partial(train_step, graphdef=graphdef, tx=tx),
-                 in_shardings=(state_sharding, batch_sharding, replicated),
-                 out_shardings=(state_sharding, replicated), donate_argnums=0)
-  evaluate_batch = jax.jit(functools.partial(eval_step, graphdef=graphdef),
-                           in_shardings=(state_sharding, batch_sharding),
-                           out_shardings=replicated)
+  step = jax.jit(
+    functools.partial(train_step, graphdef=graphdef, tx=tx),
+    in_shardings=(state_sharding, batch_sharding, replicated),
+    out_shardings=(state_sharding, replicated),
+    donate_argnums=0,
+  )
+  evaluate_batch = jax.jit(
+    functools.partial(eval_step, graphdef=graphdef),
+    in_shardings=(state_sharding, batch_sharding),
+    out_shardings=replicated,
+  )
   plateau_update = jax.jit(
-      lambda p, err: plateau.update(updates={}, state=p, value=err)[1],
-      out_shardings=state_sharding["plateau"])
-  return (ckpt_lib.abstract_like(abstract_state, state_sharding), batch_sharding,
-          jax.jit(init_state, out_shardings=state_sharding), step, evaluate_batch,
-          plateau_update)
+    lambda p, err: plateau.update(updates={}, state=p, value=err)[1],
+    out_shardings=state_sharding["plateau"],
+  )
+  return (
+    ckpt_lib.abstract_like(abstract_state, state_sharding),
+    batch_sharding,
+    jax.jit(init_state, out_shardings=state_sharding),
+    step,
+    evaluate_batch,
+    plateau_update,
+  )
 
 
 def checkpoint_meta(config: ml_collections.ConfigDict, program: Program) -> dict:
-  return dict(model=program.model.signature(),
-              config=json.loads(config.to_json_best_effort()))
+  return dict(model=program.model.signature(), config=json.loads(config.to_json_best_effort()))
 
 
 # ------------------------------------------------------------------------ warm start
@@ -305,8 +359,9 @@ def warm_start(state: dict, cfg: VGGConfig, spec: ml_collections.ConfigDict) -> 
   `weights.warm_start_tensors` chooses, on the state's shardings; returns their paths."""
   with ckpt_lib.reader(spec.workdir) as saved:
     signature = saved.read_meta(saved.latest_step())["model"]
-  parent = weights_lib.load_orbax(spec.workdir, nnx.eval_shape(
-      lambda: VGG(VGGConfig.from_signature(signature), rngs=nnx.Rngs(0))))
+  parent = weights_lib.load_orbax(
+    spec.workdir, nnx.eval_shape(lambda: VGG(VGGConfig.from_signature(signature), rngs=nnx.Rngs(0)))
+  )
   child = nnx.eval_shape(lambda: VGG(cfg, rngs=nnx.Rngs(0)))
   tensors = weights_lib.warm_start_tensors(parent, child, spec.layers)
   for path, value in tensors.items():
@@ -339,9 +394,17 @@ class Run:
   device; a save or a validation reads them first, so that no state whose loss was not
   finite is saved."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str, program: Program,
-               checkpoints: ckpt_lib.Checkpointer, eval_data: data_lib.Pipeline,
-               steps_per_epoch: int, total_steps: int, start_step: int):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    program: Program,
+    checkpoints: ckpt_lib.Checkpointer,
+    eval_data: data_lib.Pipeline,
+    steps_per_epoch: int,
+    total_steps: int,
+    start_step: int,
+  ):
     self.config, self.program, self.checkpoints = config, program, checkpoints
     self.eval_data, self.steps_per_epoch = eval_data, steps_per_epoch
     self.total_steps, self.eval_every = total_steps, steps_per_epoch * config.eval_every_epochs
@@ -375,12 +438,17 @@ class Run:
     if step >= self.config.optim.plateau_from_epoch * self.steps_per_epoch:
       plateau = self.program.plateau(plateau, result["val_top1_err"])
     scale = float(plateau.scale)
-    result.update(epoch=step / self.steps_per_epoch, lr=self.config.optim.lr * scale,
-                  lr_drops=lr_drops(scale, self.config.optim.plateau_factor))
+    result.update(
+      epoch=step / self.steps_per_epoch,
+      lr=self.config.optim.lr * scale,
+      lr_drops=lr_drops(scale, self.config.optim.plateau_factor),
+    )
     self.writer.write(step, result)
-    self.progress.write(f"step {step} epoch {result['epoch']:.2f}: val top-1 error "
-                        f"{result['val_top1_err']:.4f}, top-5 {result['val_top5_err']:.4f} "
-                        f"({result['val_count']} images), lr {result['lr']:.2g}")
+    self.progress.write(
+      f"step {step} epoch {result['epoch']:.2f}: val top-1 error "
+      f"{result['val_top1_err']:.4f}, top-5 {result['val_top5_err']:.4f} "
+      f"({result['val_count']} images), lr {result['lr']:.2g}"
+    )
     return dict(state, plateau=plateau), result
 
   def save(self, step: int, state: dict, result: dict | None = None):
@@ -388,8 +456,7 @@ class Run:
     (a validation) ranks it for keep_best."""
     self.flush()
     if not all_finite({k: state[k] for k in ckpt_lib.WEIGHTS}):
-      raise NonFiniteLoss(f"parameters are not finite after step {step}; "
-                          f"{self.last_good()}")
+      raise NonFiniteLoss(f"parameters are not finite after step {step}; {self.last_good()}")
     best = None if result is None else {ckpt_lib.BEST_METRIC: result["val_top1_acc"]}
     self.checkpoints.save(step, state, self.meta, best)
 
@@ -397,8 +464,10 @@ class Run:
     """Saves `step` (unless just saved) for the rerun to resume from."""
     if self.checkpoints.latest_step() != step:
       self.save(step, state)
-    return Preempted(f"SIGTERM: saved step {step} to {self.checkpoints.directory}; rerun "
-                     f"the same command to resume")
+    return Preempted(
+      f"SIGTERM: saved step {step} to {self.checkpoints.directory}; rerun "
+      f"the same command to resume"
+    )
 
   def last_good(self) -> str:
     latest = self.checkpoints.latest_step()
@@ -450,8 +519,7 @@ def write_text(path: str, text: str):
 # ------------------------------------------------------------------------- the trainer
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
-                       ) -> tuple[dict, dict]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
   """Trains per `config`, resuming from `workdir` if it holds checkpoints; returns the
   final state and validation metrics. Raises NonFiniteLoss on a NaN/inf loss or
   parameters, Preempted once SIGTERM's save is done, lock.Locked when another process
@@ -469,28 +537,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     total_steps = config.optim.max_steps or config.optim.epochs * steps_per_epoch
 
     # --- Model and optimiser: the sharded program. -----------------------------------
-    program = build_program(config, mesh, train_data.num_classes,
-                            train_data.image_shape[-1])
+    program = build_program(config, mesh, train_data.num_classes, train_data.image_shape[-1])
 
     # --- Restore (the checkpoint's model checked against the config), or initialise. --
-    checkpoints = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
-                                        keep_best=config.checkpoint.keep_best)
+    checkpoints = ckpt_lib.Checkpointer(
+      workdir, keep=config.checkpoint.keep, keep_best=config.checkpoint.keep_best
+    )
     restored = checkpoints.restore(program.abstract_state, checkpoint_meta(config, program))
     state = program.init() if restored is None else restored[0]
     start_step = int(state["step"])
-    copied = (warm_start(state, program.model, config.warm_start)
-              if restored is None and config.warm_start.workdir else [])
+    copied = (
+      warm_start(state, program.model, config.warm_start)
+      if restored is None and config.warm_start.workdir
+      else []
+    )
     record_config(config, workdir, start_step)  # every check passed: the first write
 
     # --- The loop. -------------------------------------------------------------------
-    run = Run(config, workdir, program, checkpoints, eval_data, steps_per_epoch,
-              total_steps, start_step)
+    run = Run(
+      config, workdir, program, checkpoints, eval_data, steps_per_epoch, total_steps, start_step
+    )
     if start_step:
       run.progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
     if copied:
       run.progress.write(f"warm start from {config.warm_start.workdir}: {', '.join(copied)}")
-    batches = prefetch((data_lib.to_global(batch, program.batch_sharding)
-                        for batch in train_data.iter_from(start_step)), train_data.prefetch)
+    batches = prefetch(
+      (
+        data_lib.to_global(batch, program.batch_sharding)
+        for batch in train_data.iter_from(start_step)
+      ),
+      train_data.prefetch,
+    )
     preemption = Preemption(config.log_every_steps)
     profiler = profiling.StepProfiler(workdir, config.profile_steps)
     # A finished run, restored, reports its result again.

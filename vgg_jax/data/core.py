@@ -24,17 +24,41 @@ STATS_COMMAND = "python -m vgg_jax.data stats --dataset {name}"
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+  "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                         "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_CLASSES = (
+  "T-shirt/top",
+  "Trouser",
+  "Pullover",
+  "Dress",
+  "Coat",
+  "Sandal",
+  "Shirt",
+  "Sneaker",
+  "Bag",
+  "Ankle boot",
+)
 
 # The trainer's `config.data`; every field is documented in `default_config`.
 DEFAULTS = dict(
-    name="imagenet2012", data_dir="", manual_dir="", backend="tfds", train_split="train",
-    eval_split="validation", scale=256, crop=224, eval_scale=256, eval_crop=0, pad_to=0,
-    flip=True, pca_std=0.1, shuffle_buffer=16_384, cache=False, stats="")
+  name="imagenet2012",
+  data_dir="",
+  manual_dir="",
+  backend="tfds",
+  train_split="train",
+  eval_split="validation",
+  scale=256,
+  crop=224,
+  eval_scale=256,
+  eval_crop=0,
+  pad_to=0,
+  flip=True,
+  pca_std=0.1,
+  shuffle_buffer=16_384,
+  cache=False,
+  stats="",
+)
 
 
 def default_config(**overrides) -> ml_collections.ConfigDict:
@@ -75,12 +99,13 @@ def resolve_config(cfg: Any) -> ml_collections.ConfigDict:
     raise ValueError(f"unknown data config fields {unknown}; known: {sorted(DEFAULTS)}")
   resolved = default_config(**given)
   if resolved.backend not in BACKENDS:
-    raise ValueError(f"data.backend must be one of {', '.join(BACKENDS)}, got "
-                     f"{resolved.backend!r}")
+    raise ValueError(f"data.backend must be one of {', '.join(BACKENDS)}, got {resolved.backend!r}")
   if resolved.crop > scale_range(resolved.scale)[0] or eval_crop(resolved) > resolved.eval_scale:
-    raise ValueError(f"crops must fit the rescaled images: crop {resolved.crop} <= S_min of "
-                     f"{resolved.scale}, eval_crop {resolved.eval_crop} <= eval_scale "
-                     f"{resolved.eval_scale}")
+    raise ValueError(
+      f"crops must fit the rescaled images: crop {resolved.crop} <= S_min of "
+      f"{resolved.scale}, eval_crop {resolved.eval_crop} <= eval_scale "
+      f"{resolved.eval_scale}"
+    )
   return resolved
 
 
@@ -92,8 +117,9 @@ def scale_range(scale) -> tuple[int, int]:
   """S as (S_min, S_max); a fixed S is (S, S)."""
   lo, hi = (scale, scale) if np.isscalar(scale) else tuple(scale)
   if not 0 < int(lo) <= int(hi):
-    raise ValueError(f"data.scale must be S or [S_min, S_max] with 0 < S_min <= S_max, "
-                     f"got {scale!r}")
+    raise ValueError(
+      f"data.scale must be S or [S_min, S_max] with 0 < S_min <= S_max, got {scale!r}"
+    )
   return int(lo), int(hi)
 
 
@@ -109,6 +135,7 @@ class Stats(NamedTuple):
   0.0045], eigenvalues for [0, 1] pixels, times 255). The lighting shift
   eigvec @ (alpha * eigval) is then in 0-255 pixel units.
   """
+
   mean: np.ndarray
   eigval: np.ndarray
   eigvec: np.ndarray
@@ -124,8 +151,9 @@ def load_stats(name: str, path: str = STATS_PATH) -> Stats:
   with open(path) as f:
     table = json.load(f)
   if name not in table:
-    raise KeyError(f"no statistics for {name!r} in {path}; compute them with "
-                   f"`{STATS_COMMAND.format(name=name)}`")
+    raise KeyError(
+      f"no statistics for {name!r} in {path}; compute them with `{STATS_COMMAND.format(name=name)}`"
+    )
   entry = table[name]
   return Stats(*(np.asarray(entry[k], np.float32) for k in Stats._fields))
 
@@ -181,13 +209,18 @@ def read_idx(path: str) -> np.ndarray:
 def fashion_mnist_dir(manual_dir: str = "") -> str:
   """The directory with the four IDX files, or a FileNotFoundError saying how to get them."""
   directory = manual_dir or FASHION_MNIST_DIR
-  missing = [f for files in FASHION_MNIST_FILES.values() for f in files
-             if not os.path.exists(os.path.join(directory, f))]
+  missing = [
+    f
+    for files in FASHION_MNIST_FILES.values()
+    for f in files
+    if not os.path.exists(os.path.join(directory, f))
+  ]
   if missing:
     raise FileNotFoundError(
-        f"Fashion-MNIST IDX files missing from {directory}: {', '.join(missing)}. Install "
-        f"them with `apt-get install dataset-fashion-mnist` (into {FASHION_MNIST_DIR}), or "
-        "point data.manual_dir at a directory holding them.")
+      f"Fashion-MNIST IDX files missing from {directory}: {', '.join(missing)}. Install "
+      f"them with `apt-get install dataset-fashion-mnist` (into {FASHION_MNIST_DIR}), or "
+      "point data.manual_dir at a directory holding them."
+    )
   return directory
 
 
@@ -203,15 +236,18 @@ def load_idx_numpy(manual_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]
 def load_idx_split(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
   """A split of Fashion-MNIST, the one dataset the numpy and device backends read."""
   if cfg.name != "fashion_mnist":
-    raise ValueError(f"the {cfg.backend} backend reads Fashion-MNIST's IDX files only, not "
-                     f"{cfg.name!r}; use backend='tfds'")
+    raise ValueError(
+      f"the {cfg.backend} backend reads Fashion-MNIST's IDX files only, not "
+      f"{cfg.name!r}; use backend='tfds'"
+    )
   name, start, stop = parse_split(split)
   images, labels = load_idx_numpy(cfg.manual_dir, name)
   return images[start:stop], labels[start:stop]
 
 
-def read_idx_chunks(cfg, split: str, process_index: int, process_count: int, chunk: int
-                    ) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
+def read_idx_chunks(
+  cfg, split: str, process_index: int, process_count: int, chunk: int
+) -> Iterator[tuple[list[np.ndarray], np.ndarray]]:
   """`data.read_split` for the IDX files: this process's `shard`, sliced into chunks."""
   images, labels = load_idx_split(cfg, split)
   mine = shard(len(labels), process_index, process_count, drop_remainder=False)
@@ -223,14 +259,14 @@ def read_idx_chunks(cfg, split: str, process_index: int, process_count: int, chu
 def idx_pixel_moments(cfg) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
   """`compute_stats` input over the IDX files' training split."""
   images, _ = load_idx_split(cfg, cfg.train_split)
-  return (pixel_moments(images[i:i + 4096]) for i in range(0, len(images), 4096))
+  return (pixel_moments(images[i : i + 4096]) for i in range(0, len(images), 4096))
 
 
 # ----------------------------------------------------------------------------- splits
 
 
 def parse_split(split: str) -> tuple[str, int | None, int | None]:
-  """"test[:1003]" -> ("test", None, 1003): the split strings the IDX reader takes."""
+  """ "test[:1003]" -> ("test", None, 1003): the split strings the IDX reader takes."""
   m = re.fullmatch(r"(\w+)(?:\[(-?\d*):(-?\d*)\])?", split.strip())
   if not m:
     raise ValueError(f"IDX splits are 'name' or 'name[start:stop]', got {split!r}")
@@ -258,8 +294,7 @@ def eval_steps(local_counts: Iterable[int], local_batch_size: int) -> int:
   return max(1, math.ceil(max(local_counts) / local_batch_size))
 
 
-def train_order(num_examples: int, global_batch: int, seed: int
-                ) -> Callable[[int], np.ndarray]:
+def train_order(num_examples: int, global_batch: int, seed: int) -> Callable[[int], np.ndarray]:
   """step -> the global batch's example indices: epochs of whole global batches, each
   epoch a permutation seeded by its number, so any step can start the stream and the
   stream does not depend on the number of processes or devices."""
@@ -273,7 +308,7 @@ def train_order(num_examples: int, global_batch: int, seed: int
 
   def indices(step):
     epoch, k = divmod(step, per_epoch)
-    return order(epoch)[k * global_batch:][:global_batch]
+    return order(epoch)[k * global_batch :][:global_batch]
 
   return indices
 
@@ -314,6 +349,7 @@ class Pipeline:
     where making a batch only dispatches device work, which must stay in the loop's
     order: its collectives must be issued in the same order on every process.
   """
+
   iter_from: Callable[[int], Iterator[dict[str, Any]]]
   num_examples: int
   steps: int
