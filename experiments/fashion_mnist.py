@@ -17,7 +17,8 @@ images Table 5's multi-crop evaluations take; `dtype=bfloat16` computes in bf16;
 
 `size=64` trains on 64x64 crops (S >= 64: the padded 32x32 image upsampled), `batch`,
 `steps` (max_steps), `test_images` (evaluate on the first N test images) and `patience`
-(epochs without improvement before the LR drops) are the recipe's other knobs.
+(epochs without improvement before the LR drops) and `plateau_from` (no LR drop before
+that epoch) are the recipe's other knobs.
 
 Should give (A, default arguments, 6 epochs, 2 CPU cores, 2026-11-28): 8.9% top-1 and
 0.12% top-5 test error on the 10,000 test images in 6.5 minutes; `quick` about 18-20%.
@@ -25,12 +26,17 @@ Should give (A, default arguments, 6 epochs, 2 CPU cores, 2026-11-28): 8.9% top-
 Sweeps sized to converge (DESIGNS; `launch.py sweep --config THIS_FILE:gpu --workdir R`):
   gpu    one H200, 57 runs: Table 3's chain (12 runs), He init from scratch (A, B, D, E)
          and 64x64 He (A, B, D), x 3 seeds; half width, bf16, batch 512, 20 epochs (5 to
-         fine-tune). Forecast 2.8 H200-minutes of training at 20% MFU; the steps (about
-         94k) and 57 evaluations make the wall time longer: use the device-resident input
-         (`gpu,backend=device` where it exists) and `--time_budget_s` (runs go seed by
-         seed, so what finishes is paired). Power: 3 seeds give a paired t-interval of
-         about +-2.5 sd of the per-seed difference (t 4.30, n 3); at a converged seed
-         noise of 0.1-0.2 points that resolves differences of about 0.5 points.
+         fine-tune), device-resident input. No LR drop before epoch 5 (`plateau_from`, our
+         choice): with patience 2 from the start, E's LR was cut to 1e-3 at epoch 3,
+         during its slow start (val error 56% at epoch 1, 89% at 2), and it ended
+         unconverged at 14% (docs/gpu.md); A's first drop came at epoch 10. Measured on
+         an H200 (docs/gpu.md, 2026-11-28): 17-21 s a run once compiled, 20-51 s with
+         compilation, so about 20 minutes for the 57 runs, not the 2.8 minutes the
+         FLOP forecast (20% MFU) gives: these small nets are bound by per-step costs. A
+         shorter window gets what `--time_budget_s` lets finish (seed by seed, S=32 arms
+         first, so what finishes is paired). 3 seeds is the fewest that can decide
+         anything: a paired t-interval of about +-2.5 sd of the per-seed difference (t
+         4.30, n 3; with 2 seeds t is 12.7, the +-7 points of docs/gpu.md).
   cpu    2 CPU cores in about 40 minutes: A, B and D of the chain at S=32, 1/8 width,
          4 epochs, 3 seeds (9 runs). Not converged and weak: at its seed noise (0.5-1
          point at 1/8 width, docs/ablation_fashion_mnist.md) a 3-seed paired interval is
@@ -68,6 +74,7 @@ def get_config(arg: str = ""):
     steps=0,
     test_images=0,
     patience=1,
+    plateau_from=0,
   )
   c = config_lib.base_config()
   c.seed = arg.seed
@@ -95,7 +102,11 @@ def get_config(arg: str = ""):
     s, split=test, table5_split=f"test[:{min(arg.table5_images, arg.test_images or TRAIN_IMAGES)}]"
   )
   c.optim.update(
-    batch_size=arg.batch, epochs=arg.epochs, max_steps=arg.steps, plateau_patience=arg.patience
+    batch_size=arg.batch,
+    epochs=arg.epochs,
+    max_steps=arg.steps,
+    plateau_patience=arg.patience,
+    plateau_from_epoch=arg.plateau_from,
   )
   c.checkpoint.every_steps = 500
   c.log_every_steps = 50
@@ -126,6 +137,7 @@ DESIGNS = {
     backend="device",
     holdout=5000,
     patience=2,
+    plateau_from=5,
   ),
   # 2 CPU cores in <= 45 minutes: A, B, D of the chain at S=32, 1/8 width, 3 seeds.
   "cpu": dict(
@@ -190,7 +202,7 @@ def sweep(arg: str = ""):
 
 def design_sweep(design: dict, arg: str = "") -> list[dict]:
   """The runs of a design (see DESIGNS), its fields overridden by `arg`."""
-  fields = {"steps": 0, "test_images": 0, "manual_dir": "", **design}
+  fields = {"steps": 0, "test_images": 0, "manual_dir": "", "plateau_from": 0, **design}
   d = config_lib.parse_arg(
     arg, **{k: v for k, v in fields.items() if k not in ("chain", "he", "he64")}
   )
@@ -204,12 +216,17 @@ def design_sweep(design: dict, arg: str = "") -> list[dict]:
       "backend",
       "holdout",
       "patience",
+      "plateau_from",
       "steps",
       "test_images",
       "manual_dir",
     )
   )
-  finetune = {"optim.epochs": d.finetune_epochs} if d.finetune_epochs else {}
+  # Fine-tunings start from a trained net: no slow start to wait out.
+  finetune = {
+    "optim.plateau_from_epoch": 0,
+    **({"optim.epochs": d.finetune_epochs} if d.finetune_epochs else {}),
+  }
   seeds = range(d.seeds)
   fixed = lambda configs: tuple((config, paper.S256) for config in configs)  # noqa: E731
   chain = sweep_lib.paper_chain(

@@ -1,6 +1,7 @@
 """The six networks against the paper: structure, counts, LRN, the two classifier uses."""
 
 import collections
+import os
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import pytest
 from flax import nnx
 
 import vgg_jax
-from vgg_jax import architectures
+from vgg_jax import architectures, data
 from vgg_jax import model as model_lib
 
 FULL_SIZE_PARAMS = {  # docs/paper.md; A, B, D, E are also torchvision's vgg11/13/16/19
@@ -267,6 +268,55 @@ def test_initialisations(init, std):
   assert abs(kernel.mean()) < 0.05 * kernel.std()
   assert not np.asarray(model.conv4_1.bias[...]).any()
   assert not np.asarray(model.fc7.bias[...]).any()
+
+
+def kernels(init: str, **kw) -> dict[str, np.ndarray]:
+  model = vgg_jax.create_model(
+    "A",
+    num_classes=10,
+    width=1 / 8,
+    image_size=32,
+    init=init,
+    in_channels=1,
+    rngs=nnx.Rngs(3),
+    **kw,
+  )
+  return {
+    name: np.asarray(getattr(model, name).kernel[...])
+    for name in model_lib.weight_layer_names(model)
+  }
+
+
+@pytest.mark.parametrize("init", ["paper", "glorot", "he"])
+def test_only_he_scales_the_first_conv_by_the_input_std(init):
+  """input_std 90 (raw pixels): "he" divides conv1_1's draw by 90, the same draw, and
+  leaves every other layer; "paper" and "glorot" ignore it bit for bit."""
+  unit, raw = kernels(init), kernels(init, input_std=90.0)
+  for name in unit:
+    if init == "he" and name == model_lib.FIRST_CONV:
+      np.testing.assert_allclose(raw[name], unit[name] / 90.0, rtol=1e-5)
+    else:
+      np.testing.assert_array_equal(raw[name], unit[name])
+
+
+def test_he_draws_the_fc_layers_as_torchvision_does():
+  fc = kernels("he")
+  for name in ("fc6", "fc7", "fc8"):
+    assert fc[name].std() == pytest.approx(0.01, rel=0.1)
+
+
+@pytest.mark.skipif(not os.path.isdir(data.FASHION_MNIST_DIR), reason="needs Fashion-MNIST")
+def test_from_config_reads_the_pixels_std_for_he_only():
+  """The std comes from the data statistics and is the training pixels' own."""
+  from vgg_jax import config as config_lib
+
+  images, _ = data.load_idx_numpy("", "train")
+  for init, want in (("he", images.std(dtype=np.float64)), ("glorot", 1.0), ("paper", 1.0)):
+    config = config_lib.experiment_config("fashion_mnist", f"init={init}")
+    cfg = model_lib.VGGConfig.from_config(config, num_classes=10, in_channels=1)
+    assert cfg.input_std == pytest.approx(want, rel=1e-3)
+  with pytest.raises(ValueError, match="input_std"):
+    model_lib.VGGConfig(input_std=0.0)
 
 
 def test_paper_init_std_is_an_option():

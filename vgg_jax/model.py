@@ -16,6 +16,7 @@ On the training size both give the same logits.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, Iterable
 
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vgg_jax import architectures
+from vgg_jax import architectures, data
 
 POOLS = 5  # one 2x2 stride-2 max-pool per stage
 HEAD = ("fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8")
@@ -60,7 +61,17 @@ class VGGConfig:
     but reimplementations (and the released training code's practice) use standard
     deviation 1e-2, so init_std defaults to 1e-2; set init_std=0.1 for the literal
     reading. "glorot" is Glorot & Bengio's uniform init (the paper's note that it works
-    without pre-training); "he" is He et al.'s normal init. Biases start at zero.
+    without pre-training). "he" is torchvision's VGG init (the reference "He init for
+    VGG"): convs from He et al. (2015)'s normal, variance 2 / fan_in (truncated at 2 sd),
+    fc6-fc8 from N(0, 0.01); and, as He et al. derive the first layer separately
+    (n_1 Var[w_1] E[x^2] = 1, their factor 2 kept), the first conv's variance is also
+    divided by input_std^2: the paper's input is raw 0-255 pixels minus the mean
+    (std ~90 for Fashion-MNIST), not the unit-variance input torchvision normalises to.
+    Without the FC part the logits start O(1) and the first layer's update, which grows
+    with the input (90x) while its weights shrink (1/90x), diverges at LR 1e-2; without
+    the first-layer part the conv features start ~90x too large. Biases start at zero.
+  input_std: the input pixels' standard deviation; only "he" uses it (`from_config`
+    reads it from the data statistics). "paper" and "glorot" keep their fixed scales.
   batch_norm: conv-BN-ReLU in every conv layer, as torchvision's vgg*_bn (not in the
     paper).
   dtype / param_dtype: compute and storage dtypes (bf16 compute, fp32 parameters).
@@ -85,6 +96,7 @@ class VGGConfig:
   in_channels: int = 3
   init: str = "paper"
   init_std: float = 1e-2
+  input_std: float = 1.0
   lrn: LRNConfig = LRNConfig()
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -105,6 +117,8 @@ class VGGConfig:
       raise ValueError(f"image_size {self.image_size} is too small: {too_small_reason()}")
     if self.init not in INITIALIZERS:
       raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITIALIZERS)}")
+    if not self.input_std > 0:
+      raise ValueError(f"input_std must be positive, got {self.input_std}")
     for field, choices in (("pool", POOLINGS), ("relu_grad", RELUS)):
       if getattr(self, field) not in choices:
         raise ValueError(
@@ -146,8 +160,14 @@ class VGGConfig:
   @classmethod
   def from_config(cls, config: Any, num_classes: int, in_channels: int) -> "VGGConfig":
     """The network a run's config (`vgg_jax.config.base_config`'s `model` and the
-    data's crop) asks for; the classes and channels come from its data."""
+    data's crop) asks for; the classes and channels come from its data, and for "he"
+    the input's standard deviation from its statistics."""
     m = config.model
+    input_std = (
+      data.load_stats(config.data.stats or config.data.name).pixel_std
+      if (m.init in INPUT_SCALED)
+      else 1.0
+    )
     return cls(
       name=m.name,
       num_classes=num_classes,
@@ -159,6 +179,7 @@ class VGGConfig:
       in_channels=in_channels,
       init=m.init,
       init_std=m.init_std,
+      input_std=input_std,
       lrn=LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
       dtype=jnp.dtype(m.dtype),
       param_dtype=jnp.dtype(m.param_dtype),
@@ -176,11 +197,25 @@ def too_small_reason() -> str:
   return f"VGG needs inputs of at least {min_input_size()}x{min_input_size()} (five 2x2 pools)"
 
 
-INITIALIZERS: dict[str, Callable[[VGGConfig], Callable]] = {
-  "paper": lambda cfg: nnx.initializers.normal(cfg.init_std),
-  "glorot": lambda cfg: nnx.initializers.glorot_uniform(),
-  "he": lambda cfg: nnx.initializers.he_normal(),
+FIRST_CONV = "conv1_1"
+
+
+def he_init(cfg: "VGGConfig", layer: str) -> Callable:
+  """He et al. (2015)'s normal init for the convs, torchvision's N(0, 0.01) for fc6-fc8
+  (see VGGConfig.init)."""
+  if layer.startswith("fc"):
+    return nnx.initializers.normal(0.01)
+  first = cfg.input_std**2 if layer == FIRST_CONV else 1.0
+  return nnx.initializers.variance_scaling(2.0 / first, "fan_in", "truncated_normal")
+
+
+# Kernel initialisers by name: (config, layer name) -> initialiser.
+INITIALIZERS: dict[str, Callable[[VGGConfig, str], Callable]] = {
+  "paper": lambda cfg, layer: nnx.initializers.normal(cfg.init_std),
+  "glorot": lambda cfg, layer: nnx.initializers.glorot_uniform(),
+  "he": he_init,
 }
+INPUT_SCALED = ("he",)  # the schemes whose first layer takes the input's std
 
 
 def local_response_norm(x: jax.Array, cfg: LRNConfig) -> jax.Array:
@@ -234,13 +269,9 @@ class VGG(nnx.Module):
 
   def __init__(self, cfg: VGGConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
-    init = INITIALIZERS[cfg.init](cfg)
+    init = functools.partial(INITIALIZERS[cfg.init], cfg)
     dense_kwargs = dict(
-      kernel_init=init,
-      bias_init=nnx.initializers.zeros,
-      dtype=cfg.dtype,
-      param_dtype=cfg.param_dtype,
-      rngs=rngs,
+      bias_init=nnx.initializers.zeros, dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs
     )
     plan, channels = [], cfg.in_channels
     for s, stage in enumerate(architectures.stages(cfg.name), start=1):
@@ -259,6 +290,7 @@ class VGG(nnx.Module):
             out,
             (layer.kernel, layer.kernel),
             padding="SAME" if layer.kernel > 1 else "VALID",
+            kernel_init=init(name),
             **dense_kwargs,
           ),
         )
@@ -282,9 +314,11 @@ class VGG(nnx.Module):
         channels = out
       plan.append(f"pool{s}")
     k = cfg.head_kernel
-    self.fc6 = nnx.Conv(channels, cfg.hidden, (k, k), padding="VALID", **dense_kwargs)
-    self.fc7 = nnx.Linear(cfg.hidden, cfg.hidden, **dense_kwargs)
-    self.fc8 = nnx.Linear(cfg.hidden, cfg.num_classes, **dense_kwargs)
+    self.fc6 = nnx.Conv(
+      channels, cfg.hidden, (k, k), padding="VALID", kernel_init=init("fc6"), **dense_kwargs
+    )
+    self.fc7 = nnx.Linear(cfg.hidden, cfg.hidden, kernel_init=init("fc7"), **dense_kwargs)
+    self.fc8 = nnx.Linear(cfg.hidden, cfg.num_classes, kernel_init=init("fc8"), **dense_kwargs)
     self.drop6 = nnx.Dropout(cfg.dropout)
     self.drop7 = nnx.Dropout(cfg.dropout)
     self.plan = tuple(plan) + HEAD

@@ -260,7 +260,7 @@ def run_hyper(config: ml_collections.ConfigDict) -> dict:
 
 
 # Fields of config.optim that reach the program only through `run_hyper` or the loop.
-PER_RUN_OPTIM = ("lr", "epochs", "max_steps", "batch_size")
+PER_RUN_OPTIM = ("lr", "epochs", "max_steps", "batch_size", "plateau_from_epoch")
 _COMPILED: dict[tuple, tuple] = {}  # program key -> the jitted functions, shared
 
 
@@ -430,10 +430,13 @@ class Run:
       self.writer.write(step, dict(metrics, img_per_s=rate, epoch=step / self.steps_per_epoch))
 
   def validate(self, step: int, state: dict) -> tuple[dict, dict]:
-    """Validation error after `step`, fed to the LR plateau: the new state and the result."""
+    """Validation error after `step`, fed to the LR plateau from `plateau_from_epoch` on:
+    the new state and the result."""
     self.flush()
     result = evaluate(self.program, state, self.eval_data)
-    plateau = self.program.plateau(state["plateau"], result["val_top1_err"])
+    plateau = state["plateau"]
+    if step >= self.config.optim.plateau_from_epoch * self.steps_per_epoch:
+      plateau = self.program.plateau(plateau, result["val_top1_err"])
     scale = float(plateau.scale)
     result.update(
       epoch=step / self.steps_per_epoch,

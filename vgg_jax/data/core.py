@@ -140,6 +140,12 @@ class Stats(NamedTuple):
   eigval: np.ndarray
   eigvec: np.ndarray
 
+  @property
+  def pixel_std(self) -> float:
+    """The mean-subtracted pixels' standard deviation in 0-255 units over all channels:
+    the covariance's trace is sum(eigval) * 255 (see above), shared by C channels."""
+    return float(np.sqrt(np.sum(self.eigval, dtype=np.float64) * 255 / len(self.mean)))
+
 
 def load_stats(name: str, path: str = STATS_PATH) -> Stats:
   with open(path) as f:
