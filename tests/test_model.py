@@ -1,7 +1,6 @@
 """The six networks against the paper: structure, counts, LRN, the two classifier uses."""
 
 import collections
-import os
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +9,7 @@ import pytest
 from flax import nnx
 
 import vgg_jax
+from conftest import needs_fashion_mnist
 from vgg_jax import architectures, data
 from vgg_jax import model as model_lib
 
@@ -305,7 +305,7 @@ def test_he_draws_the_fc_layers_as_torchvision_does():
     assert fc[name].std() == pytest.approx(0.01, rel=0.1)
 
 
-@pytest.mark.skipif(not os.path.isdir(data.FASHION_MNIST_DIR), reason="needs Fashion-MNIST")
+@needs_fashion_mnist
 def test_from_config_reads_the_pixels_std_for_he_only():
   """The std comes from the data statistics and is the training pixels' own."""
   from vgg_jax import config as config_lib

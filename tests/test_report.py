@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import FASHION, ROOT, result, write_run
+from conftest import FASHION, ROOT, needs_fashion_mnist, result, write_run
 from conftest import SWEEP_TINY as TINY
 from vgg_jax import report, sweep
 
@@ -106,10 +106,7 @@ def read_png(path: str) -> bytes:
   return data
 
 
-@pytest.mark.skipif(
-  not os.path.exists("/usr/share/datasets/fashion-mnist"),
-  reason="needs `apt-get install dataset-fashion-mnist`",
-)
+@needs_fashion_mnist
 def test_a_real_sweep_is_evaluated_and_reported(tmp_path):
   """A and B (warm-started from A), two seeds, for real; then `launch.py report`."""
   specs = sweep.paper_chain(

@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from conftest import FASHION, ROOT, result, write_run
+from conftest import FASHION, ROOT, needs_fashion_mnist, result, write_run
 from conftest import SWEEP_TINY as TINY
 from vgg_jax import metrics, sweep, util
 from vgg_jax.config import load_experiment_module
