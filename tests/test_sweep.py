@@ -370,8 +370,14 @@ def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(tmp_pa
   its compiled programs; B warm-starts from A; each run keeps its own workdir, metrics
   and evaluations, and A + B is evaluated as an ensemble; JAX's persistent cache fills
   under the root."""
-  from vgg_jax import train
+  import jax
 
+  from vgg_jax import evaluate, train
+
+  # Programs another test of this worker compiled would come from memory, not the disk.
+  train._COMPILED.clear()  # pylint: disable=protected-access
+  evaluate.forward_program.cache_clear()
+  jax.clear_caches()
   spec = lambda name, arg, **kw: dict(
     name=name,
     arg=f"quick,backend=numpy,{arg}",  # noqa
