@@ -57,9 +57,9 @@ SMOKE_ABLATION = "experiments/fashion_mnist.py:smoke"
 # defaults: pool=reshape since the H200 run of 2026-11-28 (1.20x for D; docs/gpu.md).
 LEVERS = (
   ("today", {}, {}),
+  ("conv fusion", {}, {"xla_gpu_experimental_enable_conv_fusion": True}),
   ("pool=reduce_window", {"pool": "reduce_window"}, {}),
   ("relu_grad=output", {"relu_grad": "output"}, {}),
-  ("conv fusion", {}, {"xla_gpu_experimental_enable_conv_fusion": True}),
   (
     "relu_grad=output + conv fusion",
     {"relu_grad": "output"},
