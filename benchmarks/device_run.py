@@ -211,7 +211,7 @@ def part_profile(args, size: Size) -> str:
   header = (
     f"D at {size.resolution}, batch {size.batch}, {size.dtype}, width "
     f"{size.width:g}, on {jax.devices()[0].device_kind}; "
-    f"`python benchmarks/profile_summary.py profile` in profile.tar.gz's "
+    f"`python benchmarks/profile_summary.py profile --steps {steps}` in profile.tar.gz's "
     f"directory gives this again.\n\n"
   )
   try:  # the trace and HLO come back even if they cannot be summarised here

@@ -16,6 +16,8 @@ the host's threads) is put in a kind:
   pooling, activation, dropout, normalisation   by the layer's name scope (the model
       names its ops `pool3`, `relu3_1`, ...) or the op (reduce-window, select-and-scatter);
   copies          copy, transpose and memory-copy ops (layout changes);
+  bias grad       a conv or FC layer's bias gradient, a reduction of its output's
+      gradient over batch and space (XLA fuses the ReLU's gradient into it);
   loss            the rest of the forward and backward pass;
   optimiser       everything outside them: weight decay, momentum, the update, metrics;
   other           what the HLO does not name.
@@ -104,6 +106,7 @@ KINDS = (
   "dropout",
   "normalisation",
   "copies",
+  "bias grad",
   "loss",
   "optimiser",
   "other",
@@ -187,6 +190,8 @@ def classify(
     return "matmul", layer
   if any(o.opcode in ("reduce-window", "select-and-scatter") for o in inner):
     return "pooling", layer
+  if is_bias_grad(inner, op_name, layer):
+    return "bias grad", layer
   for prefix, kind in SCOPE_KINDS:
     if layer.startswith(prefix):
       return kind, layer
@@ -195,6 +200,15 @@ def classify(
   if not op_name:
     return "other", layer
   return ("loss" if "jvp(" in op_name else "optimiser"), layer
+
+
+def is_bias_grad(inner: list[HloOp], op_name: str, layer: str) -> bool:
+  """A reduction in a conv or FC layer's backward pass: nothing else there reduces."""
+  return (
+    layer.startswith(("conv", "fc"))
+    and "transpose(" in op_name
+    and any(o.opcode == "reduce" for o in inner)
+  )
 
 
 def conv_direction(

@@ -84,6 +84,11 @@ HloModule jit_train_step, entry_computation_layout={()->()}
   ROOT %maximum.1 = bf16[8,56,56,256]{3,2,1,0} maximum(%param_0, %param_0), metadata={op_name="jit(train_step)/jvp(relu3_1)/max"}
 }
 
+%fused_reduce_select (param_0: bf16[8,56,56,256]) -> bf16[256] {
+  %param_0 = bf16[8,56,56,256]{3,2,1,0} parameter(0)
+  ROOT %reduce.1 = bf16[256]{0} reduce(%param_0, %zero), dimensions={0,1,2}, to_apply=%add, metadata={op_name="jit(train_step)/transpose(jvp(conv3_1))/reduce_sum"}
+}
+
 ENTRY %main (p: bf16[8,56,56,128]) -> bf16[8,56,56,256] {
   %custom-call.1 = (bf16[8,56,56,256]{3,2,1,0}, u8[0]{0}) custom-call(%p, %w), window={size=3x3 pad=1_1x1_1}, dim_labels=b01f_o01i->b01f, custom_call_target="__cudnn$convForward", metadata={op_name="jit(train_step)/jvp(conv3_1)/conv_general_dilated"}
   %custom-call.2 = (bf16[8,56,56,128]{3,2,1,0}, u8[0]{0}) custom-call(%g, %w), custom_call_target="__cudnn$convBackwardInput", metadata={op_name="jit(train_step)/transpose(jvp(conv3_1))/conv_general_dilated"}
@@ -91,6 +96,7 @@ ENTRY %main (p: bf16[8,56,56,128]) -> bf16[8,56,56,256] {
   %select-and-scatter.4 = bf16[8,56,56,256]{3,2,1,0} select-and-scatter(%a, %b, %c), metadata={op_name="jit(train_step)/transpose(jvp(pool3))/select_and_scatter_add"}
   %loop_fusion.5 = bf16[8,56,56,256]{3,2,1,0} fusion(%x), kind=kLoop, calls=%fused_relu
   %copy.6 = bf16[8,56,56,256]{2,1,3,0} copy(%x)
+  %input_reduce_select_fusion.8 = bf16[256]{0} fusion(%g), kind=kInput, calls=%fused_reduce_select, metadata={op_name="jit(train_step)/transpose(jvp(conv3_1))/reduce_sum"}
   ROOT %multiply.7 = f32[256]{0} multiply(%u, %v), metadata={op_name="jit(train_step)/mul"}
 }
 """
@@ -105,6 +111,7 @@ ENTRY %main (p: bf16[8,56,56,128]) -> bf16[8,56,56,256] {
     ("select-and-scatter.4", "pooling", "pool3"),
     ("loop_fusion.5", "activation", "relu3_1"),
     ("copy.6", "copies", ""),
+    ("input_reduce_select_fusion.8", "bias grad", "conv3_1"),
     ("multiply.7", "optimiser", ""),
   ],
 )
