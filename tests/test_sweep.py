@@ -445,6 +445,26 @@ def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
   assert len(seeds5) == 5 * 19 and all("backend=tfds" in r.arg for r in seeds5)
 
 
+def test_the_readmes_first_command_sweeps_a_b_and_d_of_the_chain():
+  """The README's first command runs the `depth` design: A, then B and D warm-started
+  from it, one seed, validated on held-out training images; then reports."""
+  from vgg_jax import config as config_lib
+
+  config_file, runs = sweep.load_sweep(f"{FASHION}:depth")
+  assert [(r.name, r.parent) for r in runs] == [
+    ("A_S32_seed0", None),
+    ("B_S32_seed0", "A_S32_seed0"),
+    ("D_S32_seed0", "A_S32_seed0"),
+  ]
+  for run in runs:
+    config = sweep.run_config(run, config_file, "/root")
+    config_lib.validate(config, 1)
+    assert config.data.eval_split == "train[55000:]" and config.evaluations[0] == "dense@@test"
+  first = open(os.path.join(ROOT, "README.md")).read().split("```bash\n", 1)[1].split("\n")[0]
+  assert "sweep --config experiments/fashion_mnist.py:depth --workdir workdirs/depth" in first
+  assert first.endswith("launch.py report workdirs/depth")
+
+
 def test_the_gpu_designs_he_arm_trains_on_the_papers_raw_pixels():
   """he_A of the gpu design at 1/8 width, batch 64, float32 on real Fashion-MNIST (raw
   pixels minus the mean, std ~90): its conv features start near unit scale, and the loss
