@@ -148,6 +148,9 @@ def sweep_flags(f: flags.FlagValues):
     "where the code is on the cluster's hosts.",
     flag_values=f,
   )
+  flags.DEFINE_string(
+    "python", "python3", "the Python that runs it on the cluster's hosts.", flag_values=f
+  )
   flags.DEFINE_integer(
     "parallel", 1, "local runs at a time (each starts once its parent is done).", flag_values=f
   )
@@ -280,7 +283,13 @@ def sweep_main(f: flags.FlagValues):
   print(sweep.forecast(runs, config_file, f.accelerator, f.mfu, flops), flush=True)
   if f.backend == "slurm":
     scripts = sweep.slurm_scripts(
-      runs, config_file, root, repo=f.repo, nodes=f.nodes, gpus_per_node=f.gpus_per_node
+      runs,
+      config_file,
+      root,
+      repo=f.repo,
+      python=f.python,
+      nodes=f.nodes,
+      gpus_per_node=f.gpus_per_node,
     )
     if f.dry_run:
       print("\n".join(f"# {name}\n{text}" for name, text in scripts.items()))
@@ -296,7 +305,10 @@ def sweep_main(f: flags.FlagValues):
         "(gs://BUCKET/ROOT) unless ROOT is a filesystem every host mounts",
         root,
       )
-    for command in sweep.tpu_commands(runs, config_file, root, repo=f.repo, tpu=f.tpu, zone=f.zone):
+    commands = sweep.tpu_commands(
+      runs, config_file, root, repo=f.repo, tpu=f.tpu, zone=f.zone, python=f.python
+    )
+    for command in commands:
       print(command)
       if not f.dry_run:
         subprocess.run(command, shell=True, check=True)

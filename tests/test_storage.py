@@ -199,8 +199,8 @@ def json_lines(path) -> list[dict]:
 def test_the_tpu_backend_puts_every_path_of_its_commands_in_the_bucket():
   """`launch.py sweep --backend tpu --dry_run` of the paper's Table 3 with a gs:// root
   and tfds data_dir: each workdir, warm start and data_dir is in the bucket, and the only
-  other paths are the checkout's (--repo) code."""
-  repo = "/home/user/vgg_jax"
+  other paths are the checkout's (--repo) code and the hosts' Python (--python)."""
+  repo, python = "/home/user/vgg_jax", "/home/user/venv/bin/python"
   out = subprocess.run(
     [
       sys.executable,
@@ -212,6 +212,7 @@ def test_the_tpu_backend_puts_every_path_of_its_commands_in_the_bucket():
       "--tpu=pod",
       "--zone=us-central2-b",
       f"--repo={repo}",
+      f"--python={python}",
       "--dry_run",
     ],
     cwd=ROOT,
@@ -237,7 +238,7 @@ def test_the_tpu_backend_puts_every_path_of_its_commands_in_the_bucket():
         assert value.startswith("gs://bucket/run/"), arg
         warm += arg.startswith("--config.warm_start")
       elif "/" in value:
-        assert value == f"{repo}/launch.py", arg
+        assert value in (python, f"{repo}/launch.py"), arg
   assert data == {"gs://bucket/tfds"} and warm
 
 

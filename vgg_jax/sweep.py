@@ -598,15 +598,17 @@ def forecast(
 # ------------------------------------------------------------------- cluster backends
 
 
-def cluster_commands(run: Run, config_file: str, root: str, repo: str) -> tuple[str, str]:
+def cluster_commands(
+  run: Run, config_file: str, root: str, repo: str, python: str
+) -> tuple[str, str]:
   """One run's training and evaluation commands on a cluster host, as shell lines:
-  every host runs the same program and `--distributed` has JAX find the others (SLURM
-  or Cloud TPU). Paths inside this checkout become paths inside `repo`, the checkout
-  on the hosts."""
+  every host runs the same program with `python` and `--distributed` has JAX find the
+  others (SLURM or Cloud TPU). Paths inside this checkout become paths inside `repo`,
+  the checkout on the hosts."""
   here = os.path.dirname(LAUNCH)
   remote_config = os.path.join(repo, os.path.relpath(config_file, here))
   return tuple(  # each without this python and launch.py
-    shlex.join(["python3", os.path.join(repo, "launch.py"), *command[2:], "--distributed"])
+    shlex.join([python, os.path.join(repo, "launch.py"), *command[2:], "--distributed"])
     for command in (train_command(run, remote_config, root), eval_command(run, root))
   )
 
@@ -617,6 +619,7 @@ def slurm_scripts(
   root: str,
   *,
   repo: str,
+  python: str = "python3",
   nodes: int = 1,
   gpus_per_node: int = 8,
   time: str = "72:00:00",
@@ -645,7 +648,10 @@ def slurm_scripts(
         f'run() {{ "$@" || {{ status=$?; [ $status -ne {train.PREEMPTED_EXIT_CODE} ] || '
         'scontrol requeue "$SLURM_JOB_ID"; exit $status; }; }',
         f"mkdir -p {workdir}",
-        *(f"run srun {command}" for command in cluster_commands(run, config_file, root, repo)),
+        *(
+          f"run srun {command}"
+          for command in cluster_commands(run, config_file, root, repo, python)
+        ),
         "",
       ]
     )
@@ -659,14 +665,21 @@ def slurm_scripts(
 
 
 def tpu_commands(
-  runs: Sequence[Run], config_file: str, root: str, *, repo: str, tpu: str, zone: str
+  runs: Sequence[Run],
+  config_file: str,
+  root: str,
+  *,
+  repo: str,
+  tpu: str,
+  zone: str,
+  python: str = "python3",
 ) -> list[str]:
   """gcloud commands that start each run on every host of a Cloud TPU VM pod, parents
   first (as big_vision's README does); run them one after another. A preempted training
   (exit 75) starts again and resumes from its checkpoints; the evaluation follows."""
   commands = []
   for run in runs:
-    training, evaluation = cluster_commands(run, config_file, root, repo)
+    training, evaluation = cluster_commands(run, config_file, root, repo, python)
     remote = (
       f"until {training}; do s=$?; [ $s -eq {train.PREEMPTED_EXIT_CODE} ] || exit $s;"
       f" done && {evaluation}"
