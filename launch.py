@@ -148,6 +148,9 @@ def sweep_flags(f: flags.FlagValues):
     "where the code is on the cluster's hosts.",
     flag_values=f,
   )
+  flags.DEFINE_string(
+    "python", "python3", "the Python that runs it on the cluster's hosts.", flag_values=f
+  )
   flags.DEFINE_integer(
     "parallel", 1, "local runs at a time (each starts once its parent is done).", flag_values=f
   )
@@ -240,9 +243,9 @@ def eval_main(f: flags.FlagValues):
   """Evaluates --workdir's best checkpoint (else its newest) with the paper's test
   protocols; prints a table row, writes WORKDIR/eval/*.json."""
   initialize_distributed(f)
-  from vgg_jax import checkpoint, lock
+  from vgg_jax import checkpoint, lock, paths
 
-  if not os.path.isdir(f.workdir):  # the lock would create it
+  if not paths.Path(f.workdir).is_dir():  # the lock would create it
     raise checkpoint.NoCheckpoint(f"no vgg_jax checkpoint in {f.workdir}: no such directory")
   with lock.workdir_lock(f.workdir, "eval"):  # it writes WORKDIR/eval/
     evaluate_main(f)
@@ -272,7 +275,7 @@ def sweep_main(f: flags.FlagValues):
   failed run's children do not start, a preempted run stops the sweep (exit status 75).
   --backend slurm writes ROOT/slurm/*.sbatch and submits them with afterok
   dependencies; --backend tpu starts each run on every host of a Cloud TPU VM pod."""
-  from vgg_jax import sweep
+  from vgg_jax import paths, sweep
 
   config_file, runs = sweep.load_sweep(f.config)
   root = f.workdir
@@ -280,18 +283,32 @@ def sweep_main(f: flags.FlagValues):
   print(sweep.forecast(runs, config_file, f.accelerator, f.mfu, flops), flush=True)
   if f.backend == "slurm":
     scripts = sweep.slurm_scripts(
-      runs, config_file, root, repo=f.repo, nodes=f.nodes, gpus_per_node=f.gpus_per_node
+      runs,
+      config_file,
+      root,
+      repo=f.repo,
+      python=f.python,
+      nodes=f.nodes,
+      gpus_per_node=f.gpus_per_node,
     )
     if f.dry_run:
       print("\n".join(f"# {name}\n{text}" for name, text in scripts.items()))
       return
-    os.makedirs(os.path.join(root, "slurm"), exist_ok=True)
+    paths.Path(root, "slurm").mkdir(parents=True, exist_ok=True)
     for name, text in scripts.items():
-      with open(os.path.join(root, "slurm", name), "w") as file:
-        file.write(text)
-    subprocess.run(["bash", os.path.join(root, "slurm", "submit.sh")], check=True)
+      paths.Path(root, "slurm", name).write_text(text)
+    subprocess.run(["bash", paths.join(root, "slurm", "submit.sh")], check=True)
   elif f.backend == "tpu":
-    for command in sweep.tpu_commands(runs, config_file, root, repo=f.repo, tpu=f.tpu, zone=f.zone):
+    if paths.is_local(root):
+      logging.warning(
+        "--workdir %s is a local path: a pod's hosts share no disk, so give a bucket "
+        "(gs://BUCKET/ROOT) unless ROOT is a filesystem every host mounts",
+        root,
+      )
+    commands = sweep.tpu_commands(
+      runs, config_file, root, repo=f.repo, tpu=f.tpu, zone=f.zone, python=f.python
+    )
+    for command in commands:
       print(command)
       if not f.dry_run:
         subprocess.run(command, shell=True, check=True)

@@ -46,6 +46,9 @@ def get_config(arg: str = ""):
 
 
 def sweep(arg: str = ""):
-  """Table 3's runs, chained as in the paper (see `sweep_lib.table3_sweep`):
-  python launch.py sweep --config THIS_FILE:seeds=3 --workdir ROOT"""
-  return sweep_lib.table3_sweep(arg, scales=paper.STAND_INS["imagenet2012"], runlocal=False)
+  """Table 3's runs, chained as in the paper (see `sweep_lib.table3_sweep`), `data_dir=`
+  handed to every run (a pod's: a bucket, as its ROOT):
+  python launch.py sweep --config THIS_FILE:seeds=3,data_dir=gs://B/tfds --workdir gs://B/run"""
+  return sweep_lib.table3_sweep(
+    arg, scales=paper.STAND_INS["imagenet2012"], runlocal=False, data_dir=""
+  )

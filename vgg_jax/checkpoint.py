@@ -15,12 +15,13 @@ nothing. Evaluation, weight files and warm starts all use it.
 
 import contextlib
 import errno
-import os
 from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
+
+from vgg_jax import paths
 
 BEST_METRIC = "val_top1_acc"
 
@@ -62,8 +63,8 @@ class Checkpointer:
       policies.append(
         checkpoint_managers.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False)
       )
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    if read_only and not os.path.isdir(self.directory):
+    self.directory = paths.join(paths.absolute(workdir), "checkpoints")
+    if read_only and not paths.Path(self.directory).is_dir():
       raise NoCheckpoint(f"no vgg_jax checkpoint in {self.directory}")
     self.manager = ocp.CheckpointManager(
       self.directory,
@@ -112,7 +113,7 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
       )["state"]
     except Exception as e:
-      raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
+      raise self._corrupt(paths.join(self.directory, str(step)), step, e) from e
     return restored, saved_meta
 
   def restore_weights(self, abstract_weights: Any, step: int, signature: dict) -> Any:
@@ -131,14 +132,14 @@ class Checkpointer:
         ),
       )["state"]
     except Exception as e:
-      raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
+      raise self._corrupt(paths.join(self.directory, str(step)), step, e) from e
 
   def check_model(self, step: int, signature: dict, wanted: str) -> dict:
     """`step`'s meta, once its model signature is found equal to `signature`."""
     meta = self.read_meta(step)
     if meta.get("model") != signature:
       raise CheckpointMismatch(
-        f"checkpoint {os.path.join(self.directory, str(step))} holds model "
+        f"checkpoint {paths.join(self.directory, str(step))} holds model "
         f"{meta.get('model')}, but {wanted} {signature}: use another workdir, or the "
         f"checkpoint's config"
       )
@@ -151,7 +152,7 @@ class Checkpointer:
         "meta"
       ]
     except Exception as e:
-      raise self._corrupt(os.path.join(self.directory, str(step)), step, e) from e
+      raise self._corrupt(paths.join(self.directory, str(step)), step, e) from e
 
   def _corrupt(self, path: str, step: int, error: Exception) -> CorruptCheckpoint:
     older = [s for s in self.manager.all_steps() if s < step]

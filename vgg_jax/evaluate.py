@@ -43,7 +43,6 @@ import functools
 import itertools
 import json
 import math
-import os
 import re
 from typing import Any, Iterator, Sequence
 
@@ -56,7 +55,7 @@ from jax.sharding import PartitionSpec as P
 
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
-from vgg_jax import data, sharding
+from vgg_jax import data, paths, sharding
 from vgg_jax.model import VGGConfig, abstract_weights, model_graphdef
 from vgg_jax.scale import Scale
 
@@ -94,8 +93,7 @@ def load_trained(
   axes as in `config.mesh` (default: the run's own); the weights are placed by the run's
   sharding rules. Only the weights are read: the optimiser's state may be anything."""
   with ckpt_lib.reader(workdir) as checkpoints:
-    with open(os.path.join(workdir, "config.json")) as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(json.loads(paths.Path(workdir, "config.json").read_text()))
     mesh = sharding.make_mesh(mesh or config.mesh)
     chosen, which = choose_step(checkpoints, step)
     saved = checkpoints.read_meta(chosen)["model"]
@@ -519,15 +517,14 @@ def result_path(result: dict) -> str:
   split = re.sub(r"\W+", "_", result["split"]).strip("_")
   name = f"{split}_{result['protocol']}_Q{'-'.join(map(str, first['Q']))}"
   if others:
-    name += "_with_" + "+".join(os.path.basename(os.path.normpath(m["workdir"])) for m in others)
-  return os.path.join(first["workdir"], "eval", name + ".json")
+    name += "_with_" + "+".join(paths.Path(m["workdir"]).name for m in others)
+  return paths.join(first["workdir"], "eval", name + ".json")
 
 
 def write_result(result: dict) -> str:
   """Writes the JSON (process 0 only), with its table row; returns its path."""
   path = result_path(result)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(dict(result, table_row=table_row(result)), f, indent=2)
+    paths.Path(path).parent.mkdir(parents=True, exist_ok=True)
+    paths.write_text(path, json.dumps(dict(result, table_row=table_row(result)), indent=2))
   return path

@@ -11,6 +11,13 @@ host: the free `flock` proves the process is gone (a reused pid cannot fool it).
 naming another host is refused even when `flock` is free, because some shared
 filesystems do not carry `flock` between hosts; the message says how to clear it. In a
 multi-host run process 0 holds the lock and all processes learn whether it got it.
+
+A workdir in a bucket (gs://...) cannot be flocked. There the lock is the same file,
+written through `vgg_jax.paths`, and it is advisory, not atomic: it is refused when it
+names a live process of this host or any process of another, and taken over when it
+names a dead one of this host, but two processes that look at the same moment may both
+find it free (object storage offers no exclusive create through the path library;
+reading the file back after writing it narrows that window without closing it).
 """
 
 import contextlib
@@ -20,11 +27,13 @@ import fcntl
 import json
 import os
 import socket
-from typing import Iterator
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+from vgg_jax import paths
 
 LOCK_FILE = "lock"
 
@@ -49,16 +58,32 @@ def describe(holder: dict) -> str:
   )
 
 
-def _read(fd: int) -> dict:
-  os.lseek(fd, 0, os.SEEK_SET)
-  text = os.read(fd, 4096).decode(errors="replace").strip()
+def _parse(text: str) -> dict:
+  text = text.strip()
   try:
     return json.loads(text) if text else {}
   except json.JSONDecodeError:
     return {"purpose": f"unreadable lock {text[:40]!r}"}
 
 
-def _open_locked(path: str) -> int:
+def _read(fd: int) -> dict:
+  os.lseek(fd, 0, os.SEEK_SET)
+  return _parse(os.read(fd, 4096).decode(errors="replace"))
+
+
+def _in_use(workdir: str, holder: dict) -> Locked:
+  return Locked(f"{workdir} is in use by {describe(holder)}; wait for it to finish, or stop it")
+
+
+def _elsewhere(workdir: str, path: str, holder: dict) -> Locked:
+  remove = {"gs": "gcloud storage rm", "s3": "aws s3 rm"}.get(path.partition("://")[0], "rm")
+  return Locked(
+    f"{workdir} is locked by {describe(holder)}; if that process is gone, "
+    f"clear the stale lock with: {remove} {path}"
+  )
+
+
+def _open_locked(workdir: str, path: str) -> int:
   """An fd of `path` holding its flock, or Locked naming the live holder."""
   while True:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -69,10 +94,7 @@ def _open_locked(path: str) -> int:
       os.close(fd)
       if e.errno not in (errno.EAGAIN, errno.EACCES):
         raise
-      raise Locked(
-        f"{os.path.dirname(path)} is in use by {describe(holder)}; wait for it "
-        f"to finish, or stop it"
-      ) from None
+      raise _in_use(workdir, holder) from None
     try:
       if os.stat(path).st_ino == os.fstat(fd).st_ino:
         return fd
@@ -81,27 +103,54 @@ def _open_locked(path: str) -> int:
     os.close(fd)  # the holder released (unlinked) it between our open and flock: retry
 
 
-def _acquire(workdir: str, purpose: str) -> int:
+def _acquire(workdir: str, purpose: str) -> Callable[[], None]:
+  """Takes WORKDIR/lock; returns what releases it."""
+  if not paths.is_local(workdir):
+    return _acquire_advisory(workdir, purpose)
   path = os.path.join(workdir, LOCK_FILE)
-  fd = _open_locked(path)
+  fd = _open_locked(workdir, path)
   holder = _read(fd)
   if holder and holder.get("host") != socket.gethostname():
     os.close(fd)
-    raise Locked(
-      f"{workdir} is locked by {describe(holder)}; if that process is gone, "
-      f"clear the stale lock with: rm {path}"
-    )
+    raise _elsewhere(workdir, path, holder)
   os.ftruncate(fd, 0)
   os.lseek(fd, 0, os.SEEK_SET)
   os.write(fd, json.dumps(holder_info(purpose)).encode())
   os.fsync(fd)
-  return fd
+
+  def release():
+    with contextlib.suppress(FileNotFoundError):
+      os.unlink(path)
+    os.close(fd)  # closing drops the flock
+
+  return release
 
 
-def _release(workdir: str, fd: int):
-  with contextlib.suppress(FileNotFoundError):
-    os.unlink(os.path.join(workdir, LOCK_FILE))
-  os.close(fd)  # closing drops the flock
+def _acquire_advisory(workdir: str, purpose: str) -> Callable[[], None]:
+  """The lock file of a workdir that `flock` cannot reach (see the module's note)."""
+  path = paths.Path(workdir) / LOCK_FILE
+  holder = _parse(path.read_text()) if path.exists() else {}
+  if holder.get("host", socket.gethostname()) != socket.gethostname():
+    raise _elsewhere(workdir, str(path), holder)
+  if holder and _alive(holder.get("pid")):
+    raise _in_use(workdir, holder)
+  mine = holder_info(purpose)
+  path.write_text(json.dumps(mine))
+  holder = _parse(path.read_text())
+  if holder != mine:
+    raise _in_use(workdir, holder)
+  return lambda: path.unlink(missing_ok=True)
+
+
+def _alive(pid) -> bool:
+  """Whether process `pid` runs on this host (a reused pid counts as alive)."""
+  try:
+    os.kill(int(pid), 0)
+  except (ProcessLookupError, TypeError, ValueError):
+    return False
+  except PermissionError:  # another user's
+    pass
+  return True
 
 
 @contextlib.contextmanager
@@ -109,11 +158,11 @@ def workdir_lock(workdir: str, purpose: str) -> Iterator[None]:
   """Holds WORKDIR/lock (created with the workdir if need be) for the block's life;
   raises `Locked` naming the holder when another process has it. Process 0 locks for a
   multi-host run."""
-  fd, error = None, None
+  release, error = None, None
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
+    paths.Path(workdir).mkdir(parents=True, exist_ok=True)
     try:
-      fd = _acquire(workdir, purpose)
+      release = _acquire(workdir, purpose)
     except Locked as e:
       error = e
   if jax.process_count() > 1:
@@ -121,11 +170,11 @@ def workdir_lock(workdir: str, purpose: str) -> Iterator[None]:
     if not got and error is None:
       error = Locked(f"process 0 could not lock {workdir}; see its message")
   if error is not None:
-    if fd is not None:
-      _release(workdir, fd)
+    if release is not None:
+      release()
     raise error
   try:
     yield
   finally:
-    if fd is not None:
-      _release(workdir, fd)
+    if release is not None:
+      release()

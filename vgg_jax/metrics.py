@@ -4,14 +4,18 @@ Only process 0 writes. JSON lines (`metrics.jsonl`, one object per record with `
 are what the sweep report reads; TensorBoard (tensorboardX, no TensorFlow needed) is
 for looking at curves. A resumed run logs each step once: the records past the step it
 resumed from are dropped from the JSON lines, and TensorBoard is told to purge them.
+Both go through `vgg_jax.paths`, so a workdir in a bucket works; there TensorBoard's
+events reach the bucket when the path library uploads them (at its flushes, at the
+latest when the writer closes), and metrics.jsonl is rewritten whole at each record.
 """
 
 import json
 import math
-import os
 
 import jax
 import tqdm
+
+from vgg_jax import paths
 
 
 class MetricWriter:
@@ -20,21 +24,23 @@ class MetricWriter:
 
   def __init__(self, workdir: str, *, start_step: int, enabled: bool | None = None):
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = paths.join(workdir, "metrics.jsonl")
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
 
-      os.makedirs(workdir, exist_ok=True)
+      paths.Path(workdir).mkdir(parents=True, exist_ok=True)
       drop_records_after(self.path, start_step)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
+      logdir = paths.join(workdir, "tensorboard")
+      if not paths.is_local(logdir):
+        _events_through_paths(logdir)
+      self._tb = SummaryWriter(logdir, purge_step=start_step + 1)
 
   def write(self, step: int, metrics: dict):
     if not self.enabled:
       return
     record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    paths.append_text(self.path, json.dumps(record) + "\n")
     for key, value in record.items():
       if key != "step" and isinstance(value, (int, float)):
         self._tb.add_scalar(key, value, step)
@@ -49,17 +55,32 @@ def _plain(value):
   return value if not isinstance(value, float) or math.isfinite(value) else str(value)
 
 
+class _EventFiles:
+  """tensorboardX's writer factory for a scheme (gs://, s3://): event files through
+  `vgg_jax.paths` rather than tensorboardX's own cloud clients (google-cloud-storage,
+  boto3)."""
+
+  def open(self, path):
+    return paths.Path(path).open("wb")
+
+  def directory_check(self, path):
+    paths.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def _events_through_paths(logdir: str):
+  from tensorboardX import record_writer
+
+  record_writer.register_writer_factory(logdir.split("://")[0], _EventFiles())
+
+
 def drop_records_after(path: str, step: int):
   """Keeps the JSON lines of steps <= `step`; rewrites the file whole, or not at all."""
-  if not os.path.exists(path):
+  if not paths.Path(path).exists():
     return
-  with open(path) as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line + "\n" for line in paths.Path(path).read_text().splitlines() if line.strip()]
   kept = [line for line in lines if _step(line) <= step]
   if len(kept) < len(lines):
-    with open(path + ".tmp", "w") as f:
-      f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    paths.write_text(path, "".join(kept))
 
 
 def _step(line: str) -> float:
@@ -71,11 +92,10 @@ def _step(line: str) -> float:
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
+  path = paths.Path(workdir) / "metrics.jsonl"
+  if not path.exists():
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 class Progress:

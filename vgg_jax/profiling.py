@@ -4,12 +4,13 @@ train steps with jax.profiler into WORKDIR/profile.
 TensorBoard reads the trace (`tensorboard --logdir WORKDIR/profile`, the profile tab,
 with the tensorboard-plugin-profile package), and so does
 `python benchmarks/profile_summary.py WORKDIR/profile`, which sums the time per layer
-and kind of op on any machine.
+and kind of op on any machine. jax.profiler writes the trace itself, not through
+`vgg_jax.paths`: whether it reaches a bucket workdir is JAX's (untested here).
 """
 
-import os
-
 import jax
+
+from vgg_jax import paths
 
 
 def check_steps(steps) -> None:
@@ -30,7 +31,7 @@ class StepProfiler:
   def __init__(self, workdir: str, steps):
     check_steps(steps)
     self.first, self.last = steps
-    self.directory = os.path.join(workdir, "profile")
+    self.directory = paths.join(workdir, "profile")
     self.tracing = False
 
   def step(self, step: int, state) -> None:

@@ -13,14 +13,12 @@ run's training curves).
 """
 
 import csv
-import glob
 import io
 import json
-import os
 
 import numpy as np
 
-from vgg_jax import architectures, paper
+from vgg_jax import architectures, paper, paths
 from vgg_jax import metrics as metrics_lib
 from vgg_jax.scale import Scale
 from vgg_jax.util import markdown_table
@@ -80,17 +78,15 @@ def collect(root: str) -> list[dict]:
   """One record per evaluation under ROOT/*/eval/: of a single network, or of an
   ensemble (Table 6: `config` "D+E"), with the run's seed, arm and dataset."""
   records = []
-  for config_path in sorted(glob.glob(os.path.join(root, "*", "config.json"))):
-    workdir = os.path.dirname(config_path)
-    with open(config_path) as f:
-      config = json.load(f)
-    for path in sorted(glob.glob(os.path.join(workdir, "eval", "*.json"))):
-      with open(path) as f:
-        result = json.load(f)
+  for config_path in sorted(paths.Path(root).glob("*/config.json")):
+    workdir = config_path.parent
+    config = json.loads(config_path.read_text())
+    for path in sorted(workdir.glob("eval/*.json")):
+      result = json.loads(path.read_text())
       models = result["models"]
       records.append(
         dict(
-          run=os.path.basename(workdir),
+          run=workdir.name,
           seed=config["seed"],
           arm=arm(config),
           config="+".join(m["config"] for m in models),
@@ -446,10 +442,7 @@ def depth_figure(rows: list[dict], path: str) -> str:
     paper_ax.set_ylabel(f"paper {metric} error (%), ILSVRC-2012")
     ax.legend(loc="upper left", fontsize=8)
     paper_ax.legend(loc="upper right", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def curve_figure(workdir: str, path: str) -> str:
@@ -461,16 +454,13 @@ def curve_figure(workdir: str, path: str) -> str:
   fig, ax = plt.subplots(figsize=(6, 4))
   if train:
     ax.plot(*zip(*train), ".-", color="C0", label="train loss")
-  ax.set(xlabel="step", ylabel="train loss", title=os.path.basename(workdir))
+  ax.set(xlabel="step", ylabel="train loss", title=paths.Path(workdir).name)
   val_ax = ax.twinx()
   if val:
     val_ax.plot(*zip(*val), "o-", color="C1", label="val top-1 error")
   val_ax.set_ylabel("val top-1 error (%)")
   fig.legend(loc="upper right", fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 # ----------------------------------------------------------------------------- report
@@ -478,29 +468,36 @@ def curve_figure(workdir: str, path: str) -> str:
 
 def report(root: str) -> tuple[str, list[str]]:
   """Writes ROOT/report/; returns the Markdown and the paths written."""
-  out = os.path.join(root, "report")
-  os.makedirs(os.path.join(out, "curves"), exist_ok=True)
+  out = paths.Path(root) / "report"
+  (out / "curves").mkdir(parents=True, exist_ok=True)
   records = collect(root)
   rows, verdicts = tables(records), claims(records)
   text = tables_markdown(rows) + "\n" + claims_markdown(verdicts)
-  written = [_write(os.path.join(out, "tables.md"), text)]
-  written += [_write(os.path.join(out, f"table{t}.csv"), to_csv(rows[t])) for t in rows]
+  written = [_write(out / "tables.md", text)]
+  written += [_write(out / f"table{t}.csv", to_csv(rows[t])) for t in rows]
   written.append(
     _write(
-      os.path.join(out, "claims.csv"),
+      out / "claims.csv",
       to_csv(verdicts, list(verdicts[0]) if verdicts else ["arm", "claim"]),
     )
   )
-  written.append(depth_figure(rows[3], os.path.join(out, "depth_vs_error.png")))
-  for metrics_path in sorted(glob.glob(os.path.join(root, "*", "metrics.jsonl"))):
-    workdir = os.path.dirname(metrics_path)
-    written.append(
-      curve_figure(workdir, os.path.join(out, "curves", os.path.basename(workdir) + ".png"))
-    )
+  written.append(depth_figure(rows[3], paths.join(out, "depth_vs_error.png")))
+  for metrics_path in sorted(paths.Path(root).glob("*/metrics.jsonl")):
+    workdir = metrics_path.parent
+    written.append(curve_figure(str(workdir), paths.join(out, "curves", workdir.name + ".png")))
   return text, written
 
 
-def _write(path: str, text: str) -> str:
-  with open(path, "w") as f:
-    f.write(text)
+def _write(path: paths.Path, text: str) -> str:
+  path.write_text(text)
+  return str(path)
+
+
+def _save(plt, fig, path: str) -> str:
+  """The figure as a PNG at `path`, through `vgg_jax.paths` (a bucket included)."""
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=100)
+  plt.close(fig)
+  paths.Path(path).write_bytes(buffer.getvalue())
   return path

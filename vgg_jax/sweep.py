@@ -36,7 +36,7 @@ import jax
 
 from vgg_jax import config as config_lib
 from vgg_jax import metrics as metrics_lib
-from vgg_jax import paper, train
+from vgg_jax import paper, paths, train
 from vgg_jax.scale import Scale
 from vgg_jax.util import PEAK_FLOPS, markdown_table
 
@@ -149,7 +149,7 @@ def expand(specs: Sequence[dict]) -> list[Run]:
 def warm_start_overrides(run: Run, root: str) -> list[tuple[str, object]]:
   """The config fields that start `run` from its parent's weights, then its own."""
   warm = (
-    [("warm_start.workdir", os.path.join(root, run.parent)), ("warm_start.layers", run.layers)]
+    [("warm_start.workdir", paths.join(root, run.parent)), ("warm_start.layers", run.layers)]
     if run.parent
     else []
   )
@@ -163,16 +163,16 @@ def train_command(run: Run, config_file: str, root: str) -> list[str]:
     LAUNCH,
     "train",
     f"--config={config_file}:{run.arg}",
-    f"--workdir={os.path.join(root, run.name)}",
+    f"--workdir={paths.join(root, run.name)}",
   ] + [f"--config.{key}={value}" for key, value in warm_start_overrides(run, root)]
 
 
 def state(run: Run, root: str) -> str:
-  workdir = os.path.join(root, run.name)
+  workdir = paths.Path(root, run.name)
   for marker, name in ((EVALUATED, "done"), (FAILED, "failed"), (DONE, "trained")):
-    if os.path.exists(os.path.join(workdir, marker)):
+    if (workdir / marker).exists():
       return name
-  return "started" if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else "pending"
+  return "started" if (workdir / "metrics.jsonl").exists() else "pending"
 
 
 def eval_command(run: Run, root: str) -> list[str]:
@@ -182,7 +182,7 @@ def eval_command(run: Run, root: str) -> list[str]:
     sys.executable,
     LAUNCH,
     "eval",
-    f"--workdir={os.path.join(root, run.name)}",
+    f"--workdir={paths.join(root, run.name)}",
     "--configured",
   ]
 
@@ -199,7 +199,7 @@ class CommandFailed(RuntimeError):
 
 
 def compilation_cache_dir(root: str) -> str:
-  return os.path.join(os.path.abspath(root), "jax_cache")
+  return paths.join(paths.absolute(root), "jax_cache")
 
 
 def enable_compilation_cache(root: str) -> None:
@@ -240,7 +240,7 @@ def run_config(run: Run, config_file: str, root: str | None = None):
 def in_process_steps(run: Run, config_file: str, root: str) -> list[tuple]:
   """(what, function, marker) of one run in this process: training, then the run's
   configured evaluations (what `launch.py eval --configured` does)."""
-  workdir = os.path.join(root, run.name)
+  workdir = paths.join(root, run.name)
 
   def evaluate_run():
     from vgg_jax import evaluate  # pylint: disable=import-outside-toplevel
@@ -279,12 +279,11 @@ def run_steps(run: Run, root: str, steps: list[tuple], log: Callable[[str], None
   """Runs what `run` has left of `steps`, each leaving its marker (with the last
   validation metrics): "done"; an exception leaves FAILED with the output or traceback:
   "failed"; a preemption leaves nothing: "preempted" (it resumes next time)."""
-  workdir = os.path.join(root, run.name)
-  os.makedirs(workdir, exist_ok=True)
-  if os.path.exists(os.path.join(workdir, FAILED)):
-    os.remove(os.path.join(workdir, FAILED))  # tried again: it resumes
+  workdir = paths.Path(root, run.name)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / FAILED).unlink(missing_ok=True)  # tried again: it resumes
   for what, step, marker in steps:
-    if os.path.exists(os.path.join(workdir, marker)):
+    if (workdir / marker).exists():
       continue
     try:
       step()
@@ -292,12 +291,12 @@ def run_steps(run: Run, root: str, steps: list[tuple], log: Callable[[str], None
       log(f"{run.name}: preempted while {what[:-1]}ing ({e}); it resumes next time")
       return "preempted"
     except Exception as e:  # pylint: disable=broad-except
-      with open(os.path.join(workdir, FAILED), "w") as f:
-        f.write(e.output if isinstance(e, CommandFailed) else traceback.format_exc())
-      log(f"{run.name}: {what} failed ({e}); see {os.path.join(workdir, FAILED)}")
+      (workdir / FAILED).write_text(
+        e.output if isinstance(e, CommandFailed) else traceback.format_exc()
+      )
+      log(f"{run.name}: {what} failed ({e}); see {workdir / FAILED}")
       return "failed"
-    with open(os.path.join(workdir, marker), "w") as f:
-      json.dump(last_metrics(workdir), f)
+    (workdir / marker).write_text(json.dumps(last_metrics(str(workdir))))
   return "done"
 
 
@@ -370,7 +369,7 @@ def run_local(
           outcome[run.name] = "blocked"
           log(
             f"{run.name}: blocked, parent {run.parent} is {parent}"
-            f" (see {os.path.join(root, run.parent)})"
+            f" (see {paths.join(root, run.parent)})"
           )
           pending.remove(run)
           pace.drop(run.name)
@@ -442,20 +441,19 @@ def evaluate_ensembles(
   from vgg_jax import evaluate  # pylint: disable=import-outside-toplevel
 
   for first, second in pairs:
-    marker = os.path.join(root, first.name, f"sweep_ensemble_{second.name}.json")
-    if os.path.exists(marker):
+    marker = paths.Path(root, first.name, f"sweep_ensemble_{second.name}.json")
+    if marker.exists():
       continue
     try:
-      models = [evaluate.load_trained(os.path.join(root, run.name)) for run in (first, second)]
-      paths = [
+      models = [evaluate.load_trained(paths.join(root, run.name)) for run in (first, second)]
+      written = [
         evaluate.write_result(result)
         for result in evaluate.evaluate_many(models, evaluate.configured(models[0].config))
       ]
     except Exception as e:  # pylint: disable=broad-except
       log(f"ensemble {first.name} + {second.name} failed: {e!r}")
       continue
-    with open(marker, "w") as f:
-      json.dump(paths, f)
+    marker.write_text(json.dumps(written))
     log(f"[{time.strftime('%H:%M:%S')}] ensemble {first.name} + {second.name}: evaluated")
 
 
@@ -510,7 +508,7 @@ def last_metrics(workdir: str) -> dict:
 def status_table(runs: Sequence[Run], root: str) -> str:
   rows = []
   for run in runs:
-    last = last_metrics(os.path.join(root, run.name))
+    last = last_metrics(paths.join(root, run.name))
     rows.append(
       [
         run.name,
@@ -600,15 +598,17 @@ def forecast(
 # ------------------------------------------------------------------- cluster backends
 
 
-def cluster_commands(run: Run, config_file: str, root: str, repo: str) -> tuple[str, str]:
+def cluster_commands(
+  run: Run, config_file: str, root: str, repo: str, python: str
+) -> tuple[str, str]:
   """One run's training and evaluation commands on a cluster host, as shell lines:
-  every host runs the same program and `--distributed` has JAX find the others (SLURM
-  or Cloud TPU). Paths inside this checkout become paths inside `repo`, the checkout
-  on the hosts."""
+  every host runs the same program with `python` and `--distributed` has JAX find the
+  others (SLURM or Cloud TPU). Paths inside this checkout become paths inside `repo`,
+  the checkout on the hosts."""
   here = os.path.dirname(LAUNCH)
   remote_config = os.path.join(repo, os.path.relpath(config_file, here))
   return tuple(  # each without this python and launch.py
-    shlex.join(["python3", os.path.join(repo, "launch.py"), *command[2:], "--distributed"])
+    shlex.join([python, os.path.join(repo, "launch.py"), *command[2:], "--distributed"])
     for command in (train_command(run, remote_config, root), eval_command(run, root))
   )
 
@@ -619,15 +619,20 @@ def slurm_scripts(
   root: str,
   *,
   repo: str,
+  python: str = "python3",
   nodes: int = 1,
   gpus_per_node: int = 8,
   time: str = "72:00:00",
 ) -> dict[str, str]:
   """sbatch scripts, one per run (one task per host), and `submit.sh`, which submits
   them with afterok dependencies so a run starts only when its parent succeeded."""
+  if not paths.is_local(root):
+    raise ValueError(
+      f"--backend slurm needs a shared filesystem for its scripts and job logs, not {root}"
+    )
   scripts, submit = {}, ["#!/bin/bash", "set -euo pipefail"]
   for run in runs:
-    workdir = os.path.join(root, run.name)
+    workdir = paths.join(root, run.name)
     scripts[f"{run.name}.sbatch"] = "\n".join(
       [
         "#!/bin/bash",
@@ -643,28 +648,38 @@ def slurm_scripts(
         f'run() {{ "$@" || {{ status=$?; [ $status -ne {train.PREEMPTED_EXIT_CODE} ] || '
         'scontrol requeue "$SLURM_JOB_ID"; exit $status; }; }',
         f"mkdir -p {workdir}",
-        *(f"run srun {command}" for command in cluster_commands(run, config_file, root, repo)),
+        *(
+          f"run srun {command}"
+          for command in cluster_commands(run, config_file, root, repo, python)
+        ),
         "",
       ]
     )
     after = f" --dependency=afterok:${{job_{_shell(run.parent)}}}" if run.parent else ""
     submit.append(
       f"job_{_shell(run.name)}=$(sbatch --parsable{after} "
-      f"{os.path.join(root, 'slurm', run.name)}.sbatch)"
+      f"{paths.join(root, 'slurm', run.name)}.sbatch)"
     )
   scripts["submit.sh"] = "\n".join(submit + [""])
   return scripts
 
 
 def tpu_commands(
-  runs: Sequence[Run], config_file: str, root: str, *, repo: str, tpu: str, zone: str
+  runs: Sequence[Run],
+  config_file: str,
+  root: str,
+  *,
+  repo: str,
+  tpu: str,
+  zone: str,
+  python: str = "python3",
 ) -> list[str]:
   """gcloud commands that start each run on every host of a Cloud TPU VM pod, parents
   first (as big_vision's README does); run them one after another. A preempted training
   (exit 75) starts again and resumes from its checkpoints; the evaluation follows."""
   commands = []
   for run in runs:
-    training, evaluation = cluster_commands(run, config_file, root, repo)
+    training, evaluation = cluster_commands(run, config_file, root, repo, python)
     remote = (
       f"until {training}; do s=$?; [ $s -eq {train.PREEMPTED_EXIT_CODE} ] || exit $s;"
       f" done && {evaluation}"

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import signal
 from typing import Any, Iterator
 
@@ -35,7 +34,7 @@ from vgg_jax import config as config_lib
 from vgg_jax import data as data_lib
 from vgg_jax import lock as lock_lib
 from vgg_jax import metrics as metrics_lib
-from vgg_jax import profiling
+from vgg_jax import paths, profiling
 from vgg_jax import sharding as sharding_lib
 from vgg_jax import weights as weights_lib
 from vgg_jax.model import VGG, VGGConfig, model_graphdef
@@ -492,28 +491,16 @@ def record_config(config: ml_collections.ConfigDict, workdir: str, start_step: i
   if jax.process_index() != 0:
     return
   text = config.to_json_best_effort(indent=2)
-  history = os.path.join(workdir, "configs")
-  os.makedirs(history, exist_ok=True)
-  started = sorted(int(name[:-5]) for name in os.listdir(history) if name.endswith(".json"))
+  history = paths.Path(workdir) / "configs"
+  history.mkdir(parents=True, exist_ok=True)
+  started = sorted(int(p.stem) for p in history.iterdir() if p.suffix == ".json")
   for step in started:
     if step > start_step:
-      os.remove(os.path.join(history, f"{step}.json"))
+      (history / f"{step}.json").unlink()
   earlier = [step for step in started if step <= start_step]
-  if not earlier or read_text(os.path.join(history, f"{earlier[-1]}.json")) != text:
-    write_text(os.path.join(history, f"{start_step}.json"), text)
-  write_text(os.path.join(workdir, "config.json"), text)
-
-
-def read_text(path: str) -> str:
-  with open(path) as f:
-    return f.read()
-
-
-def write_text(path: str, text: str):
-  """Writes `text` whole or not at all (a full disk leaves the old file)."""
-  with open(path + ".tmp", "w") as f:
-    f.write(text)
-  os.replace(path + ".tmp", path)
+  if not earlier or (history / f"{earlier[-1]}.json").read_text() != text:
+    paths.write_text(history / f"{start_step}.json", text)
+  paths.write_text(paths.join(workdir, "config.json"), text)
 
 
 # ------------------------------------------------------------------------- the trainer

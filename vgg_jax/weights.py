@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vgg_jax import paths
+
 # The variable kinds a checkpoint fills: weights and BN running statistics.
 LOADED = (nnx.Param, nnx.BatchStat)
 _SHOWN = 8  # how many names an error message lists before "and N more"
@@ -314,7 +316,8 @@ def read_pth(path: str) -> Mapping[str, Any]:
   import torch  # pylint: disable=import-outside-toplevel
 
   try:
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    with paths.Path(path).open("rb") as f:
+      state_dict = torch.load(f, map_location="cpu", weights_only=True)
   except Exception as e:
     raise ValueError(f"cannot read {path} as a torch state dict: {e}") from e
   if not isinstance(state_dict, Mapping):

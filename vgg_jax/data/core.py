@@ -17,6 +17,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from vgg_jax import paths
+
 BACKENDS = ("tfds", "numpy", "device")
 
 STATS_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data_stats.json")
@@ -148,8 +150,7 @@ class Stats(NamedTuple):
 
 
 def load_stats(name: str, path: str = STATS_PATH) -> Stats:
-  with open(path) as f:
-    table = json.load(f)
+  table = json.loads(paths.Path(path).read_text())
   if name not in table:
     raise KeyError(
       f"no statistics for {name!r} in {path}; compute them with `{STATS_COMMAND.format(name=name)}`"
@@ -178,14 +179,9 @@ def pixel_moments(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 
 def write_stats(name: str, stats: Stats, info: dict, path: str = STATS_PATH):
   """Adds or replaces one dataset's entry, keeping the others."""
-  table = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      table = json.load(f)
+  table = json.loads(paths.Path(path).read_text()) if paths.Path(path).exists() else {}
   table[name] = {**{k: np.round(v, 6).tolist() for k, v in stats._asdict().items()}, **info}
-  with open(path, "w") as f:
-    json.dump(dict(sorted(table.items())), f, indent=2)
-    f.write("\n")
+  paths.write_text(path, json.dumps(dict(sorted(table.items())), indent=2) + "\n")
 
 
 # -------------------------------------------------------------------------- IDX files
@@ -195,9 +191,9 @@ IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 def read_idx(path: str) -> np.ndarray:
   """One IDX file (LeCun's MNIST format), gzipped or not."""
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
+  raw = paths.Path(path).read_bytes()
+  if path.endswith(".gz"):
+    raw = gzip.decompress(raw)
   zeros, code, ndim = raw[:2], raw[2], raw[3]
   if zeros != b"\0\0" or code not in IDX_DTYPES:
     raise ValueError(f"{path} is not an IDX file")
@@ -213,7 +209,7 @@ def fashion_mnist_dir(manual_dir: str = "") -> str:
     f
     for files in FASHION_MNIST_FILES.values()
     for f in files
-    if not os.path.exists(os.path.join(directory, f))
+    if not paths.Path(directory, f).exists()
   ]
   if missing:
     raise FileNotFoundError(
@@ -228,8 +224,8 @@ def load_idx_numpy(manual_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]
   """Fashion-MNIST's split ("train" or "test") as uint8 images [N, 28, 28, 1], int32 labels."""
   directory = fashion_mnist_dir(manual_dir)
   image_file, label_file = FASHION_MNIST_FILES[split]
-  images = read_idx(os.path.join(directory, image_file))[..., None]
-  labels = read_idx(os.path.join(directory, label_file)).astype(np.int32)
+  images = read_idx(paths.join(directory, image_file))[..., None]
+  labels = read_idx(paths.join(directory, label_file)).astype(np.int32)
   return images, labels
 
 
