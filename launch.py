@@ -393,9 +393,15 @@ HELP = ("--help", "-h", "--helpfull", "-?")
 # ---------------------------------------------------------------------- running one
 
 
-def fail(command: str, error: BaseException | str, status: int = 1):
-  """A known failure as one line on stderr: its message names the cause and the cure."""
-  print(f"launch.py {command}: {error}", file=sys.stderr)
+def fail(command: str, error: BaseException | str, status: int = 1, at_once: bool = False):
+  """A known failure as one line on stderr: its message names the cause and the cure.
+  `at_once` skips the interpreter's shutdown, where orbax's leftover futures may log
+  tracebacks after the line; every file is closed by then (train's `finally`)."""
+  sys.stderr.write(f"launch.py {command}: {error}\n")  # one write: other threads cannot split it
+  sys.stderr.flush()
+  if at_once:
+    sys.stdout.flush()
+    os._exit(status)
   sys.exit(status)
 
 
@@ -439,7 +445,7 @@ def main(invocation: Invocation):
     known = known_failure(e)
     if known is None:
       raise
-    fail(invocation.name, known)
+    fail(invocation.name, known, at_once=True)
 
 
 def usage(name: str) -> str:
