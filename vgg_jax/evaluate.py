@@ -375,12 +375,12 @@ def resolve_scales(spec: str, config: ml_collections.ConfigDict) -> tuple[int, .
     return (config.data.eval_scale,)
   if spec != "table4":
     return tuple(int(q) for q in spec.split(","))
-  lo, hi = data.scale_range(config.data.scale)
+  s = Scale.of(config.data.scale)
   crop = config.data.crop
-  if lo != hi:
-    return lo, (lo + hi) // 2, hi
+  if not s.fixed:
+    return s.lo, s.mid, s.hi
   d = round(32 * crop / 224)
-  return tuple(q for q in (lo - d, lo, lo + d) if q >= crop)
+  return tuple(q for q in (s.lo - d, s.lo, s.lo + d) if q >= crop)
 
 
 # ----------------------------------------------------------------------------- results

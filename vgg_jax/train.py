@@ -55,9 +55,6 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: "try again later", so chains do not go 
 # ------------------------------------------------------------------- model and optimiser
 
 
-model_config = VGGConfig.from_config  # the config's network (kept for sweep.py's forecast)
-
-
 def make_optimizer(optim: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """SGD with momentum and L2 weight decay added to the gradient (Section 3.1); momentum
   0 keeps no momentum buffer."""
@@ -278,7 +275,7 @@ def build_program(
   """The run's Program; runs whose `program_key` is equal (a config's seeds, its
   fine-tunings at another LR) share the jitted functions, so one process compiles
   them once."""
-  cfg = model_config(config, num_classes, in_channels)
+  cfg = VGGConfig.from_config(config, num_classes, in_channels)
   key = program_key(config, mesh, cfg)
   if key not in _COMPILED:
     _COMPILED[key] = compile_program(

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 
 from vgg_jax import paths
+from vgg_jax.scale import Scale
 
 BACKENDS = ("tfds", "numpy", "device")
 
@@ -117,12 +118,7 @@ def eval_crop(cfg) -> int:
 
 def scale_range(scale) -> tuple[int, int]:
   """S as (S_min, S_max); a fixed S is (S, S)."""
-  lo, hi = (scale, scale) if np.isscalar(scale) else tuple(scale)
-  if not 0 < int(lo) <= int(hi):
-    raise ValueError(
-      f"data.scale must be S or [S_min, S_max] with 0 < S_min <= S_max, got {scale!r}"
-    )
-  return int(lo), int(hi)
+  return tuple(Scale.of(scale))
 
 
 # ---------------------------------------------------------------------------- statistics
