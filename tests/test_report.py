@@ -70,6 +70,7 @@ def test_report_writes_tables_and_a_figure_with_configs_of_equal_depth(tmp_path)
   for config, top1 in (("A", 0.2), ("A-LRN", 0.21), ("C", 0.15), ("D", 0.14)):
     write_run(tmp_path, f"{config}_S32_seed0", 0, [result(config, "32", [32], "dense", top1, 0.05)])
   text, written = report.report(str(tmp_path))
+  assert "## Table 5: jittered S, multiple test scales, by protocol\n\nNo run of this sweep" in text
   out = tmp_path / "report"
   assert written == [
     str(out / name)

@@ -245,7 +245,10 @@ def tables(records: list[dict]) -> dict[int, list[dict]]:
 
 def tables_markdown(rows: dict[int, list[dict]]) -> str:
   """Our top-1/top-5 error (%) as mean ± std over n seeds; the paper's is ILSVRC-2012."""
-  return "\n\n".join(f"## {TITLES[t]}\n\n{markdown(rows[t])}" for t in TITLES) + "\n"
+  body = {
+    t: markdown(rows[t]) if rows[t] else "No run of this sweep gives this table." for t in TITLES
+  }
+  return "\n\n".join(f"## {TITLES[t]}\n\n{body[t]}" for t in TITLES) + "\n"
 
 
 # ----------------------------------------------------------------------------- claims
