@@ -340,8 +340,9 @@ def status_main(f: flags.FlagValues):
 def report_main(f: flags.FlagValues, root: str):
   """Tables 3-6 of ROOT's evaluations (mean +- std over seeds) beside the paper's
   numbers and, per claim of the paper, the paired-seed difference with a t-interval and
-  whether it reproduced, as Markdown and CSV, the error-vs-depth figure and each run's
-  training curves, in ROOT/report/; prints the Markdown."""
+  whether it reproduced, as Markdown and CSV, each run's validation error by epoch (has
+  it converged?), the error-vs-depth figure and each run's training curves, in
+  ROOT/report/; prints the Markdown."""
   del f  # report has no flags
   from vgg_jax import report
 

@@ -231,3 +231,22 @@ def test_claims_pair_seeds_and_say_what_reproduced(tmp_path):
   text, _ = report.report(str(tmp_path))
   assert "| glorot 32px | depth: A vs B | 29.6 → 28.7 | -0.9 |" in text
   assert "| 3 | reproduced |" in text
+
+
+def test_convergence_lists_each_runs_validation_error_by_epoch(tmp_path):
+  """Validation records (not training ones) give the row; the last epoch's change is
+  the difference of the last two."""
+  for name, errors in (("A_S32_seed0", [0.15, 0.13, 0.125]), ("B_S32_seed0", [0.2])):
+    write_run(tmp_path, name, 0, [result(name[0], "32", [32], "dense", errors[-1], 0.01)])
+    lines = [dict(step=1, loss=2.0)] + [
+      dict(step=10 * (i + 1), val_top1_err=e, epoch=i + 1, lr_drops=int(i == 2))
+      for i, e in enumerate(errors)
+    ]
+    (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+  a, b = report.convergence(str(tmp_path))
+  assert (a["run"], a["epochs"], a["lr_drops"]) == ("A_S32_seed0", 3, 1)
+  assert a["val_top1"] == pytest.approx([15.0, 13.0, 12.5])
+  assert a["last_change"] == pytest.approx(-0.5) and b["last_change"] is None
+  text, _ = report.report(str(tmp_path))
+  assert "| A_S32_seed0 | 3 | 15.00, 13.00, 12.50 | -0.50 | 1 |" in text
+  assert "| B_S32_seed0 | 1 | 20.00 | - | 0 |" in text

@@ -5,7 +5,8 @@ evaluations, beside the paper's ImageNet numbers.
 ensembles) with the run's seed, arm and dataset from its config.json; `tables` averages
 them over seeds per (arm, config, S, Q, protocol) as the paper's Tables 3, 4, 5 and 6;
 `claims` compares paired seeds for each of the paper's claims and says whether it
-reproduced; `report` writes ROOT/report/: tables.md (Tables 3-6 and the claims),
+reproduced; `convergence` lists each run's validation error by epoch; `report` writes
+ROOT/report/: tables.md (Tables 3-6, the claims and the convergence table),
 table3.csv ... table6.csv, claims.csv, depth_vs_error.png and curves/NAME.png (each
 run's training curves).
 
@@ -466,6 +467,55 @@ def curve_figure(workdir: str, path: str) -> str:
   return _save(plt, fig, path)
 
 
+# ------------------------------------------------------------------------- convergence
+
+
+CONVERGENCE_HEADER = ["run", "epochs", "val top-1 % by epoch", "last epoch's change", "LR drops"]
+
+
+def convergence(root: str) -> list[dict]:
+  """Each run's validation top-1 error at every validation: a run whose error still
+  falls over its last epoch by more than the seeds differ has not converged, and its
+  table rows compare nets stopped early, not trained ones."""
+  rows = []
+  for metrics_path in sorted(paths.Path(root).glob("*/metrics.jsonl")):
+    val = [r for r in metrics_lib.read_metrics(str(metrics_path.parent)) if "val_top1_err" in r]
+    if val:
+      errors = [100 * r["val_top1_err"] for r in val]
+      rows.append(
+        dict(
+          run=metrics_path.parent.name,
+          epochs=val[-1].get("epoch", len(val)),
+          val_top1=errors,
+          last_change=errors[-1] - errors[-2] if len(errors) > 1 else None,
+          lr_drops=val[-1].get("lr_drops", 0),
+        )
+      )
+  return rows
+
+
+def convergence_markdown(rows: list[dict]) -> str:
+  return (
+    "## Convergence: validation error by epoch\n\n"
+    "Top-1 error (%) on the validation split after each epoch; the last epoch's change "
+    "in points (negative: still falling).\n\n"
+    + markdown_table(
+      CONVERGENCE_HEADER,
+      [
+        [
+          r["run"],
+          f"{r['epochs']:g}",
+          ", ".join(f"{e:.2f}" for e in r["val_top1"]),
+          "-" if r["last_change"] is None else f"{r['last_change']:+.2f}",
+          r["lr_drops"],
+        ]
+        for r in rows
+      ],
+    )
+    + "\n"
+  )
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -475,7 +525,13 @@ def report(root: str) -> tuple[str, list[str]]:
   (out / "curves").mkdir(parents=True, exist_ok=True)
   records = collect(root)
   rows, verdicts = tables(records), claims(records)
-  text = tables_markdown(rows) + "\n" + claims_markdown(verdicts)
+  text = (
+    tables_markdown(rows)
+    + "\n"
+    + claims_markdown(verdicts)
+    + "\n"
+    + convergence_markdown(convergence(root))
+  )
   written = [_write(out / "tables.md", text)]
   written += [_write(out / f"table{t}.csv", to_csv(rows[t])) for t in rows]
   written.append(
