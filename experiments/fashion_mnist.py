@@ -37,11 +37,14 @@ Sweeps sized to converge (DESIGNS; `launch.py sweep --config THIS_FILE:gpu --wor
          first, so what finishes is paired). 3 seeds is the fewest that can decide
          anything: a paired t-interval of about +-2.5 sd of the per-seed difference (t
          4.30, n 3; with 2 seeds t is 12.7, the +-7 points of docs/gpu.md).
-  cpu    2 CPU cores in about 40 minutes: A, B and D of the chain at S=32, 1/8 width,
-         4 epochs, 3 seeds (9 runs). Not converged and weak: at its seed noise (0.5-1
-         point at 1/8 width, docs/ablation_fashion_mnist.md) a 3-seed paired interval is
-         about +-1.5 points, so only a difference of 2 points or more can show; the
-         expected B-A and D-A gains (0.3-0.8 points) will read "inconclusive".
+  cpu    2 CPU cores in about 40 minutes (55 measured with the cores shared,
+         docs/ablation_cpu.md): A, B and D of the chain at S=32, 1/8 width, 4 epochs,
+         3 seeds (9 runs). Not converged (8 of 9 runs were still improving) and weak:
+         the paired differences' std over seeds was 0.7 (B-A) and 1.1 points (D-A),
+         so a 3-seed interval is +-1.6 to +-2.7 points; both depth claims read
+         "inconclusive".
+  depth  the README's first command: cpu's first seed at 2 epochs (A, B, D), 7.2 minutes
+         on 2 idle Intel Xeon AVX-512 cores (top-1 test error A 13.7%, B 12.8%, D 15.9%).
   smoke  the same code paths in about half a minute on an idle CPU (110 s measured with
          the 2 cores loaded 4x): A and B, 1/16 width, 40 steps, 500 test images.
 """

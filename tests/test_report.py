@@ -250,3 +250,4 @@ def test_convergence_lists_each_runs_validation_error_by_epoch(tmp_path):
   text, _ = report.report(str(tmp_path))
   assert "| A_S32_seed0 | 3 | 15.00, 13.00, 12.50 | -0.50 | 1 |" in text
   assert "| B_S32_seed0 | 1 | 20.00 | - | 0 |" in text
+  assert "| dense | test | 1 | 12.50 | 1.00 | 29.6 | 10.4 |" in text  # n = 1: no "± 0.00"

@@ -192,6 +192,11 @@ def _number(value) -> str:
   return "-" if value is None else f"{value:.1f}"
 
 
+def _mean_std(mean: float, std: float, n: int) -> str:
+  """Mean ± std, "12.00 ± 2.83"; one seed has no spread to show."""
+  return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
 def markdown(rows: list[dict]) -> str:
   return markdown_table(
     HEADER,
@@ -205,8 +210,8 @@ def markdown(rows: list[dict]) -> str:
         r["protocol"],
         r["split"],
         r["n"],
-        f"{r['top1_mean']:.2f} ± {r['top1_std']:.2f}",
-        f"{r['top5_mean']:.2f} ± {r['top5_std']:.2f}",
+        _mean_std(r["top1_mean"], r["top1_std"], r["n"]),
+        _mean_std(r["top5_mean"], r["top5_std"], r["n"]),
         _number(r["paper_top1"]),
         _number(r["paper_top5"]),
       ]
