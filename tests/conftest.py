@@ -5,6 +5,8 @@ Test files import the helpers with `from conftest import ...`."""
 import json
 import os
 import socket
+import subprocess
+import sys
 
 from vgg_jax import xla_flags
 
@@ -25,7 +27,7 @@ except ImportError:
 import pytest  # noqa: E402
 
 from vgg_jax import config as config_lib  # noqa: E402
-from vgg_jax import data  # noqa: E402
+from vgg_jax import data, metrics  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION = os.path.join(ROOT, "experiments", "fashion_mnist.py")
@@ -107,3 +109,35 @@ def result(
     top1_err=top1,
     top5_err=top5,
   )
+
+
+TRAIN_TINY = (  # launch.py flags: what `tiny_config` runs in-process
+  "--config.model.width=0.0625",
+  "--config.optim.batch_size=32",
+  "--config.data.eval_split=test[:200]",
+  "--config.log_every_steps=1",
+)
+
+
+def launch(workdir, config_arg, *flags, devices=1, tiny=True):
+  """`launch.py train` in a subprocess with its own simulated CPU devices; `tiny` runs
+  what `tiny_config` runs in-process."""
+  env = dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+  command = [
+    sys.executable,
+    os.path.join(ROOT, "launch.py"),
+    "train",
+    f"--config={ROOT}/experiments/fashion_mnist.py:{config_arg}",
+    f"--workdir={workdir}",
+    *(TRAIN_TINY if tiny else ()),
+    *flags,
+  ]
+  return subprocess.Popen(
+    command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
+
+
+def losses(workdir):
+  return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]

@@ -631,7 +631,7 @@ def test_to_global_passes_global_arrays_through():
 def test_device_backend_trains_as_the_numpy_backend_on_8_devices_and_2_processes(tmp_path):
   """The trainer on device-resident input, 8 simulated devices in one process and two
   real processes of 2 devices (127.0.0.1), against NumPy input on one device."""
-  from tests.test_train import finish, free_port, launch, losses, tiny_config
+  from conftest import finish, free_port, launch, losses, tiny_config
   from vgg_jax import evaluate, train
 
   _, reference = train.train_and_evaluate(tiny_config(steps=4), str(tmp_path / "ref"))

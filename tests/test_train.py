@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, finish, free_port, needs_fashion_mnist, tiny_config
+from conftest import ROOT, finish, free_port, launch, losses, needs_fashion_mnist, tiny_config
+from conftest import TRAIN_TINY as TINY
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
 from vgg_jax import data, lock, metrics, sharding, train
@@ -45,10 +46,6 @@ def finite_weights(state) -> bool:
   return all(
     np.isfinite(x).all() for k, x in flat(state).items() if k.startswith(("params", "opt_state"))
   )
-
-
-def losses(workdir):
-  return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -135,34 +132,6 @@ def test_weight_decay_applies_to_kernels_only():
   lr, wd = 1e-2, 5e-4
   np.testing.assert_allclose(updates["fc6"]["kernel"], -lr * wd * np.ones((2, 2)), rtol=1e-6)
   np.testing.assert_array_equal(updates["fc6"]["bias"], 0)
-
-
-TINY = (
-  "--config.model.width=0.0625",
-  "--config.optim.batch_size=32",
-  "--config.data.eval_split=test[:200]",
-  "--config.log_every_steps=1",
-)
-
-
-def launch(workdir, config_arg, *flags, devices=1, tiny=True):
-  """`launch.py train` in a subprocess with its own simulated CPU devices; `tiny` runs
-  what `tiny_config` runs in-process."""
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
-  )
-  command = [
-    sys.executable,
-    os.path.join(ROOT, "launch.py"),
-    "train",
-    f"--config={ROOT}/experiments/fashion_mnist.py:{config_arg}",
-    f"--workdir={workdir}",
-    *(TINY if tiny else ()),
-    *flags,
-  ]
-  return subprocess.Popen(
-    command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-  )
 
 
 def run_launch(*args, timeout=300) -> subprocess.CompletedProcess:
