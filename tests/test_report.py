@@ -243,7 +243,7 @@ def test_convergence_lists_each_runs_validation_error_by_epoch(tmp_path):
       for i, e in enumerate(errors)
     ]
     (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-  a, b = report.convergence(str(tmp_path))
+  a, b = report.convergence(report.run_metrics(str(tmp_path)))
   assert (a["run"], a["epochs"], a["lr_drops"]) == ("A_S32_seed0", 3, 1)
   assert a["val_top1"] == pytest.approx([15.0, 13.0, 12.5])
   assert a["last_change"] == pytest.approx(-0.5) and b["last_change"] is None

@@ -454,16 +454,24 @@ def depth_figure(rows: list[dict], path: str) -> str:
   return _save(plt, fig, path)
 
 
-def curve_figure(workdir: str, path: str) -> str:
+def run_metrics(root: str) -> dict[str, list[dict]]:
+  """Each run's metrics.jsonl records, by run name, read once for the convergence
+  table and the curves."""
+  return {
+    path.parent.name: metrics_lib.read_metrics(str(path.parent))
+    for path in sorted(paths.Path(root).glob("*/metrics.jsonl"))
+  }
+
+
+def curve_figure(name: str, records: list[dict], path: str) -> str:
   """A run's training loss and validation top-1 error against step."""
   plt = _pyplot()
-  records = metrics_lib.read_metrics(workdir)
   train = [(r["step"], r["loss"]) for r in records if "loss" in r]
   val = [(r["step"], 100 * r["val_top1_err"]) for r in records if "val_top1_err" in r]
   fig, ax = plt.subplots(figsize=(6, 4))
   if train:
     ax.plot(*zip(*train), ".-", color="C0", label="train loss")
-  ax.set(xlabel="step", ylabel="train loss", title=paths.Path(workdir).name)
+  ax.set(xlabel="step", ylabel="train loss", title=name)
   val_ax = ax.twinx()
   if val:
     val_ax.plot(*zip(*val), "o-", color="C1", label="val top-1 error")
@@ -478,18 +486,18 @@ def curve_figure(workdir: str, path: str) -> str:
 CONVERGENCE_HEADER = ["run", "epochs", "val top-1 % by epoch", "last epoch's change", "LR drops"]
 
 
-def convergence(root: str) -> list[dict]:
+def convergence(metrics: dict[str, list[dict]]) -> list[dict]:
   """Each run's validation top-1 error at every validation: a run whose error still
   falls over its last epoch by more than the seeds differ has not converged, and its
-  table rows compare nets stopped early, not trained ones."""
+  table rows compare nets stopped early, not trained ones. `metrics`: `run_metrics`."""
   rows = []
-  for metrics_path in sorted(paths.Path(root).glob("*/metrics.jsonl")):
-    val = [r for r in metrics_lib.read_metrics(str(metrics_path.parent)) if "val_top1_err" in r]
+  for name, records in metrics.items():
+    val = [r for r in records if "val_top1_err" in r]
     if val:
       errors = [100 * r["val_top1_err"] for r in val]
       rows.append(
         dict(
-          run=metrics_path.parent.name,
+          run=name,
           epochs=val[-1].get("epoch", len(val)),
           val_top1=errors,
           last_change=errors[-1] - errors[-2] if len(errors) > 1 else None,
@@ -528,14 +536,14 @@ def report(root: str) -> tuple[str, list[str]]:
   """Writes ROOT/report/; returns the Markdown and the paths written."""
   out = paths.Path(root) / "report"
   (out / "curves").mkdir(parents=True, exist_ok=True)
-  records = collect(root)
+  records, metrics = collect(root), run_metrics(root)
   rows, verdicts = tables(records), claims(records)
   text = (
     tables_markdown(rows)
     + "\n"
     + claims_markdown(verdicts)
     + "\n"
-    + convergence_markdown(convergence(root))
+    + convergence_markdown(convergence(metrics))
   )
   written = [_write(out / "tables.md", text)]
   written += [_write(out / f"table{t}.csv", to_csv(rows[t])) for t in rows]
@@ -546,9 +554,8 @@ def report(root: str) -> tuple[str, list[str]]:
     )
   )
   written.append(depth_figure(rows[3], paths.join(out, "depth_vs_error.png")))
-  for metrics_path in sorted(paths.Path(root).glob("*/metrics.jsonl")):
-    workdir = metrics_path.parent
-    written.append(curve_figure(str(workdir), paths.join(out, "curves", workdir.name + ".png")))
+  for name, run in metrics.items():
+    written.append(curve_figure(name, run, paths.join(out, "curves", name + ".png")))
   return text, written
 
 
