@@ -139,5 +139,25 @@ def launch(workdir, config_arg, *flags, devices=1, tiny=True):
   )
 
 
+def train_on_two_processes(workdir, config_arg, *flags) -> list[str]:
+  """`launch.py train` as two real processes on 127.0.0.1, 2 simulated CPU devices each
+  (a 4-way data mesh); their outputs, once both finished."""
+  port = free_port()
+  workers = [
+    launch(
+      workdir,
+      config_arg,
+      *flags,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      "--config.mesh=(('data', 4), ('model', 1))",
+      devices=2,
+    )
+    for i in range(2)
+  ]
+  return [finish(w) for w in workers]
+
+
 def losses(workdir):
   return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]

@@ -631,7 +631,7 @@ def test_to_global_passes_global_arrays_through():
 def test_device_backend_trains_as_the_numpy_backend_on_8_devices_and_2_processes(tmp_path):
   """The trainer on device-resident input, 8 simulated devices in one process and two
   real processes of 2 devices (127.0.0.1), against NumPy input on one device."""
-  from conftest import finish, free_port, launch, losses, tiny_config
+  from conftest import losses, tiny_config, train_on_two_processes
   from vgg_jax import evaluate, train
 
   _, reference = train.train_and_evaluate(tiny_config(steps=4), str(tmp_path / "ref"))
@@ -648,19 +648,8 @@ def test_device_backend_trains_as_the_numpy_backend_on_8_devices_and_2_processes
   ]
   assert dense[0]["count"] == dense[1]["count"] == 20
   assert dense[0]["top5_hits"] == dense[1]["top5_hits"]
-  port = free_port()
-  workers = [
-    launch(
-      tmp_path / "two",
-      "quick,backend=device",
-      "--config.optim.max_steps=4",
-      f"--coordinator_address=127.0.0.1:{port}",
-      "--num_processes=2",
-      f"--process_id={i}",
-      "--config.mesh=(('data', 4), ('model', 1))",
-      devices=2,
-    )
-    for i in range(2)
-  ]
-  assert "final: top-1 error" in [finish(w) for w in workers][0]
+  outputs = train_on_two_processes(
+    tmp_path / "two", "quick,backend=device", "--config.optim.max_steps=4"
+  )
+  assert "final: top-1 error" in outputs[0]
   np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "ref"), rtol=1e-4)

@@ -16,7 +16,15 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import ROOT, finish, free_port, launch, losses, needs_fashion_mnist, tiny_config
+from conftest import (
+  ROOT,
+  finish,
+  launch,
+  losses,
+  needs_fashion_mnist,
+  tiny_config,
+  train_on_two_processes,
+)
 from conftest import TRAIN_TINY as TINY
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
@@ -169,21 +177,7 @@ def restore(config, workdir, step=None):
 def test_two_processes_agree_with_one(tmp_path, reference):
   """Two real processes on 127.0.0.1 (2 CPU devices each, gloo collectives) train on
   the same global batches as the one-device reference."""
-  port = free_port()
-  workers = [
-    launch(
-      tmp_path,
-      "quick,backend=numpy",
-      "--config.optim.max_steps=6",
-      f"--coordinator_address=127.0.0.1:{port}",
-      "--num_processes=2",
-      f"--process_id={i}",
-      "--config.mesh=(('data', 4), ('model', 1))",
-      devices=2,
-    )
-    for i in range(2)
-  ]
-  outputs = [finish(w) for w in workers]
+  outputs = train_on_two_processes(tmp_path, "quick,backend=numpy", "--config.optim.max_steps=6")
   assert "final: top-1 error" in outputs[0]
   ref_state, ref_dir, _ = reference
   np.testing.assert_allclose(losses(tmp_path), losses(ref_dir), rtol=1e-4)
