@@ -4,9 +4,11 @@ Test files import the helpers with `from conftest import ...`."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 
 from vgg_jax import xla_flags
 
@@ -16,6 +18,17 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 xla_flags.apply_cpu_defaults()  # as every entry point does; VGG_JAX_XLA_CPU_DEFAULTS=0: off
+
+# One persistent compilation cache for the whole run: the pytest process that imports this
+# first (xdist's controller, or plain pytest) names it, and its workers and every
+# subprocess a test starts inherit it. The suite compiles the same tiny programs in many
+# processes; from the second on they load in a fraction of the time (the cache's keys are
+# the program, the devices and the XLA flags). A user's own cache directory wins.
+OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if OWN_COMPILATION_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vgg_jax_tests_jax_cache_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 # torchvision's native libraries crash the process when loaded after TensorFlow's (the
 # other order works), and one pytest worker may run both kinds of test: load it first.
@@ -41,6 +54,12 @@ NO_FASHION_MNIST = "needs `apt-get install dataset-fashion-mnist` (setup.sh inst
 needs_fashion_mnist = pytest.mark.skipif(not HAS_FASHION_MNIST, reason=NO_FASHION_MNIST)
 
 
+def pytest_unconfigure(config):
+  """The run's compilation cache goes with the process that made it."""
+  if OWN_COMPILATION_CACHE:
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
 def tiny_config(steps=4, devices=1, model_axis=1, arg="quick,backend=numpy", **optim):
   """A few steps of a 1/16-width A on real Fashion-MNIST (NumPy input: the same global
   batches for any device or process count)."""
@@ -51,6 +70,20 @@ def tiny_config(steps=4, devices=1, model_axis=1, arg="quick,backend=numpy", **o
   c.mesh = (("data", devices // model_axis), ("model", model_axis))
   c.log_every_steps = 1
   return c
+
+
+@pytest.fixture
+def sweep_cache(monkeypatch):
+  """For a test of the sweep's own cache (ROOT/jax_cache): the suite's is unset, and
+  JAX's is pointed back at it afterwards (an in-process sweep sets it to the root)."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cc
+
+  monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+  before = jax.config.jax_compilation_cache_dir
+  yield
+  jax.config.update("jax_compilation_cache_dir", before)
+  cc.reset_cache()
 
 
 def finish(process, timeout=900, status=0):

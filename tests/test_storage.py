@@ -123,21 +123,8 @@ def test_a_bucket_s_lock_is_advisory_and_names_its_holder(bucket):
       pass
 
 
-@pytest.fixture
-def compilation_cache_restored():
-  """The in-process sweep points JAX's persistent cache at its root; point it back."""
-  from jax.experimental.compilation_cache import compilation_cache as cc
-
-  before = jax.config.jax_compilation_cache_dir
-  yield
-  jax.config.update("jax_compilation_cache_dir", before)
-  cc.reset_cache()
-
-
 @needs_fashion_mnist
-def test_a_sweep_in_a_bucket_trains_resumes_evaluates_and_reports(
-  bucket, compilation_cache_restored, capsys
-):
+def test_a_sweep_in_a_bucket_trains_resumes_evaluates_and_reports(bucket, sweep_cache, capsys):
   """A run stopped at step 2, then the sweep that resumes it to step 4 and evaluates it,
   then `launch.py eval --configured` and `launch.py report`, all with the root gs://."""
   import launch

@@ -365,7 +365,9 @@ def test_no_run_starts_once_the_time_budget_is_spent(tmp_path, monkeypatch):
 
 
 @needs_fashion_mnist
-def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(tmp_path, capfd):
+def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(
+  tmp_path, capfd, sweep_cache
+):
   """In one process: A seed 0 'killed' after 2 of its 4 steps resumes; A seed 1 reuses
   its compiled programs; B warm-starts from A; each run keeps its own workdir, metrics
   and evaluations, and A + B is evaluated as an ensemble; JAX's persistent cache fills

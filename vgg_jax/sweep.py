@@ -199,7 +199,11 @@ class CommandFailed(RuntimeError):
 
 
 def compilation_cache_dir(root: str) -> str:
-  return paths.join(paths.absolute(root), "jax_cache")
+  """ROOT/jax_cache, or the cache directory the user set (JAX_COMPILATION_CACHE_DIR):
+  theirs wins, one cache for all their sweeps."""
+  return os.environ.get("JAX_COMPILATION_CACHE_DIR") or paths.join(
+    paths.absolute(root), "jax_cache"
+  )
 
 
 def enable_compilation_cache(root: str) -> None:
