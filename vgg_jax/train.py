@@ -258,6 +258,11 @@ def run_hyper(config: ml_collections.ConfigDict) -> dict:
 # Fields of config.optim that reach the program only through `run_hyper` or the loop.
 PER_RUN_OPTIM = ("lr", "epochs", "max_steps", "batch_size", "plateau_from_epoch")
 _COMPILED: dict[tuple, tuple] = {}  # program key -> the jitted functions, shared
+# The initialiser runs once, but XLA's CPU backend spent 10-14 s optimising it (D at 1/16
+# width, mostly the random number generator) against 1.4-1.9 s unoptimised: unoptimised
+# it is. The random bits are the same; a normal draw can differ from the optimised
+# program's in a float's last place (LLVM contracts differently), never between runs.
+INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
 
 def program_key(
@@ -336,7 +341,11 @@ def compile_program(
   return (
     ckpt_lib.abstract_like(abstract_state, state_sharding),
     batch_sharding,
-    jax.jit(init_state, out_shardings=state_sharding),
+    jax.jit(
+      init_state,
+      out_shardings=state_sharding,
+      compiler_options=INIT_COMPILER_OPTIONS.get(mesh.devices.flat[0].platform),
+    ),
     step,
     evaluate_batch,
     plateau_update,
