@@ -500,14 +500,17 @@ def test_the_gpu_designs_he_arm_trains_on_the_papers_raw_pixels():
 
 def test_the_designs_hold_the_lr_for_their_first_epochs_but_not_when_fine_tuning():
   """gpu: no LR drop before epoch 5 for runs from scratch or warm-started from A; the
-  fine-tunings (from a trained net) and the cpu and smoke designs keep the paper's rule."""
+  fine-tunings (from a trained net) and the cpu and smoke designs keep the paper's rule;
+  cpu's last epoch is at LR / 10 as well."""
   config_file, runs = sweep.load_sweep(f"{FASHION}:gpu")
   for run in runs:
     config = sweep.run_config(run, config_file, "/root")
     assert config.optim.plateau_from_epoch == (0 if run.layers == "all" else 5)
-  for design in ("cpu", "smoke"):
+  for design, drops in (("cpu", (3,)), ("smoke", ()), ("depth", ())):
     config_file, runs = sweep.load_sweep(f"{FASHION}:{design}")
-    assert {sweep.run_config(r, config_file, "/root").optim.plateau_from_epoch for r in runs} == {0}
+    configs = [sweep.run_config(r, config_file, "/root") for r in runs]
+    assert {c.optim.plateau_from_epoch for c in configs} == {0}
+    assert {tuple(c.optim.lr_drop_epochs) for c in configs} == {drops}  # cpu: 4th at LR/10
 
 
 def test_table6_ensembles_pair_d_with_e_and_the_best_two_per_seed(tmp_path, monkeypatch):

@@ -439,6 +439,20 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
   assert all(np.isfinite(r["loss"]) for r in bad)  # only finite losses were logged
 
 
+def test_lr_drop_epochs_divide_the_lr_after_their_validation(tmp_path):
+  """4 steps an epoch, 3 epochs, a drop after epoch 2 and a plateau rule that never
+  fires: the steps of epoch 3 train at LR / 10, and it is logged."""
+  config = tiny_config(steps=0, lr_drop_epochs=(2,), epochs=3, plateau_patience=9)
+  config.data.train_split = "train[:128]"
+  train.train_and_evaluate(config, str(tmp_path))
+  records = metrics.read_metrics(str(tmp_path))
+  assert [r["lr"] for r in records if "loss" in r] == pytest.approx([1e-2] * 8 + [1e-3] * 4)
+  assert [r["lr_drops"] for r in records if "val_top1_err" in r] == [0, 1, 1]
+  config.optim.lr_drop_epochs = (1.5,)
+  with pytest.raises(config_lib.ConfigError, match="lr_drop_epochs"):
+    train.train_and_evaluate(config, str(tmp_path / "bad"))
+
+
 def test_metrics_tensorboard_and_config_are_written(tmp_path, reference):
   _, workdir, result = reference
   records = metrics.read_metrics(workdir)

@@ -58,6 +58,10 @@ def base_config() -> ml_collections.ConfigDict:
     plateau_max_drops=3,
     plateau_min_delta=1e-4,
     plateau_from_epoch=0,
+    # LR / plateau_factor after each of these epochs as well (our choice, for runs too
+    # short for the rule to fire: a 4-epoch run ends before a plateau shows; () is the
+    # paper's rule alone). Counted in plateau_max_drops.
+    lr_drop_epochs=(),
   )
 
   # Start from another run's weights (Section 3.1's chain): "paper" copies its first
@@ -178,6 +182,13 @@ def _check(config: ml_collections.ConfigDict, data_parallel: int) -> None:
     raise ValueError(f"training scale S={scale} must be at least the crop {config.data.crop}")
   if config.data.eval_scale < config.data.crop:
     raise ValueError(f"eval_scale Q={config.data.eval_scale} is below the crop {config.data.crop}")
+  for epoch in config.optim.lr_drop_epochs:
+    if not (isinstance(epoch, int) and epoch > 0 and epoch % config.eval_every_epochs == 0):
+      raise ValueError(
+        f"lr_drop_epochs {tuple(config.optim.lr_drop_epochs)}: the LR drops after a "
+        f"validation, so each must be a whole epoch that eval_every_epochs="
+        f"{config.eval_every_epochs} validates"
+      )
   for spec in config.evaluations:
     parse_evaluation(spec)
   profiling.check_steps(config.profile_steps)

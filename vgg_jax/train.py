@@ -256,7 +256,14 @@ def run_hyper(config: ml_collections.ConfigDict) -> dict:
 
 
 # Fields of config.optim that reach the program only through `run_hyper` or the loop.
-PER_RUN_OPTIM = ("lr", "epochs", "max_steps", "batch_size", "plateau_from_epoch")
+PER_RUN_OPTIM = (
+  "lr",
+  "epochs",
+  "max_steps",
+  "batch_size",
+  "plateau_from_epoch",
+  "lr_drop_epochs",
+)
 _COMPILED: dict[tuple, tuple] = {}  # program key -> the jitted functions, shared
 # The initialiser runs once, but XLA's CPU backend spent 10-14 s optimising it (D at 1/16
 # width, mostly the random number generator) against 1.4-1.9 s unoptimised: unoptimised
@@ -435,13 +442,16 @@ class Run:
       self.writer.write(step, dict(metrics, img_per_s=rate, epoch=step / self.steps_per_epoch))
 
   def validate(self, step: int, state: dict) -> tuple[dict, dict]:
-    """Validation error after `step`, fed to the LR plateau from `plateau_from_epoch` on:
-    the new state and the result."""
+    """Validation error after `step`, fed to the LR plateau from `plateau_from_epoch` on,
+    then the drop of `lr_drop_epochs` if this is one: the new state and the result."""
     self.flush()
     result = evaluate(self.program, state, self.eval_data)
-    plateau = state["plateau"]
-    if step >= self.config.optim.plateau_from_epoch * self.steps_per_epoch:
+    optim, plateau = self.config.optim, state["plateau"]
+    if step >= optim.plateau_from_epoch * self.steps_per_epoch:
       plateau = self.program.plateau(plateau, result["val_top1_err"])
+    if step in (e * self.steps_per_epoch for e in optim.lr_drop_epochs):
+      floor = optim.plateau_factor**optim.plateau_max_drops
+      plateau = plateau._replace(scale=jnp.maximum(plateau.scale * optim.plateau_factor, floor))
     scale = float(plateau.scale)
     result.update(
       epoch=step / self.steps_per_epoch,
