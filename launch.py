@@ -355,10 +355,11 @@ def convert_main(f: flags.FlagValues, path: str):
   VGG16/VGG19 (.keras/.h5) from FILE and writes it as a vgg_jax orbax checkpoint (read
   it with weights.load_orbax)."""
   import vgg_jax
-  from vgg_jax import weights
+  from vgg_jax import lock, weights
 
   model = weights.import_file(f["from"].value, path)
-  directory = weights.save_orbax(model, f.to)
+  with lock.workdir_lock(f.to, "convert"):  # a trainer there would lose its checkpoints
+    directory = weights.save_orbax(model, f.to)
   print(
     f"VGG-{model.cfg.name} ({vgg_jax.count_params(model):,} parameters) from {path} "
     f"written to {directory}; read it with weights.load_orbax({f.to!r}, model) "

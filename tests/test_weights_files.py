@@ -11,7 +11,7 @@ from flax import nnx
 
 import vgg_jax
 from vgg_jax import checkpoint as ckpt_lib
-from vgg_jax import weights
+from vgg_jax import lock, weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(num_classes=10, width=1 / 16, image_size=32, batch_norm=True)
@@ -69,12 +69,14 @@ def test_weights_of_a_training_workdir_without_its_optimiser(tmp_path):
 
 
 def test_launch_convert_from_torchvision(tmp_path):
+  """Refused, in one line and writing nothing, while another process holds the output
+  directory's lock (a trainer's workdir); written once it is free."""
   torch = pytest.importorskip("torch", reason="torch is not installed (setup.sh --test)")
   torchvision = pytest.importorskip("torchvision", reason="torchvision is not installed")
   torch.manual_seed(0)
   net = torchvision.models.vgg11_bn(weights=None, num_classes=7)
   torch.save(net.state_dict(), tmp_path / "vgg11_bn.pth")
-  out = subprocess.run(
+  convert = lambda: subprocess.run(  # noqa: E731
     [
       sys.executable,
       "launch.py",
@@ -88,6 +90,12 @@ def test_launch_convert_from_torchvision(tmp_path):
     text=True,
     timeout=300,
   )
+  with lock.workdir_lock(str(tmp_path / "converted"), "train"):
+    refused = convert()
+  assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
+  assert f"in use by train (pid {os.getpid()} on " in refused.stderr.strip().splitlines()[-1]
+  assert os.listdir(tmp_path / "converted") == []
+  out = convert()
   assert out.returncode == 0, out.stderr[-3000:]
   assert "VGG-A (" in out.stdout
   expected = weights.load_torchvision(
