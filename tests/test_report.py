@@ -234,20 +234,27 @@ def test_claims_pair_seeds_and_say_what_reproduced(tmp_path):
 
 
 def test_convergence_lists_each_runs_validation_error_by_epoch(tmp_path):
-  """Validation records (not training ones) give the row; the last epoch's change is
-  the difference of the last two."""
+  """Validation records give the row; the last epoch's change is the difference of the
+  last two; the training loss is averaged over each half of the last epoch."""
   for name, errors in (("A_S32_seed0", [0.15, 0.13, 0.125]), ("B_S32_seed0", [0.2])):
     write_run(tmp_path, name, 0, [result(name[0], "32", [32], "dense", errors[-1], 0.01)])
     lines = [dict(step=1, loss=2.0)] + [
       dict(step=10 * (i + 1), val_top1_err=e, epoch=i + 1, lr_drops=int(i == 2))
       for i, e in enumerate(errors)
     ]
+    if name.startswith("A"):  # epoch 2 (not counted), then the last: 0.5 and 0.3 a half
+      lines += [dict(step=18, loss=9.0, epoch=1.75)]
+      lines += [
+        dict(step=int(10 * e), loss=x, epoch=e)
+        for x, e in ((0.6, 2.25), (0.4, 2.5), (0.3, 2.75), (0.3, 3))
+      ]
     (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
   a, b = report.convergence(report.run_metrics(str(tmp_path)))
   assert (a["run"], a["epochs"], a["lr_drops"]) == ("A_S32_seed0", 3, 1)
   assert a["val_top1"] == pytest.approx([15.0, 13.0, 12.5])
   assert a["last_change"] == pytest.approx(-0.5) and b["last_change"] is None
+  assert a["last_epoch_loss"] == pytest.approx((0.5, 0.3)) and b["last_epoch_loss"] is None
   text, _ = report.report(str(tmp_path))
-  assert "| A_S32_seed0 | 3 | 15.00, 13.00, 12.50 | -0.50 | 1 |" in text
-  assert "| B_S32_seed0 | 1 | 20.00 | - | 0 |" in text
+  assert "| A_S32_seed0 | 3 | 15.00, 13.00, 12.50 | -0.50 | 1 | 0.500 → 0.300 |" in text
+  assert "| B_S32_seed0 | 1 | 20.00 | - | 0 | - |" in text
   assert "| dense | test | 1 | 12.50 | 1.00 | 29.6 | 10.4 |" in text  # n = 1: no "± 0.00"

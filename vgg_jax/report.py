@@ -483,35 +483,56 @@ def curve_figure(name: str, records: list[dict], path: str) -> str:
 # ------------------------------------------------------------------------- convergence
 
 
-CONVERGENCE_HEADER = ["run", "epochs", "val top-1 % by epoch", "last epoch's change", "LR drops"]
+CONVERGENCE_HEADER = [
+  "run",
+  "epochs",
+  "val top-1 % by epoch",
+  "last epoch's change",
+  "LR drops",
+  "train loss, last epoch: 1st → 2nd half",
+]
 
 
 def convergence(metrics: dict[str, list[dict]]) -> list[dict]:
-  """Each run's validation top-1 error at every validation: a run whose error still
-  falls over its last epoch by more than the seeds differ has not converged, and its
-  table rows compare nets stopped early, not trained ones. `metrics`: `run_metrics`."""
+  """Each run's validation top-1 error at every validation, and its mean training loss
+  over each half of its last epoch: a run whose error still falls over its last epoch
+  by more than the seeds differ, or whose loss still falls within it, has not
+  converged, and its table rows compare nets stopped early, not trained ones.
+  `metrics`: `run_metrics`."""
   rows = []
   for name, records in metrics.items():
     val = [r for r in records if "val_top1_err" in r]
     if val:
       errors = [100 * r["val_top1_err"] for r in val]
+      epochs = val[-1].get("epoch", len(val))
       rows.append(
         dict(
           run=name,
-          epochs=val[-1].get("epoch", len(val)),
+          epochs=epochs,
           val_top1=errors,
           last_change=errors[-1] - errors[-2] if len(errors) > 1 else None,
           lr_drops=val[-1].get("lr_drops", 0),
+          last_epoch_loss=last_epoch_loss_halves(records, epochs),
         )
       )
   return rows
+
+
+def last_epoch_loss_halves(records: list[dict], epochs: float) -> tuple[float, float] | None:
+  """Mean logged training loss over (E - 1, E - 1/2] and (E - 1/2, E]."""
+  halves = [
+    [r["loss"] for r in records if "loss" in r and lo < r.get("epoch", -1) <= lo + 0.5]
+    for lo in (epochs - 1, epochs - 0.5)
+  ]
+  return tuple(float(np.mean(h)) for h in halves) if all(halves) else None
 
 
 def convergence_markdown(rows: list[dict]) -> str:
   return (
     "## Convergence: validation error by epoch\n\n"
     "Top-1 error (%) on the validation split after each epoch; the last epoch's change "
-    "in points (negative: still falling).\n\n"
+    "in points (negative: still falling); the mean logged training loss (with dropout) "
+    "over each half of the last epoch (falling: not flat yet).\n\n"
     + markdown_table(
       CONVERGENCE_HEADER,
       [
@@ -521,6 +542,7 @@ def convergence_markdown(rows: list[dict]) -> str:
           ", ".join(f"{e:.2f}" for e in r["val_top1"]),
           "-" if r["last_change"] is None else f"{r['last_change']:+.2f}",
           r["lr_drops"],
+          "-" if r["last_epoch_loss"] is None else "{:.3f} → {:.3f}".format(*r["last_epoch_loss"]),
         ]
         for r in rows
       ],
