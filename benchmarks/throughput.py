@@ -43,6 +43,7 @@ of pooling it to 7 x 7. TensorFlow is never imported: the GPU machines have none
 
 import argparse
 import datetime
+import importlib.util
 import json
 import math
 import os
@@ -290,27 +291,24 @@ def bench_vgg_jax(
 
 
 def torch_baselines(baseline: str, compile_too: bool) -> tuple[list[str], str]:
-  """The torch frameworks to time, and why none are when torch is asked for but absent."""
+  """The torch frameworks to time, and why none are when torch is asked for but absent
+  (looked up, not imported: importing torch takes seconds, and toy widths never use it)."""
   if baseline != "torch":
     return [], ""
-  try:
-    import torch  # noqa: F401
-    import torchvision  # noqa: F401
-  except ImportError as e:
-    return [], f"torch baseline skipped: torch/torchvision not importable ({e})"
+  missing = [name for name in ("torch", "torchvision") if importlib.util.find_spec(name) is None]
+  if missing:
+    return [], f"torch baseline skipped: {' and '.join(missing)} not installed"
   return [name for name, compiles in TORCH_MODES.items() if compile_too or not compiles], ""
+
+
+# torchvision.models' VGGs by Table 1 name (tests/test_benchmarks.py checks the list), so
+# a row without one needs no torch import.
+TORCHVISION_VGGS = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
 
 
 def torchvision_alias(name: str) -> str | None:
   """torchvision's name for a Table 1 config (vgg16 for D), None where it has none."""
-  import torchvision
-
-  names = {
-    config: alias
-    for alias, config in architectures.ALIASES.items()
-    if hasattr(torchvision.models, alias)
-  }
-  return names.get(architectures.canonical_name(name))
+  return TORCHVISION_VGGS.get(architectures.canonical_name(name))
 
 
 def torchvision_vgg(alias: str, resolution: int, num_classes: int):

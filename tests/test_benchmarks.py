@@ -94,6 +94,16 @@ def test_torch_rows_say_why_they_were_not_run(tiny):
 
 
 @pytest.mark.skipif(not has_torch(), reason="torch/torchvision not installed")
+def test_torchvision_has_exactly_the_vggs_the_benchmark_names():
+  import torchvision
+
+  vggs = {name for name in dir(torchvision.models) if re.fullmatch(r"vgg\d+", name)}
+  assert vggs == set(throughput.TORCHVISION_VGGS.values())
+  assert throughput.torchvision_alias("vgg16") == "vgg16"
+  assert throughput.torchvision_alias("C") is None
+
+
+@pytest.mark.skipif(not has_torch(), reason="torch/torchvision not installed")
 def test_torch_eager_baseline_and_ratio():
   args = throughput.parse_args(
     ["--configs", "A", "--batch", "2", "--baseline", "torch", "--no_torch_compile", *TINY]
