@@ -38,14 +38,16 @@ Sweeps sized to converge (DESIGNS; `launch.py sweep --config THIS_FILE:gpu --wor
          first, so what finishes is paired). 3 seeds is the fewest that can decide
          anything: a paired t-interval of about +-2.5 sd of the per-seed difference (t
          4.30, n 3; with 2 seeds t is 12.7, the +-7 points of docs/gpu.md).
-  cpu    2 CPU cores in about 40 minutes (55 measured with the cores shared,
-         docs/ablation_cpu.md): A, B and D of the chain at S=32, 1/8 width, 4 epochs,
-         3 seeds (9 runs). Not converged (8 of 9 runs were still improving) and weak:
-         the paired differences' std over seeds was 0.7 (B-A) and 1.1 points (D-A),
-         so a 3-seed interval is +-1.6 to +-2.7 points; both depth claims read
-         "inconclusive".
-  depth  the README's first command: cpu's first seed at 2 epochs (A, B, D), 7.2 minutes
-         on 2 idle Intel Xeon AVX-512 cores (top-1 test error A 13.7%, B 12.8%, D 15.9%).
+  cpu    2 CPU cores in 35 minutes (34.6 measured on idle AVX-512 cores,
+         docs/ablation_cpu.md): A, B and D of the chain at S=32, 1/8 width, 3 seeds
+         (9 runs), 4 epochs, the last at LR / 10 (`drop_at=3`, our choice: 4 epochs
+         are too few for the paper's rule to fire; without it 8 of 9 runs were still
+         improving). The training loss is flat over the last epoch in every run. The
+         paired differences' std over seeds was 0.67 (B-A) and 0.11 points (D-A), so
+         a 3-seed interval is +-1.7 and +-0.27 points.
+  depth  the README's first command: cpu's first seed at 2 epochs without the final drop
+         (A, B, D), 6.0 minutes on 2 idle Intel Xeon AVX-512 cores (top-1 test error
+         A 13.7%, B 12.8%, D 15.9%).
   smoke  the same code paths in about half a minute on an idle CPU (110 s measured with
          the 2 cores loaded 4x): A and B, 1/16 width, 40 steps, 500 test images.
 """
