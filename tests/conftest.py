@@ -26,7 +26,9 @@ xla_flags.apply_cpu_defaults()  # as every entry point does; VGG_JAX_XLA_CPU_DEF
 # the program, the devices and the XLA flags). A user's own cache directory wins.
 OWN_COMPILATION_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if OWN_COMPILATION_CACHE:
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="vgg_jax_tests_jax_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(  # JAX makes it on its first write
+    tempfile.gettempdir(), f"vgg_jax_tests_jax_cache_{os.getpid()}"
+  )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
