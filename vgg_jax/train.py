@@ -266,9 +266,9 @@ PER_RUN_OPTIM = (
 )
 _COMPILED: dict[tuple, tuple] = {}  # program key -> the jitted functions, shared
 # The initialiser runs once, but XLA's CPU backend spent 10-14 s optimising it (D at 1/16
-# width, mostly the random number generator) against 1.4-1.9 s unoptimised: unoptimised
-# it is. The random bits are the same; a normal draw can differ from the optimised
-# program's in a float's last place (LLVM contracts differently), never between runs.
+# width) against 1.4-1.9 s unoptimised: unoptimised it is. The random bits are the same;
+# a normal draw can differ from the optimised program's in a float's last place (LLVM
+# contracts differently), never between runs.
 INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 
 
