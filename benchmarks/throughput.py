@@ -301,9 +301,11 @@ def torch_baselines(baseline: str, compile_too: bool) -> tuple[list[str], str]:
   return [name for name, compiles in TORCH_MODES.items() if compile_too or not compiles], ""
 
 
-# torchvision.models' VGGs by Table 1 name (tests/test_benchmarks.py checks the list), so
-# a row without one needs no torch import.
-TORCHVISION_VGGS = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
+# torchvision.models' VGGs by Table 1 name: our aliases but vgg11_lrn (tests/test_benchmarks.py
+# checks them against torchvision), so a row without one needs no torch import.
+TORCHVISION_VGGS = {
+  config: alias for alias, config in architectures.ALIASES.items() if re.fullmatch(r"vgg\d+", alias)
+}
 
 
 def torchvision_alias(name: str) -> str | None:
