@@ -81,8 +81,13 @@ def make_plateau(optim: ml_collections.ConfigDict) -> optax.GradientTransformati
     patience=optim.plateau_patience,
     rtol=0.0,
     atol=optim.plateau_min_delta,
-    min_scale=optim.plateau_factor**optim.plateau_max_drops * (1 - 1e-6),
+    min_scale=lowest_lr_scale(optim) * (1 - 1e-6),
   )
+
+
+def lowest_lr_scale(optim: ml_collections.ConfigDict) -> float:
+  """The LR scale after `plateau_max_drops` drops, the rule's and `lr_drop_epochs`' together."""
+  return optim.plateau_factor**optim.plateau_max_drops
 
 
 def lr_drops(scale: float, factor: float) -> int:
@@ -450,8 +455,8 @@ class Run:
     if step >= optim.plateau_from_epoch * self.steps_per_epoch:
       plateau = self.program.plateau(plateau, result["val_top1_err"])
     if step in (e * self.steps_per_epoch for e in optim.lr_drop_epochs):
-      floor = optim.plateau_factor**optim.plateau_max_drops
-      plateau = plateau._replace(scale=jnp.maximum(plateau.scale * optim.plateau_factor, floor))
+      dropped = jnp.maximum(plateau.scale * optim.plateau_factor, lowest_lr_scale(optim))
+      plateau = plateau._replace(scale=dropped)
     scale = float(plateau.scale)
     result.update(
       epoch=step / self.steps_per_epoch,
