@@ -12,8 +12,11 @@ parts not yet run:
               torchvision eager and torch.compile in the same process, with the ratios
               (rows written after each config)             -> throughput.md, .json
   profile     a jax.profiler trace of D's train step (5 steps after warm-up), summed per
-              kind of op and per layer (benchmarks/profile_summary.py) -> profile.md;
-              the trace, the step's optimised HLO and the summary as JSON -> profile.tar.gz
+              kind of op and per layer (benchmarks/profile_summary.py); then the
+              ablation's first run trained by `launch.py train` for 172 steps, 20 of them
+              traced by its profiler switch (config.profile_steps): whether the small
+              nets' loop leaves the device waiting on the host -> profile.md; the traces,
+              the steps' optimised HLO and the summaries as JSON -> profile.tar.gz
   levers      D's step with each lever of the tuned step on and off (VGGConfig's pool
               and relu_grad; XLA's conv fusion as a compiler option, GPU only), img/s and
               the ratio to today's step, in one process         -> levers.md
@@ -32,6 +35,7 @@ DIR, so DIR holds eight files at most. TensorFlow is never imported.
 import argparse
 import dataclasses
 import datetime
+import functools
 import glob
 import json
 import os
@@ -49,8 +53,8 @@ if __package__ in (None, ""):  # run as `python benchmarks/device_run.py`
   sys.path.insert(0, ROOT)
 
 # Seconds each part gets on the accelerator, and in --smoke on a CPU.
-SHARES = {"env": 25, "throughput": 200, "profile": 60, "levers": 85, "ablation": 170}
-SMOKE_SHARES = {"env": 15, "throughput": 40, "profile": 30, "levers": 35, "ablation": 60}
+SHARES = {"env": 20, "throughput": 190, "profile": 100, "levers": 60, "ablation": 170}
+SMOKE_SHARES = {"env": 10, "throughput": 40, "profile": 45, "levers": 30, "ablation": 55}
 ABLATION = "experiments/fashion_mnist.py:gpu"
 SMOKE_ABLATION = "experiments/fashion_mnist.py:smoke"
 # (name, model overrides, XLA compiler options), most telling first. "today" is the
@@ -66,6 +70,8 @@ LEVERS = (
     {"xla_gpu_experimental_enable_conv_fusion": True},
   ),
 )
+# The ablation's loop in the profile part: (steps before the trace, steps traced).
+LOOP_STEPS = {"full": (150, 20), "smoke": (3, 4)}
 LOG_TAIL = 60  # lines of a part's output copied into log.txt
 MAX_FILE_BYTES = 15 * 2**20
 
@@ -226,20 +232,90 @@ def part_profile(args, size: Size) -> str:
     )
   except Exception as e:
     text = outcome = f"summary failed: {type(e).__name__}: {e}\n"
-  tarball = os.path.join(args.out, "profile.tar.gz")
-  with tarfile.open(tarball, "w:gz") as tar:
-    tar.add(trace_dir, arcname="profile")
-  if os.path.getsize(tarball) > MAX_FILE_BYTES:  # what comes back is at most 16 MiB a file
-    with tarfile.open(tarball, "w:gz") as tar:
-      tar.add(
-        trace_dir,
-        arcname="profile",
-        filter=lambda info: None if info.name.endswith((".xplane.pb", ".trace.json.gz")) else info,
-      )
-    text += "\nThe raw trace was left out of profile.tar.gz: over 15 MiB.\n"
   with open(os.path.join(args.out, "profile.md"), "w") as f:
     f.write(header + text)
-  return outcome
+  tarball = os.path.join(args.out, "profile.tar.gz")
+  pack_profile({"profile": trace_dir}, tarball)  # D's now, the loop's too below
+  loop_dir = os.path.join(args.scratch, "loop")
+  loop_text, loop_outcome = profile_loop(args, loop_dir)
+  with open(os.path.join(args.out, "profile.md"), "a") as f:
+    f.write("\n" + loop_text)
+  pack_profile({"profile": trace_dir, "loop": loop_dir}, tarball)
+  return f"{outcome}; {loop_outcome}"
+
+
+def profile_loop(args, workdir: str) -> tuple[str, str]:
+  """The ablation's first run trained by `launch.py train` for a few steps, some traced
+  with its own profiler switch (config.profile_steps): whether the device waits on the
+  host between the small nets' steps, the one question D's step cannot answer."""
+  from benchmarks import profile_summary
+  from vgg_jax import sweep
+
+  warmup, traced = LOOP_STEPS["smoke" if args.smoke else "full"]
+  config_file, runs = sweep.load_sweep(ablation_spec(args))
+  run = runs[0]
+  command = [
+    sys.executable,
+    os.path.join(ROOT, "launch.py"),
+    "train",
+    f"--config={config_file}:{run.arg}",
+    f"--workdir={workdir}",
+    f"--config.optim.max_steps={warmup + traced + 2}",  # no validation in the trace
+    f"--config.profile_steps=({warmup + 1}, {warmup + traced})",
+  ]
+  status = run_group(
+    command, max(5.0, args.deadline - time.time() - 10), os.path.join(args.scratch, "loop.log")
+  )
+  title = (
+    f"## The ablation's training loop\n\n{os.path.relpath(config_file, ROOT)}'s first run "
+    f"({run.name}: {run.arg}), steps {warmup + 1}-{warmup + traced} traced through "
+    f"`config.profile_steps` in `launch.py train` ({status}). `step` is the train "
+    f"step's own ops; `all` every op on the device, the input's gather and augmentation "
+    f"too; what `all` leaves idle of the span is time the device waited on the host. "
+    f"`python benchmarks/profile_summary.py loop/profile --steps {traced}` in "
+    f"profile.tar.gz's directory gives the step's table again.\n\n"
+  )
+  try:
+    trace = os.path.join(workdir, "profile")
+    hlo_text = profile_summary.load_hlo(trace)  # the profiler's step_hlo.txt
+    step = profile_summary.summarise(trace, hlo_text, steps=traced)
+    every = profile_summary.summarise(trace, hlo_text, module="", steps=traced)
+  except Exception as e:
+    return title + f"summary failed: {type(e).__name__}: {e}\n", f"loop: {status}, no summary"
+  write_json(os.path.join(workdir, "summary.json"), dict(step=step, all=every))
+  rows = [
+    [name, f"{s['span_ms']:.3f}", f"{s['busy_ms']:.3f}", f"{s['idle_ms']:.3f}"]
+    for name, s in (("step", step), ("all", every))
+  ]
+  from vgg_jax.util import markdown_table  # pylint: disable=import-outside-toplevel
+
+  table = markdown_table(["ops", "span (ms/step)", "busy (ms/step)", "idle (ms/step)"], rows)
+  outcome = f"loop: device busy {every['busy_ms']:.2f} of {every['span_ms']:.2f} ms/step"
+  return title + table + "\n\n" + profile_summary.markdown(step), outcome
+
+
+def pack_profile(dirs: dict[str, str], tarball: str) -> None:
+  """{name in the tarball: directory}, checkpoints left out; the raw traces left out too
+  if that is over what comes back from the machine (said in profile.md)."""
+
+  def add(raw: bool):
+    with tarfile.open(tarball, "w:gz") as tar:
+      for name, directory in dirs.items():
+        if os.path.isdir(directory):
+          tar.add(directory, arcname=name, filter=functools.partial(keep, raw=raw))
+
+  def keep(info: tarfile.TarInfo, raw: bool) -> tarfile.TarInfo | None:
+    if "/checkpoints" in info.name or (
+      not raw and info.name.endswith((".xplane.pb", ".trace.json.gz"))
+    ):
+      return None
+    return info
+
+  add(raw=True)
+  if os.path.getsize(tarball) > MAX_FILE_BYTES:  # what comes back is at most 16 MiB a file
+    add(raw=False)
+    with open(os.path.join(os.path.dirname(tarball), "profile.md"), "a") as f:
+      f.write("\nThe raw traces were left out of profile.tar.gz: over 15 MiB.\n")
 
 
 def part_levers(args, size: Size) -> str:
@@ -261,9 +337,7 @@ def part_ablation(args, size: Size) -> str:
   """The sweep, then its report, within the part's deadline; packed without checkpoints."""
   del size
   root = os.path.join(args.scratch, "ablation")
-  spec = args.ablation or (SMOKE_ABLATION if args.smoke else ABLATION)
-  if args.fashion_mnist_dir:
-    spec = with_arg(spec, f"manual_dir={args.fashion_mnist_dir}")
+  spec = ablation_spec(args)
   report_reserve = 25 if not args.smoke else 20
   sweep_s = max(5.0, args.deadline - time.time() - report_reserve)
   launch = [sys.executable, os.path.join(ROOT, "launch.py")]
@@ -376,6 +450,12 @@ def write_levers(out: str, rows: list[dict], size: Size) -> None:
       f"conv fusion: XLA's xla_gpu_experimental_enable_conv_fusion).\n\n{table}\n\n"
       f"```json\n{json.dumps(rows, indent=1)}\n```\n"
     )
+
+
+def ablation_spec(args) -> str:
+  """The sweep SPEC, the Fashion-MNIST directory handed to every run."""
+  spec = args.ablation or (SMOKE_ABLATION if args.smoke else ABLATION)
+  return with_arg(spec, f"manual_dir={args.fashion_mnist_dir}") if args.fashion_mnist_dir else spec
 
 
 def with_arg(spec: str, item: str) -> str:

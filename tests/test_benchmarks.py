@@ -274,6 +274,12 @@ def test_device_run_smoke_writes_every_part_without_tensorflow(tmp_path):
     names = tar.getnames()
   assert "profile/step_hlo.txt" in names and "profile/summary.json" in names
   assert any(name.endswith(".xplane.pb") for name in names)
+  # The ablation's own loop, traced by the trainer's profiler switch, its HLO naming it.
+  loop = profile.split("## The ablation's training loop")[1]
+  assert re.search(r"^\| all \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \|", loop, re.M)
+  assert re.search(r"^\| conv1_1 \|", loop, re.M)
+  assert "loop/profile/step_hlo.txt" in names and "loop/summary.json" in names
+  assert not any("checkpoints" in name for name in names)
 
   levers = (out / "levers.md").read_text()
   assert re.search(r"^\| today \| \d+\.\d+ \| \d+\.\d+ \| 1\.000 \|", levers, re.M)

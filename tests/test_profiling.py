@@ -25,8 +25,12 @@ def test_profile_steps_trace_exactly_those_train_steps(tmp_path):
   config.profile_steps = (2, 3)
   train.train_and_evaluate(config, str(tmp_path))
   assert glob.glob(str(tmp_path / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
-  summary = profile_summary.summarise(str(tmp_path / "profile"))
+  profile = str(tmp_path / "profile")
+  summary = profile_summary.summarise(profile, profile_summary.load_hlo(profile))
   assert summary["executions"] == 2  # steps 2 and 3, nothing else of the train step
+  # The step's HLO, written beside the trace, names every op of it by kind and layer.
+  assert summary["hlo_ops_named"] == summary["events"] > 0
+  assert summary["kinds_ms"].get("conv wgrad", 0) > 0 and "conv1_1" in summary["layers_ms"]
 
 
 @pytest.mark.parametrize("steps", [(3, 2), (0, 4), (-1, 2)])

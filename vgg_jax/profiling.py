@@ -4,8 +4,9 @@ train steps with jax.profiler into WORKDIR/profile.
 TensorBoard reads the trace (`tensorboard --logdir WORKDIR/profile`, the profile tab,
 with the tensorboard-plugin-profile package), and so does
 `python benchmarks/profile_summary.py WORKDIR/profile`, which sums the time per layer
-and kind of op on any machine. jax.profiler writes the trace itself, not through
-`vgg_jax.paths`: whether it reaches a bucket workdir is JAX's (untested here).
+and kind of op on any machine (the step's HLO, written beside the trace, names them).
+jax.profiler writes the trace itself, not through `vgg_jax.paths`: whether it reaches a
+bucket workdir is JAX's (untested here).
 """
 
 import jax
@@ -26,22 +27,34 @@ def check_steps(steps) -> None:
 class StepProfiler:
   """Starts a trace before step `first`, once the steps before it have finished on the
   devices, and stops it after step `last` has finished, so the trace holds exactly those
-  steps' work (two waits on the devices, nothing else changes in the loop)."""
+  steps' work (two waits on the devices, nothing else changes in the loop). Beside the
+  trace, step_hlo.txt: the step's optimised HLO, which names each traced op by layer."""
 
-  def __init__(self, workdir: str, steps):
+  def __init__(self, workdir: str, steps, train_step=None):
     check_steps(steps)
     self.first, self.last = steps
     self.directory = paths.join(workdir, "profile")
+    self.train_step = train_step  # the jitted step, for its HLO
     self.tracing = False
 
-  def step(self, step: int, state) -> None:
-    """Call before running `step`; `state` is what the previous step returned."""
+  def step(self, step: int, state, batch) -> None:
+    """Call before running `step` on `batch`; `state` is what the previous step returned."""
     if step == self.first and self.first:
+      self.write_hlo(state, batch)
       jax.block_until_ready(state)
       jax.profiler.start_trace(self.directory)
       self.tracing = True
     elif step == self.last + 1:
       self.close(state)
+
+  def write_hlo(self, state, batch) -> None:
+    """The step's executable is compiled by now, or is compiled here for the step to use
+    (JAX caches it either way), so this costs a trace of the step, not a compilation."""
+    if self.train_step is None or jax.process_index() != 0:
+      return
+    text = self.train_step.lower(state, batch).compile().as_text()
+    paths.Path(self.directory).mkdir(parents=True, exist_ok=True)
+    paths.write_text(paths.join(self.directory, "step_hlo.txt"), text)
 
   def close(self, state=None) -> None:
     """Stops a running trace (the loop ended inside the traced steps)."""

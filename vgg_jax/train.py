@@ -577,13 +577,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
       train_data.prefetch,
     )
     preemption = Preemption(config.log_every_steps)
-    profiler = profiling.StepProfiler(workdir, config.profile_steps)
+    profiler = profiling.StepProfiler(workdir, config.profile_steps, program.step)
     # A finished run, restored, reports its result again.
     last_eval = evaluate(program, state, eval_data) if start_step >= total_steps else {}
     try:
       for step in range(start_step + 1, total_steps + 1):
-        profiler.step(step, state)
-        state, metrics = program.step(state, next(batches))
+        batch = next(batches)
+        profiler.step(step, state, batch)
+        state, metrics = program.step(state, batch)
         run.step_done(step, metrics)
         if itstime(step, run.eval_every, total_steps):
           state, last_eval = run.validate(step, state)
