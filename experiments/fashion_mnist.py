@@ -34,8 +34,9 @@ Sweeps sized to converge (DESIGNS; `launch.py sweep --config THIS_FILE:gpu --wor
          an H200 (docs/gpu.md, 2026-11-28): 17-21 s a run once compiled, 20-51 s with
          compilation, so about 20 minutes for the 57 runs, not the 2.8 minutes the
          FLOP forecast (20% MFU) gives: these small nets are bound by per-step costs. A
-         shorter window gets what `--time_budget_s` lets finish (seed by seed, S=32 arms
-         first, so what finishes is paired). 3 seeds is the fewest that can decide
+         shorter window gets what `--time_budget_s` lets finish: the chain's S=32 runs
+         of every seed first (Table 3's claims, paired by seed), then the He arm, the
+         fine-tunings, the 64x64 arm. 3 seeds is the fewest that can decide
          anything: a paired t-interval of about +-2.5 sd of the per-seed difference (t
          4.30, n 3; with 2 seeds t is 12.7, the +-7 points of docs/gpu.md).
   cpu    2 CPU cores in 35 minutes (34.6 measured on idle AVX-512 cores,
@@ -273,8 +274,13 @@ def design_sweep(design: dict, arg: str = "") -> list[dict]:
     extra=extra + ",size=64",
     scales=paper.STAND_INS["fashion_mnist@64"],
   )
-  # Stages, so a sweep cut short (--time_budget_s) keeps the depth comparisons whole:
-  # every seed of the S=32 nets of both arms first, then the fine-tunings at S=40 and
-  # [32,48], then the 64x64 arm.
-  stage = lambda run: 1 if "parent" in run and run["layers"] == "all" else 0  # noqa: E731
-  return [dict(run, stage=stage(run)) for run in chain + he] + [dict(run, stage=2) for run in he64]
+  # Stages, so a sweep cut short (--time_budget_s, one accelerator window) keeps whole
+  # comparisons, the paper's first: every seed of the chain's S=32 nets (Table 3's
+  # depth, LRN and 1x1 claims), then the He arm at S=32, then the chain's fine-tunings
+  # at S=40 and [32,48] (Table 4), then the 64x64 arm.
+  finetuned = lambda run: run.get("layers") == "all"  # noqa: E731
+  return (
+    [dict(run, stage=2 if finetuned(run) else 0) for run in chain]
+    + [dict(run, stage=1) for run in he]
+    + [dict(run, stage=3) for run in he64]
+  )

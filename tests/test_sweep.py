@@ -442,6 +442,13 @@ def test_the_gpu_design_fits_eight_h200_minutes_and_pairs_its_arms_by_seed():
   minutes = sum(flops.values()) / (util.PEAK_FLOPS["h200"] * 0.2) / 60
   assert minutes <= 8
   assert f"{minutes:.1f} h200-minutes" in sweep.forecast(runs, config_file, "h200", 0.2, flops)
+  # A window cut short keeps the paper's comparisons first: the chain's S=32 runs of
+  # every seed, seed by seed, then the He arm, the fine-tunings, the 64x64 arm.
+  assert [r.name for r in runs[:18]] == [
+    f"{model}_S32_seed{seed}" for seed in range(3) for model in ("A", "A-LRN", "B", "C", "D", "E")
+  ]
+  arms = [r.name.split("_")[0] if r.name.startswith("he") else r.name.split("_")[1] for r in runs]
+  assert arms[18:] == ["he"] * 12 + ["S40", "S32-48"] * 9 + ["he64"] * 9
   _, smoke = sweep.load_sweep(f"{FASHION}:smoke")
   assert [r.name for r in smoke] == ["A_S32_seed0", "B_S32_seed0"]
   _, seeds5 = sweep.load_sweep(f"{FASHION}:gpu,seeds=5,backend=tfds")
