@@ -1,6 +1,7 @@
 """The six networks against the paper: structure, counts, LRN, the two classifier uses."""
 
 import collections
+import re
 
 import jax
 import jax.numpy as jnp
@@ -447,6 +448,42 @@ def relu_input_users(relu_grad: str) -> list[int]:
 def test_relu_grad_from_output_leaves_the_conv_output_one_user():
   assert relu_input_users("output") == [1] * 8  # A's eight convolutions
   assert relu_input_users("input") == [2] * 8  # the ReLU and its gradient's x > 0
+
+
+def bf16_step() -> tuple:
+  """The trainer's step for A at 1/16 width in bf16 (fp32 parameters), its state, a batch."""
+  from benchmarks import throughput
+  from vgg_jax import sharding, train
+
+  config = throughput.bench_config("A", batch=2, resolution=32, dtype="bfloat16", width=1 / 16)
+  program = train.build_program(
+    config, sharding.make_mesh(config.mesh), throughput.NUM_CLASSES, throughput.CHANNELS
+  )
+  return program, program.init(), throughput.random_batch(program.batch_sharding, 2, 32)
+
+
+def test_bf16_weights_are_cast_once_per_step():
+  """Each fp32 parameter is converted to bf16 once in the step (the backward pass reuses
+  the cast, the optimiser works on fp32): counted in the step's HLO, through reshapes."""
+  program, state, batch = bf16_step()
+  hlo = program.step.lower(state, batch).as_text(dialect="hlo")
+  defined = dict(re.findall(r"^\s*(\S+) = \S+ reshape\((\S+)\)", hlo, re.M))
+  casts = collections.Counter()
+  for operand in re.findall(r"= bf16\[[\d,]*\]\S* convert\((\S+)\)", hlo):
+    operand = defined.get(operand, operand)
+    match = re.match(r"state__params____(\w+?)____(kernel|bias)", operand)
+    if match:
+      casts[match.groups()] += 1
+  layers = state["params"]
+  assert sorted(casts) == sorted((name, kind) for name in layers for kind in layers[name])
+  assert set(casts.values()) == {1}
+
+
+def test_the_step_donates_the_state():
+  program, state, batch = bf16_step()
+  leaves = jax.tree.leaves(state)
+  program.step(state, batch)
+  assert all(leaf.is_deleted() for leaf in leaves)  # updated in place, not copied
 
 
 def test_unknown_lever_values_are_errors():
