@@ -128,7 +128,7 @@ def test_dense_equals_the_average_of_stride_aligned_crops():
 
 def test_multicrop_is_a_5x5_grid_with_flips():
   image = noise(45, 50, 1)
-  views = evaluate.views(image, "multicrop", 32, bucket=32)
+  views = evaluate.views(image[None], "multicrop", 32, bucket=32)
   assert views.shape == (50, 32, 32, 1)
   crops, flips = views[:25], views[25:]
   assert len({c.tobytes() for c in crops}) == 25
@@ -136,8 +136,15 @@ def test_multicrop_is_a_5x5_grid_with_flips():
   for y, x in [(0, 0), (0, 18), (13, 0), (13, 18), (6, 9)]:  # corners, centre
     assert any(np.array_equal(c, image[y : y + 32, x : x + 32]) for c in crops)
   np.testing.assert_array_equal(
-    evaluate.views(image, "single", 32, bucket=32)[0], image[6:38, 9:41]
+    evaluate.views(image[None], "single", 32, bucket=32)[0], image[6:38, 9:41]
   )  # the centre crop is the grid's middle
+  # A batch's views are each image's in turn (the owners the runner gives them).
+  batch = np.stack([image, noise(45, 50, 1, seed=1), image[::-1]])
+  for kind in evaluate.VIEWS:
+    np.testing.assert_array_equal(
+      evaluate.views(batch, kind, 32, bucket=32),
+      np.concatenate([evaluate.views(x[None], kind, 32, bucket=32) for x in batch]),
+    )
   np.testing.assert_array_equal(evaluate.grid_offsets(50, 32), [0, 4, 9, 13, 18])
 
 
@@ -198,7 +205,7 @@ def test_flip_averaging_of_a_symmetric_image_changes_nothing():
       [
         evaluate.softmax(
           runner.logits(
-            evaluate.views(data.rescale_images(trained.config.data, padded, q)[0], "dense", 32, 32)[
+            evaluate.views(data.rescale_images(trained.config.data, padded, q), "dense", 32, 32)[
               :1
             ],
             dense=True,

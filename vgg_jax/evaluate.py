@@ -147,9 +147,10 @@ def dense_side(size: int, crop: int, bucket: int) -> int:
   return max(crop, size - size % bucket) if bucket else size
 
 
-def centre(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  y, x = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
-  return image[y : y + height, x : x + width]
+def centre(images: np.ndarray, height: int, width: int) -> np.ndarray:
+  """The centred height x width window of images [N, H, W, C]."""
+  y, x = (images.shape[1] - height) // 2, (images.shape[2] - width) // 2
+  return images[:, y : y + height, x : x + width]
 
 
 def view_shape(
@@ -162,22 +163,26 @@ def view_shape(
   return dense_side(h, crop, bucket), dense_side(w, crop, bucket), True
 
 
-def views(image: np.ndarray, kind: str, crop: int, bucket: int) -> np.ndarray:
-  """A rescaled, centred image [H, W, C] -> its views [VIEWS[kind], h, w, C]."""
-  h, w = image.shape[:2]
+def views(images: np.ndarray, kind: str, crop: int, bucket: int) -> np.ndarray:
+  """Rescaled, centred images of one size [N, H, W, C] -> their views
+  [N * VIEWS[kind], h, w, C], each image's together (its crops, then their flips)."""
+  h, w = images.shape[1:3]
   if kind == "single":
-    return centre(image, crop, crop)[None]
+    return centre(images, crop, crop)
   if kind == "dense":
-    x = centre(image, dense_side(h, crop, bucket), dense_side(w, crop, bucket))
-    return np.stack([x, x[:, ::-1]])
-  crops = np.stack(
-    [
-      image[y : y + crop, x : x + crop]
-      for y in grid_offsets(h, crop)
-      for x in grid_offsets(w, crop)
-    ]
-  )
-  return np.concatenate([crops, crops[:, :, ::-1]])
+    x = centre(images, dense_side(h, crop, bucket), dense_side(w, crop, bucket))
+    per_image = np.stack([x, x[:, :, ::-1]], 1)
+  else:
+    crops = np.stack(
+      [
+        images[:, y : y + crop, x : x + crop]
+        for y in grid_offsets(h, crop)
+        for x in grid_offsets(w, crop)
+      ],
+      1,
+    )
+    per_image = np.concatenate([crops, crops[:, :, :, ::-1]], 1)
+  return per_image.reshape(-1, *per_image.shape[2:])
 
 
 def fixed_batches(
@@ -257,6 +262,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
+def pad_each(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
+  """`data.pad_images` of raw images of any sizes, those of one size padded together."""
+  padded = [None] * len(images)
+  by_shape = collections.defaultdict(list)
+  for i, image in enumerate(images):
+    by_shape[image.shape].append(i)
+  for members in by_shape.values():
+    stacked = data.pad_images(np.stack([images[i] for i in members]), size)
+    for i, image in zip(members, stacked):
+      padded[i] = image
+  return padded
+
+
 class Runner:
   """One network's views in, soft-max out: fixed-size batches, split over the mesh's
   `data` axis, one compiled program per view shape (`programs`)."""
@@ -314,7 +332,7 @@ class Runner:
     for kind, q in itertools.product(view_kinds(protocol), scales):
       if (kind, q) not in scans:
         if padded is None:
-          padded = [data.pad_images(x[None], self.pad_to)[0] for x in images]
+          padded = pad_each(images, self.pad_to)
         scans[kind, q] = self.scan(padded, kind, q, bucket)
     return np.mean(
       [scans[kind, q] for kind, q in itertools.product(view_kinds(protocol), scales)], 0
@@ -357,9 +375,8 @@ class Runner:
       same = list(same)
       for start in range(0, len(same), self.local_batch):
         part = same[start : start + self.local_batch]
-        for i, image in zip(part, self.rescaled(np.stack([images[i] for i in part]), short_side)):
-          chunk = views(image, kind, self.crop, bucket)
-          yield chunk, np.full(len(chunk), i)
+        rescaled = self.rescaled(np.stack([images[i] for i in part]), short_side)
+        yield views(rescaled, kind, self.crop, bucket), np.repeat(part, VIEWS[kind])
 
 
 # ----------------------------------------------------------------------------- scales

@@ -217,12 +217,28 @@ def fashion_mnist_dir(manual_dir: str = "") -> str:
 
 
 def load_idx_numpy(manual_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """Fashion-MNIST's split ("train" or "test") as uint8 images [N, 28, 28, 1], int32 labels."""
+  """Fashion-MNIST's split ("train" or "test") as uint8 images [N, 28, 28, 1], int32 labels,
+  read-only: parsed once per process while the files are unchanged, as a sweep's runs
+  and their evaluations read the same split many times (a gzip inflate each)."""
   directory = fashion_mnist_dir(manual_dir)
-  image_file, label_file = FASHION_MNIST_FILES[split]
-  images = read_idx(paths.join(directory, image_file))[..., None]
-  labels = read_idx(paths.join(directory, label_file)).astype(np.int32)
+  files = tuple(paths.join(directory, f) for f in FASHION_MNIST_FILES[split])
+  return parsed_idx_pair(files, tuple(modified_ns(f) for f in files))
+
+
+@functools.lru_cache(maxsize=4)
+def parsed_idx_pair(files: tuple[str, str], stamps: tuple) -> tuple[np.ndarray, np.ndarray]:
+  """(images [N, H, W, 1], int32 labels) of an IDX pair; `stamps` keys the cache."""
+  del stamps
+  images = read_idx(files[0])[..., None]
+  labels = read_idx(files[1]).astype(np.int32)
+  for array in (images, labels):
+    array.flags.writeable = False
   return images, labels
+
+
+def modified_ns(path: str) -> int | None:
+  """A local file's modification time (None for a bucket's: read once per process)."""
+  return os.stat(path).st_mtime_ns if paths.is_local(path) else None
 
 
 def load_idx_split(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
