@@ -250,6 +250,7 @@ def profile_loop(args, workdir: str) -> tuple[str, str]:
   host between the small nets' steps, the one question D's step cannot answer."""
   from benchmarks import profile_summary
   from vgg_jax import sweep
+  from vgg_jax.util import markdown_table
 
   warmup, traced = LOOP_STEPS["smoke" if args.smoke else "full"]
   config_file, runs = sweep.load_sweep(ablation_spec(args))
@@ -287,8 +288,6 @@ def profile_loop(args, workdir: str) -> tuple[str, str]:
     [name, f"{s['span_ms']:.3f}", f"{s['busy_ms']:.3f}", f"{s['idle_ms']:.3f}"]
     for name, s in (("step", step), ("all", every))
   ]
-  from vgg_jax.util import markdown_table  # pylint: disable=import-outside-toplevel
-
   table = markdown_table(["ops", "span (ms/step)", "busy (ms/step)", "idle (ms/step)"], rows)
   outcome = f"loop: device busy {every['busy_ms']:.2f} of {every['span_ms']:.2f} ms/step"
   return title + table + "\n\n" + profile_summary.markdown(step), outcome

@@ -2,6 +2,7 @@
 the TF one, tfds' mocked imagenet2012, and the real Fashion-MNIST from the Debian files."""
 
 import functools
+import gzip
 import json
 import os
 import subprocess
@@ -225,6 +226,26 @@ def test_fashion_mnist_stats_are_the_training_set_s():
   stats = data.load_stats("fashion_mnist")
   np.testing.assert_allclose(stats.mean, [images.mean()], rtol=1e-6)
   np.testing.assert_allclose(stats.eigval, [(images / 255.0).var() * 255], rtol=1e-6)
+
+
+def write_idx(path, array: np.ndarray) -> None:
+  """A gzipped IDX file of uint8 `array`, as Fashion-MNIST's."""
+  header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+  path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def test_idx_files_are_parsed_once_until_they_change(tmp_path):
+  images = np.arange(2 * 28 * 28).reshape(2, 28, 28) % 251
+  for split, (image_file, label_file) in data.FASHION_MNIST_FILES.items():
+    write_idx(tmp_path / image_file, images)
+    write_idx(tmp_path / label_file, np.array([3, 7]))
+  first = data.load_idx_numpy(str(tmp_path), "test")
+  np.testing.assert_array_equal(first[0][..., 0], images)
+  assert data.load_idx_numpy(str(tmp_path), "test")[0] is first[0]  # parsed once
+  with pytest.raises(ValueError, match="read-only"):
+    first[0][0, 0, 0, 0] = 1  # shared by every reader, so nobody may change it
+  write_idx(tmp_path / data.FASHION_MNIST_FILES["test"][1], np.array([1, 2, 5]))
+  assert data.load_idx_numpy(str(tmp_path), "test")[1].tolist() == [1, 2, 5]  # read again
 
 
 def test_config_defaults_and_checks():

@@ -222,7 +222,7 @@ def load_idx_numpy(manual_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]
   and their evaluations read the same split many times (a gzip inflate each)."""
   directory = fashion_mnist_dir(manual_dir)
   files = tuple(paths.join(directory, f) for f in FASHION_MNIST_FILES[split])
-  return parsed_idx_pair(files, tuple(modified_ns(f) for f in files))
+  return parsed_idx_pair(files, tuple(file_stamp(f) for f in files))
 
 
 @functools.lru_cache(maxsize=4)
@@ -236,9 +236,10 @@ def parsed_idx_pair(files: tuple[str, str], stamps: tuple) -> tuple[np.ndarray, 
   return images, labels
 
 
-def modified_ns(path: str) -> int | None:
-  """A local file's modification time (None for a bucket's: read once per process)."""
-  return os.stat(path).st_mtime_ns if paths.is_local(path) else None
+def file_stamp(path: str) -> tuple:
+  """(modification time, size) of a file, local or in a bucket: a changed file is read again."""
+  stat = paths.Path(path).stat()
+  return stat.mtime, stat.length
 
 
 def load_idx_split(cfg, split: str) -> tuple[np.ndarray, np.ndarray]:
