@@ -2,6 +2,7 @@
 process per run, measured in the same invocation.
 
   python benchmarks/sweep_overhead.py                    # CPU: about 5 minutes on 2 cores
+  python benchmarks/sweep_overhead.py --ways in-process --test_images 0  # evaluation's host work
 
 The same tiny sweep (A, and B warm-started from it, x 2 seeds: 1/16 width, batch 32,
 `--steps` steps, validation on 256 held-out images, the configured evaluations on 64
@@ -36,8 +37,10 @@ EXPERIMENT = os.path.join(
 )
 
 
-def tiny_sweep(steps: int, seeds: int) -> list[sweep.Run]:
-  extra = f",backend=numpy,width=0.0625,batch=32,steps={steps},holdout=256,test_images=64"
+def tiny_sweep(steps: int, seeds: int, test_images: int = 64) -> list[sweep.Run]:
+  extra = (
+    f",backend=numpy,width=0.0625,batch=32,steps={steps},holdout=256,test_images={test_images}"
+  )
   return sweep.expand(
     sweep.paper_chain((("A", "256"), ("B", "256")), range(seeds), scales={"256": "32"}, extra=extra)
   )
@@ -57,17 +60,29 @@ def timed_sweep(runs: list[sweep.Run], root: str, **kwargs) -> float:
   return seconds
 
 
+WAYS = {
+  "subprocess, no cache": dict(execute=without_cache),
+  "subprocess": dict(subprocesses=True),
+  "in-process": {},
+}  # last: this process then holds the programs it compiled
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--steps", type=int, default=10, help="training steps per run")
   parser.add_argument("--seeds", type=int, default=2)
+  parser.add_argument(
+    "--test_images",
+    type=int,
+    default=64,
+    help="test images each run's evaluations read (0: all 10,000, the evaluations' host work)",
+  )
+  parser.add_argument(
+    "--ways", default=",".join(WAYS), help=f"comma-separated, of: {', '.join(WAYS)}"
+  )
   args = parser.parse_args()
-  runs = tiny_sweep(args.steps, args.seeds)
-  ways = {
-    "subprocess, no cache": dict(execute=without_cache),
-    "subprocess": dict(subprocesses=True),
-    "in-process": {},
-  }  # last: this process then holds the programs it compiled
+  runs = tiny_sweep(args.steps, args.seeds, args.test_images)
+  ways = {way: WAYS[way] for way in args.ways.split(",")}
   seconds = {}
   with tempfile.TemporaryDirectory() as tmp:
     for way, kwargs in ways.items():
@@ -83,7 +98,7 @@ def main():
           len(runs),
           f"{seconds[way]:.1f}",
           f"{per_run[way]:.1f}",
-          f"{per_run[way] / per_run['in-process']:.2f}",
+          f"{per_run[way] / per_run['in-process']:.2f}" if "in-process" in per_run else "n/a",
         ]
         for way in ways
       ],
