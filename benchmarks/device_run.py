@@ -244,10 +244,10 @@ def part_profile(args, size: Size) -> str:
   return f"{outcome}; {loop_outcome}"
 
 
-def profile_loop(args, workdir: str) -> tuple[str, str]:
-  """The ablation's first run trained by `launch.py train` for a few steps, some traced
-  with its own profiler switch (config.profile_steps): whether the device waits on the
-  host between the small nets' steps, the one question D's step cannot answer."""
+def profile_loop(args, root: str) -> tuple[str, str]:
+  """The ablation's first run trained by `launch.py train` in ROOT for a few steps, some
+  traced with its own profiler switch (config.profile_steps): whether the device waits
+  on the host between the small nets' steps, the one question D's step cannot answer."""
   from benchmarks import profile_summary
   from vgg_jax import sweep
   from vgg_jax.util import markdown_table
@@ -255,12 +255,7 @@ def profile_loop(args, workdir: str) -> tuple[str, str]:
   warmup, traced = LOOP_STEPS["smoke" if args.smoke else "full"]
   config_file, runs = sweep.load_sweep(ablation_spec(args))
   run = runs[0]
-  command = [
-    sys.executable,
-    os.path.join(ROOT, "launch.py"),
-    "train",
-    f"--config={config_file}:{run.arg}",
-    f"--workdir={workdir}",
+  command = sweep.train_command(run, config_file, root) + [
     f"--config.optim.max_steps={warmup + traced + 2}",  # no validation in the trace
     f"--config.profile_steps=({warmup + 1}, {warmup + traced})",
   ]
@@ -273,9 +268,10 @@ def profile_loop(args, workdir: str) -> tuple[str, str]:
     f"`config.profile_steps` in `launch.py train` ({status}). `step` is the train "
     f"step's own ops; `all` every op on the device, the input's gather and augmentation "
     f"too; what `all` leaves idle of the span is time the device waited on the host. "
-    f"`python benchmarks/profile_summary.py loop/profile --steps {traced}` in "
+    f"`python benchmarks/profile_summary.py loop/{run.name}/profile --steps {traced}` in "
     f"profile.tar.gz's directory gives the step's table again.\n\n"
   )
+  workdir = os.path.join(root, run.name)
   try:
     trace = os.path.join(workdir, "profile")
     hlo_text = profile_summary.load_hlo(trace)  # the profiler's step_hlo.txt

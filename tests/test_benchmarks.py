@@ -278,7 +278,7 @@ def test_device_run_smoke_writes_every_part_without_tensorflow(tmp_path):
   loop = profile.split("## The ablation's training loop")[1]
   assert re.search(r"^\| all \| \d+\.\d+ \| \d+\.\d+ \| \d+\.\d+ \|", loop, re.M)
   assert re.search(r"^\| conv1_1 \|", loop, re.M)
-  assert "loop/profile/step_hlo.txt" in names and "loop/summary.json" in names
+  assert {"loop/A_S32_seed0/profile/step_hlo.txt", "loop/A_S32_seed0/summary.json"} <= set(names)
   assert not any("checkpoints" in name for name in names)
 
   levers = (out / "levers.md").read_text()
