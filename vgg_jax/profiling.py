@@ -30,7 +30,7 @@ class StepProfiler:
   steps' work (two waits on the devices, nothing else changes in the loop). Beside the
   trace, step_hlo.txt: the step's optimised HLO, which names each traced op by layer."""
 
-  def __init__(self, workdir: str, steps, train_step=None):
+  def __init__(self, workdir: str, steps, train_step):
     check_steps(steps)
     self.first, self.last = steps
     self.directory = paths.join(workdir, "profile")
@@ -50,7 +50,7 @@ class StepProfiler:
   def write_hlo(self, state, batch) -> None:
     """The step's executable is compiled by now, or is compiled here for the step to use
     (JAX caches it either way), so this costs a trace of the step, not a compilation."""
-    if self.train_step is None or jax.process_index() != 0:
+    if jax.process_index() != 0:
       return
     text = self.train_step.lower(state, batch).compile().as_text()
     paths.Path(self.directory).mkdir(parents=True, exist_ok=True)
