@@ -262,13 +262,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
   return e / e.sum(-1, keepdims=True)
 
 
+def same_shape_groups(images: Sequence[np.ndarray], members: Sequence[int]) -> list[list[int]]:
+  """`members` (indices into `images`) grouped by image shape, the shapes in order."""
+  ordered = sorted(members, key=lambda i: images[i].shape)
+  return [list(same) for _, same in itertools.groupby(ordered, key=lambda i: images[i].shape)]
+
+
 def pad_each(images: Sequence[np.ndarray], size: int) -> list[np.ndarray]:
   """`data.pad_images` of raw images of any sizes, those of one size padded together."""
   padded = [None] * len(images)
-  by_shape = collections.defaultdict(list)
-  for i, image in enumerate(images):
-    by_shape[image.shape].append(i)
-  for members in by_shape.values():
+  for members in same_shape_groups(images, range(len(images))):
     stacked = data.pad_images(np.stack([images[i] for i in members]), size)
     for i, image in zip(members, stacked):
       padded[i] = image
@@ -369,10 +372,9 @@ class Runner:
   def view_chunks(
     self, images, members: list[int], kind: str, short_side: int, bucket: int
   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(views, owner) per image, rescaling images of one raw shape together."""
-    by_shape = sorted(members, key=lambda i: images[i].shape)
-    for _, same in itertools.groupby(by_shape, key=lambda i: images[i].shape):
-      same = list(same)
+    """(views, their owners) per part of up to a batch of images of one raw shape,
+    rescaled together."""
+    for same in same_shape_groups(images, members):
       for start in range(0, len(same), self.local_batch):
         part = same[start : start + self.local_batch]
         rescaled = self.rescaled(np.stack([images[i] for i in part]), short_side)
