@@ -6,6 +6,9 @@
       --baseline torch                            # any CPU, in about a minute
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/throughput.py \\
       --devices 1,8 ...                           # the same global batch on 1 and 8 devices
+  python benchmarks/throughput.py --configs A,D --width 1,0.5,0.25,0.125 --batch 32 \\
+      --resolution 32 --dtype float32 --conv xla,gemm,auto --baseline torch \\
+      --no_torch_compile                          # the CPU's convolution lowerings
 
 The step is the trainer's, not a copy: `vgg_jax.train.build_program` jits `train_step` with
 the state's shardings and donation; it is lowered and compiled once, then run on one
@@ -39,6 +42,10 @@ same SGD (momentum, weight decay on weights only), channels_last and bf16 autoca
 and under torch.compile, and gives our img/s per chip over theirs. Away from 224 its
 classifier takes the K x K x 512 feature map (K = resolution / 32) as ours does, instead
 of pooling it to 7 x 7. TensorFlow is never imported: the GPU machines have none.
+
+--conv times our step with each of the model's convolution lowerings (VGGConfig.conv:
+XLA's convolution, one matmul, or per layer by shape); with more than one, a table gives
+each config, width and batch's img/s under each and auto's over the better of the other two.
 """
 
 import argparse
@@ -112,6 +119,7 @@ def bench_config(
   resolution: int,
   dtype: str = "bfloat16",
   width: float = 1.0,
+  conv: str = "auto",
   chips: int = 1,
   sharding: str = "replicated",
   model_axis: int = 1,
@@ -119,7 +127,7 @@ def bench_config(
   """The trainer's config with the paper's recipe (`base_config`) at this size, on the
   first `chips` devices; compute in `dtype`, parameters in float32."""
   c = config_lib.base_config()
-  c.model.update(name=name, width=width, dtype=dtype)
+  c.model.update(name=name, width=width, dtype=dtype, conv=conv)
   c.data.update(crop=resolution, scale=(resolution, resolution), eval_scale=resolution)
   c.optim.batch_size = batch
   c.mesh = (("data", chips // model_axis), ("model", model_axis))
@@ -170,6 +178,7 @@ def row_for(framework: str, config: ml_collections.ConfigDict, **measured) -> di
       resolution=config.data.crop,
       dtype=config.model.dtype,
       width=config.model.width,
+      conv=config.model.conv,
       step_s=None,
       compile_s=None,
       flops_per_image=None,
@@ -413,8 +422,40 @@ def add_ratios(rows: list[dict]) -> None:
   """Our img/s per chip over torch's, on every vgg_jax row with a torch row alike."""
   for ours in (r for r in rows if r["framework"] == "vgg_jax"):
     for theirs in (r for r in rows if r["framework"] in RATIO_KEYS and r["img_s"]):
-      if all(ours[k] == theirs[k] for k in ("config", "batch", "resolution", "dtype")):
+      if all(ours[k] == theirs[k] for k in ("config", "width", "batch", "resolution", "dtype")):
         ours[RATIO_KEYS[theirs["framework"]]] = ours["img_s_per_chip"] / theirs["img_s"]
+
+
+def lowerings(rows: list[dict]) -> list[dict]:
+  """Our img/s per chip under each convolution lowering, per config, width, batch and
+  chips; where all three were timed, auto's over the better of xla and gemm."""
+  groups = {}
+  for r in rows:
+    if r["framework"] == "vgg_jax" and r["img_s_per_chip"]:
+      key = (r["config"], r["width"], r["batch"], r["chips"])
+      groups.setdefault(key, {})[r["conv"]] = r["img_s_per_chip"]
+  table = []
+  for (config, width, batch, chips), img_s in groups.items():
+    if len(img_s) > 1:
+      timed_all = all(c in img_s for c in ("xla", "gemm", "auto"))
+      ratio = img_s["auto"] / max(img_s["xla"], img_s["gemm"]) if timed_all else None
+      table.append(
+        dict(config=config, width=width, batch=batch, chips=chips, img_s=img_s, auto_vs_best=ratio)
+      )
+  return table
+
+
+def lowerings_table(table: list[dict]) -> str:
+  convs = [c for c in ("xla", "gemm", "auto") if any(c in t["img_s"] for t in table)]
+  return markdown_table(
+    ["config", "width", "batch", "chips", *convs, "auto / best of xla, gemm"],
+    [
+      [t["config"], f"{t['width']:g}", t["batch"], t["chips"]]
+      + [fmt(t["img_s"].get(c), ".1f") for c in convs]
+      + [fmt(t["auto_vs_best"], ".2f")]
+      for t in table
+    ],
+  )
 
 
 def scaling(rows: list[dict]) -> list[dict]:
@@ -423,10 +464,8 @@ def scaling(rows: list[dict]) -> list[dict]:
   ours = [r for r in rows if r["framework"] == "vgg_jax"]
   table = []
   for row in ours:
-    base = min(
-      (r for r in ours if (r["config"], r["batch"]) == (row["config"], row["batch"])),
-      key=lambda r: r["chips"],
-    )
+    same = lambda r: all(r[k] == row[k] for k in ("config", "width", "conv", "batch"))  # noqa: E731
+    base = min(filter(same, ours), key=lambda r: r["chips"])
     if base is not row:
       table.append(
         dict(
@@ -474,6 +513,7 @@ def markdown(result: dict) -> str:
     "framework",
     "config",
     "width",
+    "conv",
     "chips",
     "batch",
     "res",
@@ -495,6 +535,7 @@ def markdown(result: dict) -> str:
       r["framework"],
       r["config"],
       f"{r['width']:g}",
+      r["conv"] if r["framework"] == "vgg_jax" else "n/a",
       r["chips"],
       r["batch"],
       r["resolution"],
@@ -536,6 +577,13 @@ def markdown(result: dict) -> str:
         ],
       ),
     ]
+  if result.get("lowerings"):
+    lines += [
+      "",
+      "img/s/chip by convolution lowering, and auto's over the better of xla and gemm:",
+      "",
+      lowerings_table(result["lowerings"]),
+    ]
   lines += [""] + [f"- {note}" for note in result["notes"]]
   return "\n".join(lines).rstrip() + "\n"
 
@@ -569,51 +617,65 @@ def benchmark(
   peak = args.peak_flops or peak_flops(device_kind)
   frameworks, skipped = torch_baselines(args.baseline, not args.no_torch_compile)
   timing = dict(warmup=args.warmup, steps=args.steps, windows=args.windows, peak=peak)
-  size = dict(resolution=args.resolution, dtype=args.dtype, width=args.width)
+  size = dict(resolution=args.resolution, dtype=args.dtype)
   notes = [skipped] if skipped else []
   if peak is None:
     notes.append(f"MFU n/a: no peak FLOP/s known for {device_kind!r} (give --peak_flops)")
   rows = []
+
+  def result():
+    return dict(
+      environment=environment(),
+      rows=rows,
+      scaling=scaling(rows),
+      lowerings=lowerings(rows),
+      notes=notes,
+    )
+
   for name in args.configs:
-    for batch in args.batch:
-      ours = [
-        bench_vgg_jax(
-          bench_config(
-            name,
-            batch=batch,
-            chips=chips,
-            sharding=args.sharding,
-            model_axis=args.model_axis,
-            **size,
-          ),
-          **timing,
-        )
-        for chips in args.devices
-      ]
-      progress(
-        dict(environment=environment(), rows=rows + ours, scaling=scaling(rows + ours), notes=notes)
-      )  # before torch, which could take the process down
-      theirs = [
-        bench_torch(
-          bench_config(name, batch=batch, **size),
-          framework,
-          flops_per_image=ours[0]["flops_per_image"],
-          model_flops_per_image=ours[0]["model_flops_per_image"],
-          **timing,
-        )
-        for framework in frameworks
-      ]
-      for row in ours + theirs:
-        print(
-          f"{row['framework']} {name} batch {batch} chips {row['chips']}: "
-          f"{fmt(row['img_s_per_chip'], '.1f')} img/s/chip {row['note']}",
-          file=sys.stderr,
-          flush=True,
-        )
-      rows += ours + theirs
-      add_ratios(rows)
-      progress(dict(environment=environment(), rows=rows, scaling=scaling(rows), notes=notes))
-  return dict(environment=environment(), rows=rows, scaling=scaling(rows), notes=notes)
+    for width in args.width:
+      for batch in args.batch:
+        ours = [
+          bench_vgg_jax(
+            bench_config(
+              name,
+              batch=batch,
+              chips=chips,
+              sharding=args.sharding,
+              model_axis=args.model_axis,
+              width=width,
+              conv=conv,
+              **size,
+            ),
+            **timing,
+          )
+          for conv in args.conv
+          for chips in args.devices
+        ]
+        rows += ours
+        progress(result())  # before torch, which could take the process down
+        theirs = [
+          bench_torch(
+            bench_config(name, batch=batch, width=width, **size),
+            framework,
+            flops_per_image=ours[0]["flops_per_image"],
+            model_flops_per_image=ours[0]["model_flops_per_image"],
+            **timing,
+          )
+          for framework in (frameworks if width == 1.0 else [])
+        ]
+        for row in ours + theirs:
+          print(
+            f"{row['framework']} {name} width {width:g} batch {batch} chips {row['chips']}"
+            f"{' conv ' + row['conv'] if row in ours else ''}: "
+            f"{fmt(row['img_s_per_chip'], '.1f')} img/s/chip {row['note']}",
+            file=sys.stderr,
+            flush=True,
+          )
+        rows += theirs
+        add_ratios(rows)
+        progress(result())
+  return result()
 
 
 def comma_list(cast):
@@ -643,7 +705,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     help="compute dtype (parameters stay float32)",
   )
   parser.add_argument(
-    "--width", type=float, default=1.0, help="width multiplier; torchvision's nets are 1.0 only"
+    "--width",
+    type=comma_list(float),
+    default="1",
+    help="width multipliers, comma-separated; torchvision's nets are 1.0 only",
+  )
+  parser.add_argument(
+    "--conv",
+    type=comma_list(str),
+    default="auto",
+    help="convolution lowerings (VGGConfig.conv: auto, xla, gemm), comma-separated",
   )
   parser.add_argument(
     "--devices",

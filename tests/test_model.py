@@ -302,14 +302,14 @@ def test_he_draws_the_fc_layers_as_torchvision_does():
 
 
 @needs_fashion_mnist
-def test_from_config_reads_the_pixels_std_for_he_only():
+def test_network_config_reads_the_pixels_std_for_he_only():
   """The std comes from the data statistics and is the training pixels' own."""
   from vgg_jax import config as config_lib
 
   images, _ = data.load_idx_numpy("", "train")
   for init, want in (("he", images.std(dtype=np.float64)), ("glorot", 1.0), ("paper", 1.0)):
     config = config_lib.experiment_config("fashion_mnist", f"init={init}")
-    cfg = model_lib.VGGConfig.from_config(config, num_classes=10, in_channels=1)
+    cfg = config_lib.network_config(config, num_classes=10, in_channels=1)
     assert cfg.input_std == pytest.approx(want, rel=1e-3)
   with pytest.raises(ValueError, match="input_std"):
     model_lib.VGGConfig(input_std=0.0)

@@ -405,12 +405,12 @@ def test_a_real_in_process_sweep_resumes_and_compiles_a_configs_step_once(
       ["test_64_dense_Q32-37.json", "test_64_dense_Q32.json"]
       + (ensembles if run.name == "A" else [])
     )  # Table 6: the best two of seed 0
+  from vgg_jax import config as config_lib
   from vgg_jax import sharding
-  from vgg_jax.model import VGGConfig
 
   config = sweep.run_config(runs[1], FASHION)
   key = train.program_key(
-    config, sharding.make_mesh(config.mesh), VGGConfig.from_config(config, 10, 1)
+    config, sharding.make_mesh(config.mesh), config_lib.network_config(config, 10, 1)
   )
   step = train._COMPILED[key][3]  # pylint: disable=protected-access
   assert step._cache_size() == 1  # compiled once for the three trainings of A

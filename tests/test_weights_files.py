@@ -53,7 +53,7 @@ def test_another_model_is_refused_by_name(tmp_path):
 def test_weights_of_a_training_workdir_without_its_optimiser(tmp_path):
   from vgg_jax import config as config_lib
   from vgg_jax import train
-  from vgg_jax.model import VGG, VGGConfig
+  from vgg_jax.model import VGG
 
   config = config_lib.experiment_config("fashion_mnist", "quick,backend=numpy")
   config.model.width = 1 / 16
@@ -61,7 +61,7 @@ def test_weights_of_a_training_workdir_without_its_optimiser(tmp_path):
   config.data.eval_split = "test[:64]"
   config.mesh = (("data", 1), ("model", 1))
   state, _ = train.train_and_evaluate(config, str(tmp_path))
-  model = nnx.eval_shape(lambda: VGG(VGGConfig.from_config(config, 10, 1), rngs=nnx.Rngs(0)))
+  model = nnx.eval_shape(lambda: VGG(config_lib.network_config(config, 10, 1), rngs=nnx.Rngs(0)))
   weights.load_orbax(str(tmp_path), model)
   for path, variable in weights.model_tensors(model).items():
     layer, kind = path.split("/")

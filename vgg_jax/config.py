@@ -9,6 +9,7 @@ copy of `base_config()`. The base config is locked, so an experiment or a
 import importlib.util
 import os
 
+import jax.numpy as jnp
 import ml_collections
 
 from vgg_jax import data, model, profiling
@@ -31,10 +32,12 @@ def base_config() -> ml_collections.ConfigDict:
     lrn_alpha_over_n=False,
     dtype="float32",
     param_dtype="float32",
-    # How the step computes pools and ReLU gradients, same values either way (see
-    # VGGConfig): "reduce_window" | "reshape", "input" | "output".
+    # How the step computes pools, ReLU gradients and convolutions, same values either
+    # way (see VGGConfig): "reduce_window" | "reshape", "input" | "output",
+    # "auto" | "xla" | "gemm".
     pool="reshape",
     relu_grad="input",
+    conv="auto",
   )
 
   # Every field is documented in vgg_jax.data.default_config. S is always (lo, hi):
@@ -84,6 +87,40 @@ def base_config() -> ml_collections.ConfigDict:
   c.profile_steps = (0, 0)
   c.lock()
   return c
+
+
+def network_config(
+  config: ml_collections.ConfigDict, num_classes: int, in_channels: int
+) -> model.VGGConfig:
+  """The network a run's config asks for; the classes and channels come from its data,
+  and for "he" init the input's standard deviation from the data's statistics (so the
+  model itself knows no input pipeline)."""
+  m = config.model
+  input_std = (
+    data.load_stats(config.data.stats or config.data.name).pixel_std
+    if m.init in model.INPUT_SCALED
+    else 1.0
+  )
+  return model.VGGConfig(
+    name=m.name,
+    num_classes=num_classes,
+    width=m.width,
+    fc_width=m.fc_width or None,
+    batch_norm=m.batch_norm,
+    dropout=m.dropout,
+    image_size=config.data.crop,
+    in_channels=in_channels,
+    init=m.init,
+    init_std=m.init_std,
+    input_std=input_std,
+    lrn=model.LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
+    dtype=jnp.dtype(m.dtype),
+    param_dtype=jnp.dtype(m.param_dtype),
+    # same values either way; runs from before these fields computed the first
+    pool=m.get("pool", "reduce_window"),
+    relu_grad=m.get("relu_grad", "input"),
+    conv=m.get("conv", "xla"),
+  )
 
 
 EXPERIMENTS = os.path.join(
@@ -171,7 +208,7 @@ def _check(config: ml_collections.ConfigDict, data_parallel: int) -> None:
     raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
   # The network's own checks (width, dropout, init, crop); its classes and channels
   # come from the data, read later.
-  model.VGGConfig.from_config(config, num_classes=1, in_channels=1)
+  network_config(config, num_classes=1, in_channels=1)
   if config.optim.batch_size % data_parallel:
     raise ValueError(
       f"batch_size {config.optim.batch_size} is not divisible by the "

@@ -97,7 +97,7 @@ def load_trained(
     mesh = sharding.make_mesh(mesh or config.mesh)
     chosen, which = choose_step(checkpoints, step)
     saved = checkpoints.read_meta(chosen)["model"]
-    cfg = VGGConfig.from_config(config, saved["num_classes"], saved["in_channels"])
+    cfg = config_lib.network_config(config, saved["num_classes"], saved["in_channels"])
     abstract = abstract_weights(cfg)
     weights = checkpoints.restore_weights(
       ckpt_lib.abstract_like(

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vgg_jax import architectures, data
+from vgg_jax import architectures
+from vgg_jax import conv as conv_lib
 
 POOLS = 5  # one 2x2 stride-2 max-pool per stage
 HEAD = ("fc6", "relu6", "drop6", "fc7", "relu7", "drop7", "fc8")
@@ -70,8 +71,9 @@ class VGGConfig:
     Without the FC part the logits start O(1) and the first layer's update, which grows
     with the input (90x) while its weights shrink (1/90x), diverges at LR 1e-2; without
     the first-layer part the conv features start ~90x too large. Biases start at zero.
-  input_std: the input pixels' standard deviation; only "he" uses it (`from_config`
-    reads it from the data statistics). "paper" and "glorot" keep their fixed scales.
+  input_std: the input pixels' standard deviation; only "he" uses it (a run's config
+    takes it from the data statistics: `vgg_jax.config.network_config`). "paper" and
+    "glorot" keep their fixed scales.
   batch_norm: conv-BN-ReLU in every conv layer, as torchvision's vgg*_bn (not in the
     paper).
   dtype / param_dtype: compute and storage dtypes (bf16 compute, fp32 parameters).
@@ -84,6 +86,10 @@ class VGGConfig:
   relu_grad: where ReLU's gradient mask comes from: "input" (jax.nn.relu: the
     pre-activation, so each convolution's output has two users) or "output" (y > 0,
     the same mask, so the convolution's output has one user and can fuse with its ReLU).
+  conv: how each convolution is lowered, same parameters and values (to float rounding)
+    either way: "xla" (XLA's convolution), "gemm" (one matmul over the KxK shifted
+    views) or "auto" (per layer by its shape on a CPU, XLA's on GPUs and TPUs; see
+    `vgg_jax.conv`). Not in the paper; "auto" is the default.
   """
 
   name: str = "D"
@@ -102,6 +108,7 @@ class VGGConfig:
   param_dtype: Any = jnp.float32
   pool: str = "reshape"
   relu_grad: str = "input"
+  conv: str = "auto"
 
   def __post_init__(self):
     object.__setattr__(self, "name", architectures.canonical_name(self.name))
@@ -119,7 +126,7 @@ class VGGConfig:
       raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITIALIZERS)}")
     if not self.input_std > 0:
       raise ValueError(f"input_std must be positive, got {self.input_std}")
-    for field, choices in (("pool", POOLINGS), ("relu_grad", RELUS)):
+    for field, choices in (("pool", POOLINGS), ("relu_grad", RELUS), ("conv", conv_lib.LOWERINGS)):
       if getattr(self, field) not in choices:
         raise ValueError(
           f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(choices)}"
@@ -156,37 +163,6 @@ class VGGConfig:
     signature leaves out (dtypes, dropout, init)."""
     fields = {k: v for k, v in signature.items() if k != "hidden"}
     return cls(**fields, fc_width=signature["hidden"], **rest)
-
-  @classmethod
-  def from_config(cls, config: Any, num_classes: int, in_channels: int) -> "VGGConfig":
-    """The network a run's config (`vgg_jax.config.base_config`'s `model` and the
-    data's crop) asks for; the classes and channels come from its data, and for "he"
-    the input's standard deviation from its statistics."""
-    m = config.model
-    input_std = (
-      data.load_stats(config.data.stats or config.data.name).pixel_std
-      if (m.init in INPUT_SCALED)
-      else 1.0
-    )
-    return cls(
-      name=m.name,
-      num_classes=num_classes,
-      width=m.width,
-      fc_width=m.fc_width or None,
-      batch_norm=m.batch_norm,
-      dropout=m.dropout,
-      image_size=config.data.crop,
-      in_channels=in_channels,
-      init=m.init,
-      init_std=m.init_std,
-      input_std=input_std,
-      lrn=LRNConfig(alpha_over_n=m.lrn_alpha_over_n),
-      dtype=jnp.dtype(m.dtype),
-      param_dtype=jnp.dtype(m.param_dtype),
-      # same values either way; runs from before these fields computed the first
-      pool=m.get("pool", "reduce_window"),
-      relu_grad=m.get("relu_grad", "input"),
-    )
 
 
 def min_input_size() -> int:
@@ -291,6 +267,7 @@ class VGG(nnx.Module):
             (layer.kernel, layer.kernel),
             padding="SAME" if layer.kernel > 1 else "VALID",
             kernel_init=init(name),
+            conv_general_dilated=conv_lib.conv_function(cfg.conv),
             **dense_kwargs,
           ),
         )
@@ -314,8 +291,14 @@ class VGG(nnx.Module):
         channels = out
       plan.append(f"pool{s}")
     k = cfg.head_kernel
-    self.fc6 = nnx.Conv(
-      channels, cfg.hidden, (k, k), padding="VALID", kernel_init=init("fc6"), **dense_kwargs
+    self.fc6 = nnx.Conv(  # a convolution in dense mode only
+      channels,
+      cfg.hidden,
+      (k, k),
+      padding="VALID",
+      kernel_init=init("fc6"),
+      conv_general_dilated=conv_lib.conv_function(cfg.conv),
+      **dense_kwargs,
     )
     self.fc7 = nnx.Linear(cfg.hidden, cfg.hidden, kernel_init=init("fc7"), **dense_kwargs)
     self.fc8 = nnx.Linear(cfg.hidden, cfg.num_classes, kernel_init=init("fc8"), **dense_kwargs)
@@ -455,14 +438,9 @@ def weight_layer_names(model: VGG) -> tuple[str, ...]:
   return tuple(n for n in model.plan if n.startswith(("conv", "fc")))
 
 
-def count_macs(
-  model: VGG, height: int, width: int | None = None, *, dense: bool | None = None
-) -> int:
-  """Forward multiply-adds per image, from a shape walk of the model itself: each conv
-  or FC layer costs (output positions) x (its kernel's size). Costs no compute."""
-  width = width or height
-  dense = dense if dense is not None else (height, width) != (model.cfg.image_size,) * 2
-  names = weight_layer_names(model)
+def layer_shapes(model: VGG, input_shape: tuple, names, *, dense: bool) -> dict:
+  """{layer: output shape} of the named layers on an input of `input_shape` (NHWC),
+  from a shape walk of the model itself: costs no compute."""
   graphdef, state = nnx.split(model)
 
   def walk(state, x):
@@ -470,14 +448,45 @@ def count_macs(
     net.eval()
     return net.features(x, names, dense=dense)
 
-  image = jax.ShapeDtypeStruct((1, height, width, model.cfg.in_channels), jnp.float32)
-  shapes = jax.eval_shape(walk, state, image)
+  shapes = jax.eval_shape(walk, state, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
+  return {name: shape.shape for name, shape in shapes.items()}
+
+
+def count_macs(
+  model: VGG, height: int, width: int | None = None, *, dense: bool | None = None
+) -> int:
+  """Forward multiply-adds per image: each conv or FC layer costs (output positions) x
+  (its kernel's size)."""
+  width = width or height
+  dense = dense if dense is not None else (height, width) != (model.cfg.image_size,) * 2
+  names = weight_layer_names(model)
+  shapes = layer_shapes(model, (1, height, width, model.cfg.in_channels), names, dense=dense)
   # In dense mode fc8's output is already averaged; its score map is fc7's size.
   output_of = dict(zip(names, names), **({"fc8": "fc7"} if dense else {}))
   return sum(
-    math.prod(shapes[output_of[name]].shape[1:-1]) * math.prod(getattr(model, name).kernel.shape)
+    math.prod(shapes[output_of[name]][1:-1]) * math.prod(getattr(model, name).kernel.shape)
     for name in names
   )
+
+
+def conv_lowerings(
+  model: VGG, input_shape: tuple, *, dense: bool = False, platform: str | None = None
+) -> dict[str, str]:
+  """{convolution: "xla" | "gemm"}: how each of the model's convolutions is lowered on a
+  batch of `input_shape` (NHWC) on `platform` (default: JAX's default backend), by the
+  model's `conv` option (`vgg_jax.conv.choose`)."""
+  convs = [n for n in model.plan if n.startswith("conv")] + (["fc6"] if dense else [])
+  before = {n: model.plan[model.plan.index(n) - 1] for n in convs if n != FIRST_CONV}
+  shapes = layer_shapes(model, input_shape, set(before.values()), dense=dense)
+  return {
+    name: conv_lib.choose(
+      model.cfg.conv,
+      platform or jax.default_backend(),
+      shapes[before[name]] if name in before else tuple(input_shape),
+      getattr(model, name).kernel.shape,
+    )
+    for name in convs
+  }
 
 
 def training_flops_per_image(model: VGG, height: int) -> float:

@@ -561,7 +561,7 @@ def training_flops(config) -> float:
   from vgg_jax import model as model_lib  # pylint: disable=import-outside-toplevel
 
   images, classes, channels = DATASETS[config.data.name]
-  cfg = model_lib.VGGConfig.from_config(config, num_classes=classes, in_channels=channels)
+  cfg = config_lib.network_config(config, num_classes=classes, in_channels=channels)
   per_image = model_lib.training_flops_per_image(
     nnx.eval_shape(lambda: model_lib.VGG(cfg, rngs=nnx.Rngs(0))), config.data.crop
   )

@@ -292,7 +292,7 @@ def build_program(
   """The run's Program; runs whose `program_key` is equal (a config's seeds, its
   fine-tunings at another LR) share the jitted functions, so one process compiles
   them once."""
-  cfg = VGGConfig.from_config(config, num_classes, in_channels)
+  cfg = config_lib.network_config(config, num_classes, in_channels)
   key = program_key(config, mesh, cfg)
   if key not in _COMPILED:
     _COMPILED[key] = compile_program(
