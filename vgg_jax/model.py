@@ -489,6 +489,15 @@ def conv_lowerings(
   }
 
 
+def describe_lowerings(lowerings: dict[str, str]) -> str:
+  """One line for a run's log: which convolutions run as one matmul (`conv_lowerings`)."""
+  gemm = [name for name, how in lowerings.items() if how == "gemm"]
+  if not gemm:
+    return "convolutions: XLA's in all layers"
+  rest = len(lowerings) - len(gemm)
+  return f"convolutions: one matmul in {', '.join(gemm)}; XLA's in the other {rest}"
+
+
 def training_flops_per_image(model: VGG, height: int) -> float:
   """FLOPs to train on one image: multiply-adds x 2 FLOPs, x 3 for the forward pass and
   the backward pass's two (activation and weight gradients); 92.8 G for D at 224."""

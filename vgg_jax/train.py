@@ -37,7 +37,7 @@ from vgg_jax import metrics as metrics_lib
 from vgg_jax import paths, profiling
 from vgg_jax import sharding as sharding_lib
 from vgg_jax import weights as weights_lib
-from vgg_jax.model import VGG, VGGConfig, model_graphdef
+from vgg_jax.model import VGG, VGGConfig, conv_lowerings, describe_lowerings, model_graphdef
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -364,6 +364,13 @@ def compile_program(
   )
 
 
+def lowerings_line(program: Program, batch_shape: tuple) -> str:
+  """Which of the network's convolutions run as one matmul on the mesh's platform."""
+  model = nnx.eval_shape(lambda: VGG(program.model, rngs=nnx.Rngs(0)))
+  platform = program.mesh.devices.flat[0].platform
+  return describe_lowerings(conv_lowerings(model, batch_shape, platform=platform))
+
+
 def checkpoint_meta(config: ml_collections.ConfigDict, program: Program) -> dict:
   return dict(model=program.model.signature(), config=json.loads(config.to_json_best_effort()))
 
@@ -565,6 +572,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> tuple
     run = Run(
       config, workdir, program, checkpoints, eval_data, steps_per_epoch, total_steps, start_step
     )
+    run.progress.write(lowerings_line(program, (batch_size, *train_data.image_shape)))
     if start_step:
       run.progress.write(f"resumed from step {start_step} in {checkpoints.directory}")
     if copied:
