@@ -17,9 +17,12 @@ parts not yet run:
               traced by its profiler switch (config.profile_steps): whether the small
               nets' loop leaves the device waiting on the host -> profile.md; the traces,
               the steps' optimised HLO and the summaries as JSON -> profile.tar.gz
-  levers      D's step with each lever of the tuned step on and off (VGGConfig's pool
-              and relu_grad; XLA's conv fusion as a compiler option, GPU only), img/s and
-              the ratio to today's step, in one process         -> levers.md
+  levers      D's step with each lever of the tuned step on and off (VGGConfig's conv,
+              pool and relu_grad; XLA's conv fusion as a compiler option, GPU only), img/s
+              and the ratio to today's step, in one process; then conv=gemm against
+              today's on the gpu design's net (D, half width, 32 px, batch 512, bf16),
+              where small maps with many channels may suit cuBLAS better than cuDNN
+                                                                -> levers.md
   ablation    `launch.py sweep --config SPEC` then `launch.py report`, with the
               Fashion-MNIST directory passed to every run (SPEC's manual_dir=); the
               report, each run's metrics and evaluations        -> ablation.tar.gz
@@ -61,6 +64,7 @@ SMOKE_ABLATION = "experiments/fashion_mnist.py:smoke"
 # defaults: pool=reshape since the H200 run of 2026-11-28 (1.20x for D; docs/gpu.md).
 LEVERS = (
   ("today", {}, {}),
+  ("conv=gemm", {"conv": "gemm"}, {}),
   ("conv fusion", {}, {"xla_gpu_experimental_enable_conv_fusion": True}),
   ("pool=reduce_window", {"pool": "reduce_window"}, {}),
   ("relu_grad=output", {"relu_grad": "output"}, {}),
@@ -92,6 +96,9 @@ FULL = Size()
 SMOKE = Size(
   configs="D,A", width=1 / 16, resolution=32, batch=8, dtype="float32", torch_compile=False
 )
+# The gpu design's net (experiments/fashion_mnist.py), for the conv lowering's second table.
+DESIGN_NET = Size(configs="D", width=0.5, resolution=32, batch=512, dtype="bfloat16")
+DESIGN_LEVERS = LEVERS[:2]
 
 
 # ------------------------------------------------------------------------ the parts
@@ -318,14 +325,18 @@ def part_levers(args, size: Size) -> str:
   import jax
 
   gpu = jax.devices()[0].platform == "gpu"
-  rows = []
-  for name, model, options in LEVERS[:3] if args.smoke else LEVERS:  # CPU: the plumbing
-    if options and not gpu:
-      rows.append(dict(setting=name, note="skipped: XLA GPU option, not a GPU"))
-    else:
-      rows.append(dict(setting=name, **time_step(size, model, options, args.smoke)))
-    write_levers(args.out, rows, size)
-  return ", ".join(f"{r['setting']}: {r.get('ratio') or 'n/a'}" for r in rows)
+  design = size if args.smoke else DESIGN_NET  # CPU: the plumbing, at the toy size
+  tables = [(size, []), (design, [])]
+  for (net, rows), levers in zip(tables, (LEVERS[:3] if args.smoke else LEVERS, DESIGN_LEVERS)):
+    for name, model, options in levers:
+      if options and not gpu:
+        rows.append(dict(setting=name, note="skipped: XLA GPU option, not a GPU"))
+      else:
+        rows.append(dict(setting=name, **time_step(net, model, options, args.smoke)))
+      write_levers(args.out, tables)
+  return "; ".join(
+    ", ".join(f"{r['setting']}: {r.get('ratio') or 'n/a'}" for r in rows) for _, rows in tables
+  )
 
 
 def part_ablation(args, size: Size) -> str:
@@ -395,7 +406,7 @@ def compiled_step(size: Size, name: str, model: dict, options: dict):
 
 
 def time_step(size: Size, model: dict, options: dict, smoke: bool) -> dict:
-  """img/s of one setting; a compile or run failure is a note, not an error."""
+  """img/s of one setting of D at `size`; a compile or run failure is a note, not an error."""
   import jax
 
   from benchmarks import throughput
@@ -418,13 +429,31 @@ def time_step(size: Size, model: dict, options: dict, smoke: bool) -> dict:
   return dict(step_ms=step_s * 1e3, img_s=size.batch / step_s, compile_s=compile_s, note="")
 
 
-def write_levers(out: str, rows: list[dict], size: Size) -> None:
+def write_levers(out: str, tables: list[tuple[Size, list[dict]]]) -> None:
+  """levers.md: a table per net, each setting's img/s over the table's first (today's)."""
+  sections = []
+  for size, rows in tables:
+    if rows:
+      sections.append(
+        f"D's train step at {size.resolution}, batch {size.batch}, {size.dtype}, width "
+        f"{size.width:g}, one process.\n\n{levers_table(rows)}\n\n"
+        f"```json\n{json.dumps(rows, indent=1)}\n```\n"
+      )
+  with open(os.path.join(out, "levers.md"), "w") as f:
+    f.write(
+      "Levers: VGGConfig's conv (gemm: each convolution as one matmul), pool and "
+      "relu_grad; conv fusion: XLA's xla_gpu_experimental_enable_conv_fusion.\n\n"
+      + "\n".join(sections)
+    )
+
+
+def levers_table(rows: list[dict]) -> str:
   from vgg_jax.util import markdown_table
 
   base = rows[0].get("img_s")
   for row in rows:
     row["ratio"] = round(row["img_s"] / base, 3) if base and row.get("img_s") else None
-  table = markdown_table(
+  return markdown_table(
     ["setting", "step (ms)", "img/s", "vs today", "compile (s)", "note"],
     [
       [
@@ -438,13 +467,6 @@ def write_levers(out: str, rows: list[dict], size: Size) -> None:
       for r in rows
     ],
   )
-  with open(os.path.join(out, "levers.md"), "w") as f:
-    f.write(
-      f"D's train step at {size.resolution}, batch {size.batch}, {size.dtype}, "
-      f"width {size.width:g}, one process (levers: VGGConfig pool / relu_grad; "
-      f"conv fusion: XLA's xla_gpu_experimental_enable_conv_fusion).\n\n{table}\n\n"
-      f"```json\n{json.dumps(rows, indent=1)}\n```\n"
-    )
 
 
 def ablation_spec(args) -> str:

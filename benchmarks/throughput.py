@@ -662,7 +662,7 @@ def benchmark(
             model_flops_per_image=ours[0]["model_flops_per_image"],
             **timing,
           )
-          for framework in (frameworks if width == 1.0 else [])
+          for framework in frameworks
         ]
         for row in ours + theirs:
           print(

@@ -283,7 +283,8 @@ def test_device_run_smoke_writes_every_part_without_tensorflow(tmp_path):
 
   levers = (out / "levers.md").read_text()
   assert re.search(r"^\| today \| \d+\.\d+ \| \d+\.\d+ \| 1\.000 \|", levers, re.M)
-  assert re.search(r"^\| pool=reduce_window \| \d+\.\d+ \|", levers, re.M)
+  assert len(re.findall(r"^\| today \| \d+\.\d+ \| \d+\.\d+ \| 1\.000 \|", levers, re.M)) == 2
+  assert len(re.findall(r"^\| conv=gemm \| \d+\.\d+ \| \d+\.\d+ \| \d", levers, re.M)) == 2
   assert "skipped: XLA GPU option, not a GPU" in levers
 
   with tarfile.open(out / "ablation.tar.gz") as tar:

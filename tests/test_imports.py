@@ -84,3 +84,7 @@ def test_evaluate_names_no_backend():
 
 def test_evaluate_does_not_import_train():
   assert "vgg_jax.train" not in GRAPH["vgg_jax.evaluate"]
+
+
+def test_the_model_knows_no_input_pipeline():
+  assert not {m for m in GRAPH["vgg_jax.model"] if m.startswith("vgg_jax.data")}
