@@ -5,6 +5,7 @@ import errno
 
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from vgg_jax import checkpoint as ckpt_lib
@@ -77,3 +78,29 @@ def test_reading_an_empty_workdir_creates_nothing(tmp_path):
     with ckpt_lib.reader(str(tmp_path)):
       pass
   assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_from_before_checksums_still_loads(tmp_path):
+  checkpoints = ckpt_lib.Checkpointer(str(tmp_path))
+  meta = {"model": {"name": "A"}}
+  checkpoints.manager.save(  # what save wrote before checksums: no "checksums" in meta
+    1,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave({"w": jnp.ones(3)}), meta=ocp.args.JsonSave(meta)
+    ),
+  )
+  checkpoints.wait()
+  state, saved_meta = checkpoints.restore({"w": jnp.zeros(3)}, meta)
+  np.testing.assert_array_equal(state["w"], [1.0, 1.0, 1.0])
+  assert ckpt_lib.CHECKSUMS not in saved_meta
+  checkpoints.close()
+
+
+def test_checksums_name_each_array_and_see_a_swap_of_words():
+  tree = {"params": {"fc6": {"kernel": jnp.arange(4.0)}}, "step": jnp.int32(3)}
+  sums = ckpt_lib.checksums(tree)
+  assert sorted(sums) == ["params/fc6/kernel", "step"]
+  swapped = {"params": {"fc6": {"kernel": jnp.array([1.0, 0.0, 2.0, 3.0])}}, "step": jnp.int32(3)}
+  with pytest.raises(ckpt_lib.ChecksumMismatch, match="params/fc6/kernel: not the bytes saved"):
+    ckpt_lib.verify(swapped, sums)
+  ckpt_lib.verify(tree, sums)

@@ -15,6 +15,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from conftest import (
   ROOT,
@@ -28,7 +29,9 @@ from conftest import (
 from conftest import TRAIN_TINY as TINY
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
-from vgg_jax import data, lock, metrics, sharding, train
+from vgg_jax import data, evaluate, lock, metrics, sharding, train
+from vgg_jax import weights as weights_lib
+from vgg_jax.model import VGG
 
 pytestmark = needs_fashion_mnist
 
@@ -284,11 +287,52 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
   with pytest.raises(
     ckpt_lib.CorruptCheckpoint,
     match=r"checkpoints/4 cannot be restored.*"
-    r"resume from step 2",
+    r"the newest intact one is step 2: move 4 aside to resume from it",
   ) as error:
     train.train_and_evaluate(tiny_config(steps=6), str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   assert "\n" not in str(error.value) and len(str(error.value)) < 500  # see test_checkpoint
+
+
+def test_bytes_damaged_in_place_are_refused_by_train_eval_and_weights(tmp_path):
+  """Each data file of step 4 damaged in turn (same size): whatever orbax still decodes
+  must be the bytes saved, or the restore is refused naming the array and step 2."""
+  config = tiny_config(steps=4)
+  config.checkpoint.every_steps = 2
+  train.train_and_evaluate(config, str(tmp_path))
+  saved = flat(restore(config, str(tmp_path)))
+  refusals = {}
+  for path in sorted((tmp_path / "checkpoints" / "4" / "state").rglob("d/*")):
+    original = path.read_bytes()
+    path.write_bytes(damaged(original))
+    try:
+      loaded = flat(restore(config, str(tmp_path)))
+    except ckpt_lib.CorruptCheckpoint as e:
+      refusals[path] = str(e)
+    else:
+      assert all(np.array_equal(loaded[k], saved[k]) for k in saved), path
+    path.write_bytes(original)
+  intact = "the newest intact one is step 2: move 4 aside to resume from it"
+  assert all(r.endswith(intact) for r in refusals.values()), refusals
+  # Without the checksums these loaded silently: a weight's file, damaged again.
+  weight = next(p for p, r in refusals.items() if "(params/" in r and "checksum mismatch" in r)
+  weight.write_bytes(damaged(weight.read_bytes()))
+  for load in (
+    lambda: weights_lib.load_orbax(str(tmp_path), nnx.eval_shape(lambda: tiny_model(config))),
+    lambda: evaluate.load_trained(str(tmp_path), step=4),
+  ):
+    with pytest.raises(ckpt_lib.CorruptCheckpoint, match="the newest intact one is step 2"):
+      load()
+
+
+def damaged(data: bytes) -> bytes:
+  """`data` with 64 bytes in its middle inverted: the same size."""
+  middle = len(data) // 2
+  return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+
+
+def tiny_model(config):
+  return VGG(config_lib.network_config(config, 10, 1), rngs=nnx.Rngs(0))
 
 
 def test_checkpoint_of_another_model_names_both(tmp_path):
@@ -366,7 +410,7 @@ def test_nan_before_the_first_checkpoint_says_so(tmp_path):
   with pytest.raises(
     train.NonFiniteLoss,
     match=r"loss is (nan|inf) at step 2; no "
-    r"checkpoint was saved yet",
+    r"intact checkpoint was saved yet",
   ):
     train.train_and_evaluate(tiny_config(steps=50, lr=float("inf")), str(tmp_path))
 

@@ -5,7 +5,10 @@ shardings the caller asks for, so a run saved on 8 devices resumes on 1 or 4) an
 JSON `meta` item with the model config, checked on restore so that a checkpoint of
 another network is refused by name rather than by a shape error deep in orbax.
 Orbax writes into a temporary directory and renames it when complete, so a process
-killed mid-save leaves the previous checkpoint as the latest.
+killed mid-save leaves the previous checkpoint as the latest. Bytes damaged on disk
+later may still decode (orbax checks no sums of its own), so `meta` also holds a
+checksum of every saved array, verified on every restore: a mismatch is a
+CorruptCheckpoint naming the array and the newest intact step.
 
 A trained network's weights are read one way, `reader(workdir)`'s `restore_weights`:
 params and batch statistics only (a partial restore, so the optimiser's state may change
@@ -18,10 +21,12 @@ import errno
 from typing import Any, Iterator
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from vgg_jax import paths
+from vgg_jax.sharding import path_string
 
 BEST_METRIC = "val_top1_acc"
 
@@ -42,7 +47,46 @@ class DiskFull(OSError):
   """A save ran out of space; the checkpoints already complete are intact."""
 
 
+class ChecksumMismatch(ValueError):
+  """A restored array is not the bytes that were saved."""
+
+
 WEIGHTS = ("params", "batch_stats")  # the parts of a train state that make the network
+CHECKSUMS = "checksums"  # meta's key: {leaf path: word sums of its bytes}; absent before
+
+
+def _word_sums(x: jax.Array) -> jax.Array:
+  """Two wrapping uint32 sums of the array's words, plain and weighted by position (a
+  swap of words changes the second): exact, so equal bytes give equal sums anywhere."""
+  x = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
+  words = jax.lax.bitcast_convert_type(x.reshape(-1), _WORDS[x.dtype.itemsize])
+  words = words.astype(jnp.uint32).reshape(-1)
+  weights = jnp.arange(1, words.size + 1, dtype=jnp.uint32)
+  return jnp.stack([words.sum(dtype=jnp.uint32), (words * weights).sum(dtype=jnp.uint32)])
+
+
+_WORDS = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}
+_all_word_sums = jax.jit(lambda tree: jax.tree.map(_word_sums, tree))
+
+
+def checksums(tree: Any) -> dict[str, str]:
+  """{"params/fc6/kernel": "1a2b3c4d-5e6f7a8b", ...}: each array's word sums, computed
+  where it lives (no copy to the host)."""
+  sums = jax.device_get(_all_word_sums(tree))
+  return {
+    path_string(path): "-".join(f"{int(v):08x}" for v in value)
+    for path, value in jax.tree_util.tree_leaves_with_path(sums)
+  }
+
+
+def verify(restored: Any, saved: dict[str, str] | None) -> None:
+  """ChecksumMismatch naming the first restored array whose sums are not the saved
+  ones; a checkpoint from before checksums (`saved` None) passes."""
+  if saved is None:
+    return
+  for path, value in checksums(restored).items():
+    if path in saved and saved[path] != value:
+      raise ChecksumMismatch(f"{path}: not the bytes saved (checksum mismatch)")
 
 
 class Checkpointer:
@@ -85,6 +129,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None):
     """Starts an async save; the state's arrays are copied before this returns. A full
     disk (this save's or the previous one's) raises DiskFull."""
+    meta = dict(meta, **{CHECKSUMS: checksums(state)})
     with self._writing():
       self.manager.save(
         step,
@@ -108,31 +153,39 @@ class Checkpointer:
     if step is None:
       return None
     saved_meta = self.check_model(step, meta["model"], "the config asks for")
-    try:
-      restored = self.manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
-      )["state"]
-    except Exception as e:
-      raise self._corrupt(paths.join(self.directory, str(step)), step, e) from e
-    return restored, saved_meta
+    return self._restore_verified(step, state_args(abstract_state), saved_meta), saved_meta
 
   def restore_weights(self, abstract_weights: Any, step: int, signature: dict) -> Any:
     """The saved state's {"params", "batch_stats"} alone, laid out as `abstract_weights`'
     shardings; the saved model must have `signature`."""
-    self.check_model(step, signature, "the model is")
+    saved_meta = self.check_model(step, signature, "the model is")
+    return self._restore_verified(step, weights_args(abstract_weights), saved_meta)
+
+  def _restore_verified(self, step: int, args: Any, saved_meta: dict) -> Any:
+    """`step`'s state as `args` restores it, its checksums verified; CorruptCheckpoint
+    naming the newest intact step otherwise."""
     try:
-      return self.manager.restore(
-        step,
-        args=ocp.args.Composite(
-          state=ocp.args.PyTreeRestore(
-            item=abstract_weights,
-            partial_restore=True,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights),
-          )
-        ),
-      )["state"]
+      return self._read_state(step, args, saved_meta)
     except Exception as e:
-      raise self._corrupt(paths.join(self.directory, str(step)), step, e) from e
+      raise self._corrupt(step, e, args) from e
+
+  def _read_state(self, step: int, args: Any, saved_meta: dict) -> Any:
+    state = self.manager.restore(step, args=ocp.args.Composite(state=args))["state"]
+    verify(state, saved_meta.get(CHECKSUMS))
+    return state
+
+  def intact(self, step: int, args: Any) -> bool:
+    """Whether `step` restores (as `args` asks) to the bytes that were saved."""
+    try:
+      self._read_state(step, args, self.read_meta(step))
+    except Exception:  # pylint: disable=broad-except
+      return False
+    return True
+
+  def newest_intact(self, args: Any, before: int | None = None) -> int | None:
+    """The newest step (below `before`) that restores intact, or None."""
+    steps = [s for s in self.manager.all_steps() if before is None or s < before]
+    return next((s for s in sorted(steps, reverse=True) if self.intact(s, args)), None)
 
   def check_model(self, step: int, signature: dict, wanted: str) -> dict:
     """`step`'s meta, once its model signature is found equal to `signature`."""
@@ -152,16 +205,24 @@ class Checkpointer:
         "meta"
       ]
     except Exception as e:
-      raise self._corrupt(paths.join(self.directory, str(step)), step, e) from e
+      raise self._corrupt(step, e) from e
 
-  def _corrupt(self, path: str, step: int, error: Exception) -> CorruptCheckpoint:
-    older = [s for s in self.manager.all_steps() if s < step]
+  def _corrupt(self, step: int, error: Exception, args: Any = None) -> CorruptCheckpoint:
+    """The refusal of `step`, naming the newest older step that `args` restores intact
+    (every older step when `args` is None: the meta itself is unreadable)."""
+    if args is None:
+      older = [s for s in self.manager.all_steps() if s < step]
+      intact = max(older) if older else None
+    else:
+      intact = self.newest_intact(args, before=step)
     hint = (
-      f"move it aside to resume from step {max(older)}"
-      if older
-      else "move it aside to start afresh"
+      f"the newest intact one is step {intact}: move {step} aside to resume from it"
+      if intact is not None
+      else f"no older one is intact: move {step} aside to start afresh"
     )
-    return CorruptCheckpoint(f"checkpoint {path} cannot be restored ({brief(error)}); {hint}")
+    path = paths.join(self.directory, str(step))
+    cause = str(error) if isinstance(error, ChecksumMismatch) else brief(error)
+    return CorruptCheckpoint(f"checkpoint {path} cannot be restored ({cause}); {hint}")
 
   @contextlib.contextmanager
   def _writing(self) -> Iterator[None]:
@@ -196,6 +257,20 @@ def reader(workdir: str) -> Iterator[Checkpointer]:
     yield checkpoints
   finally:
     checkpoints.close()
+
+
+def state_args(abstract_state: Any) -> Any:
+  """Restore args for a whole train state onto `abstract_state`'s shardings."""
+  return ocp.args.StandardRestore(abstract_state)
+
+
+def weights_args(abstract_weights: Any) -> Any:
+  """Restore args for the weights alone (a partial restore) onto their shardings."""
+  return ocp.args.PyTreeRestore(
+    item=abstract_weights,
+    partial_restore=True,
+    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_weights),
+  )
 
 
 def no_space(error: BaseException | None) -> bool:

@@ -497,10 +497,13 @@ class Run:
     )
 
   def last_good(self) -> str:
-    latest = self.checkpoints.latest_step()
-    if latest is None:
-      return "no checkpoint was saved yet: lower the learning rate (or check the data)"
-    return f"the last good checkpoint is step {latest} in {self.checkpoints.directory}"
+    """Where to resume from: the newest checkpoint that restores intact (verified, not
+    merely the newest)."""
+    self.checkpoints.wait()
+    good = self.checkpoints.newest_intact(ckpt_lib.state_args(self.program.abstract_state))
+    if good is None:
+      return "no intact checkpoint was saved yet: lower the learning rate (or check the data)"
+    return f"the last good checkpoint is step {good} in {self.checkpoints.directory}"
 
   def close(self):
     try:
