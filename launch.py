@@ -161,6 +161,13 @@ def sweep_flags(f: flags.FlagValues):
     "subprocesses (implied by --parallel > 1) instead of in this process.",
     flag_values=f,
   )
+  flags.DEFINE_bool(
+    "retrain",
+    False,
+    "train again, into the same root, the runs trained with another config than the "
+    "design now asks for (without it the sweep refuses to start).",
+    flag_values=f,
+  )
   flags.DEFINE_float(
     "time_budget_s",
     None,
@@ -324,6 +331,7 @@ def sweep_main(f: flags.FlagValues):
       subprocesses=f.subprocess,
       costs=flops,
       time_budget_s=f.time_budget_s,
+      retrain=f.retrain,
     )
     print(sweep.status_table(runs, root))
     sys.exit(sweep.exit_status(outcome))
@@ -411,9 +419,10 @@ def known_failure(error: BaseException) -> BaseException | None:
   """The failure whose message says all there is to say, so no traceback is needed: the
   error or one it interrupted (closing files after a full disk may fail again), or a
   full disk itself."""
-  from vgg_jax import checkpoint, config, lock, train
+  from vgg_jax import checkpoint, config, lock, sweep, train
 
   known = (
+    sweep.DesignChanged,
     config.ConfigError,
     lock.Locked,
     checkpoint.CheckpointMismatch,

@@ -1,5 +1,6 @@
 """Sweeps: the paper's chain as data, dependency order, failures, resumption."""
 
+import json
 import os
 import subprocess
 import types
@@ -63,17 +64,19 @@ def test_bad_sweeps_are_clear_errors():
     sweep.expand([dict(name="a", arg="", seed=1)])
 
 
-def fake(fail: set[str], calls: list[tuple[str, str]]):
+def fake(fail: set[str], calls: list[tuple[str, str]], runs: list):
   """An executor that records each (command, run), fails the commands of the runs
   named in `fail` and, as training does, leaves the run's config.json."""
+  by_name = {run.name: run for run in runs}
 
   def execute(command):
     workdir = next(a for a in command if a.startswith("--workdir=")).partition("=")[2]
     name = os.path.basename(workdir)
     calls.append((command[2], name))
     if command[2] == "train" and name not in fail:
+      config = sweep.run_config(by_name[name], FASHION, os.path.dirname(workdir))
       with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write('{"data": {"scale": %s}}' % ("[32, 48]" if name == "J" else "32"))
+        f.write(config.to_json_best_effort())
     return subprocess.CompletedProcess(command, 1 if name in fail else 0, "", "boom")
 
   return execute
@@ -94,7 +97,7 @@ def test_failed_parent_blocks_its_children_and_a_rerun_runs_only_what_is_left(tm
   )
   calls, messages = [], []
   outcome = sweep.run_local(
-    runs, FASHION, str(tmp_path), execute=fake({"A"}, calls), log=messages.append
+    runs, FASHION, str(tmp_path), execute=fake({"A"}, calls, runs), log=messages.append
   )
   assert outcome == {"A": "failed", "B": "blocked", "C": "blocked", "Z": "done"}
   assert runs_of(calls, "train") == ["A", "Z"] and runs_of(calls, "eval") == ["Z"]
@@ -103,12 +106,12 @@ def test_failed_parent_blocks_its_children_and_a_rerun_runs_only_what_is_left(tm
   calls.clear()
   assert set(
     sweep.run_local(
-      runs, FASHION, str(tmp_path), execute=fake(set(), calls), log=messages.append
+      runs, FASHION, str(tmp_path), execute=fake(set(), calls, runs), log=messages.append
     ).values()
   ) == {"done"}
   assert runs_of(calls, "train") == ["A", "B", "C"]  # Z was done
   calls.clear()
-  sweep.run_local(runs, FASHION, str(tmp_path), execute=fake(set(), calls), log=print)
+  sweep.run_local(runs, FASHION, str(tmp_path), execute=fake(set(), calls, runs), log=print)
   assert calls == []  # a finished sweep runs nothing
 
 
@@ -118,7 +121,7 @@ def test_each_run_is_evaluated_once_and_a_failed_evaluation_is_redone(tmp_path):
   trained again."""
   runs = sweep.expand([dict(name="A", arg=""), dict(name="J", arg="", parent="A")])
   calls = []
-  execute = fake(set(), calls)
+  execute = fake(set(), calls, runs)
 
   def failing_eval(command):
     result = execute(command)
@@ -243,7 +246,7 @@ def test_parallel_runs_start_when_their_parents_are_done(tmp_path):
     [dict(name="A", arg=""), dict(name="B", arg="", parent="A"), dict(name="Z", arg="")]
   )
   calls, events, lock = [], [], threading.Lock()
-  execute = fake(set(), calls)
+  execute = fake(set(), calls, runs)
 
   def timed(command):
     name = os.path.basename(command[4].partition("=")[2]) if command[2] == "train" else None
@@ -289,6 +292,8 @@ def fake_in_process(monkeypatch, fail=(), preempt=()):
       raise train.Preempted("SIGTERM")
     with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
       f.write('{"step": 4, "val_top1_err": 0.5}\n')
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort())
     return {}, {}
 
   monkeypatch.setattr(train, "train_and_evaluate", train_and_evaluate)
@@ -342,7 +347,7 @@ def test_a_preempted_run_stops_the_sweep_unmarked_and_resumes_next_time(tmp_path
 def test_a_subprocess_exiting_with_the_preempted_status_is_not_a_failure(tmp_path):
   runs = sweep.expand([dict(name="P", arg=""), dict(name="Z", arg="")])
   calls = []
-  execute = fake(set(), calls)
+  execute = fake(set(), calls, runs)
 
   def preempted(command):
     result = execute(command)
@@ -351,6 +356,36 @@ def test_a_subprocess_exiting_with_the_preempted_status_is_not_a_failure(tmp_pat
   outcome = sweep.run_local(runs, FASHION, str(tmp_path), execute=preempted, log=print)
   assert outcome == {"P": "preempted", "Z": "pending"} and calls == [("train", "P")]
   assert not os.path.exists(tmp_path / "P" / sweep.FAILED)
+
+
+def test_a_changed_design_is_refused_naming_runs_and_fields_until_retrain(tmp_path, monkeypatch):
+  design = lambda steps, **model: sweep.expand(  # noqa: E731
+    [
+      dict(name="A", arg="", overrides={"optim.max_steps": steps, **model}),
+      dict(name="B", arg="model=B", parent="A", overrides={"optim.max_steps": steps}),
+      dict(name="Z", arg="seed=1", overrides={"optim.max_steps": 40}),
+    ]
+  )
+  fake_in_process(monkeypatch)
+  sweep.run_local(design(40), FASHION, str(tmp_path), log=print)
+  record = tmp_path / "A" / "config.json"  # as a run from before model.conv recorded it
+  old = json.loads(record.read_text())
+  del old["model"]["conv"]
+  record.write_text(json.dumps(old))
+  lowered = design(40, **{"model.conv": "gemm", "model.pool": "reduce_window"})
+  assert sweep.run_local(lowered, FASHION, str(tmp_path), log=print) == dict.fromkeys("ABZ", "done")
+  with pytest.raises(sweep.DesignChanged) as refused:
+    sweep.run_local(design(60), FASHION, str(tmp_path), log=print)
+  assert str(refused.value) == (
+    f"2 runs in {tmp_path} were trained with another config than the design asks for: "
+    "A (optim.max_steps 40 -> 60); B (optim.max_steps 40 -> 60, parent A changed); rerun "
+    "with --retrain to train them again into the same root"
+  )
+  assert sweep.state(design(60)[0], str(tmp_path)) == "done"  # untouched
+  calls = fake_in_process(monkeypatch)
+  outcome = sweep.run_local(design(60), FASHION, str(tmp_path), retrain=True, log=print)
+  assert outcome == dict.fromkeys("ABZ", "done") and runs_of(calls, "train") == ["A", "B"]
+  assert sweep.changed_runs(design(60), FASHION, str(tmp_path)) == {}
 
 
 def test_no_run_starts_once_the_time_budget_is_spent(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ import traceback
 from typing import Callable, Sequence
 
 import jax
+import ml_collections
 
 from vgg_jax import config as config_lib
 from vgg_jax import metrics as metrics_lib
@@ -241,6 +242,82 @@ def run_config(run: Run, config_file: str, root: str | None = None):
   return config
 
 
+# How the step is lowered, not what it computes: a change of these keeps a run's results.
+LOWERING_FIELDS = ("model.conv", "model.pool", "model.relu_grad")
+
+
+class DesignChanged(ValueError):
+  """Runs in the root were trained with another config than the sweep now asks for."""
+
+
+def flat_fields(tree: dict, prefix: str = "") -> dict[str, object]:
+  """{"optim.max_steps": 40, ...} of a config as JSON (tuples are lists there)."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flat_fields(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def config_fields(config) -> dict[str, object]:
+  """A config's fields as its config.json records them, the warm start's path made
+  absolute (a root given as another path is the same root)."""
+  fields = flat_fields(json.loads(config.to_json_best_effort()))
+  if fields.get("warm_start.workdir"):
+    fields["warm_start.workdir"] = paths.absolute(fields["warm_start.workdir"])
+  return fields
+
+
+def config_changes(recorded: dict, wanted: dict) -> list[str]:
+  """ "optim.max_steps 40 -> 60" per field that differs; a field the record lacks (it
+  is newer than the run) counts as its default, lowering-only fields not at all."""
+  old = {**config_fields(config_lib.base_config()), **recorded}
+  return [
+    f"{key} {old.get(key)} -> {value}"
+    for key, value in sorted(wanted.items())
+    if key not in LOWERING_FIELDS and old.get(key) != value
+  ]
+
+
+def changed_runs(runs: Sequence[Run], config_file: str, root: str) -> dict[str, list[str]]:
+  """The runs whose config.json differs from what the design now asks, with what
+  differs; a run whose parent is among them trained from the old parent, so it is too."""
+  changed = {}
+  for run in runs:  # parents first
+    record = paths.Path(root, run.name, "config.json")
+    if not record.exists():
+      continue
+    recorded = config_fields(ml_collections.ConfigDict(json.loads(record.read_text())))
+    changes = config_changes(recorded, config_fields(run_config(run, config_file, root)))
+    if run.parent in changed:
+      changes.append(f"parent {run.parent} changed")
+    if changes:
+      changed[run.name] = changes
+  return changed
+
+
+def check_design(
+  runs: Sequence[Run], config_file: str, root: str, retrain: bool, log: Callable[[str], None]
+) -> None:
+  """DesignChanged naming the runs trained with another config than the design asks
+  for; with `retrain`, their directories go instead, so they train again."""
+  changed = changed_runs(runs, config_file, root)
+  if changed and not retrain:
+    listed = "; ".join(
+      f"{name} ({', '.join(changes[:3])}{', ...' if len(changes) > 3 else ''})"
+      for name, changes in changed.items()
+    )
+    raise DesignChanged(
+      f"{len(changed)} runs in {root} were trained with another config than the design "
+      f"asks for: {listed}; rerun with --retrain to train them again into the same root"
+    )
+  for name, changes in changed.items():
+    log(f"{name}: retrained ({', '.join(changes)})")
+    paths.Path(root, name).rmtree()
+
+
 def in_process_steps(run: Run, config_file: str, root: str) -> list[tuple]:
   """(what, function, marker) of one run in this process: training, then the run's
   configured evaluations (what `launch.py eval --configured` does)."""
@@ -336,6 +413,7 @@ def run_local(
   execute: Callable[[list[str]], subprocess.CompletedProcess] | None = None,
   time_budget_s: float | None = None,
   costs: dict[str, float] | None = None,
+  retrain: bool = False,
   log: Callable[[str], None] = print,
   clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, str]:
@@ -347,7 +425,9 @@ def run_local(
   A failed run's descendants are "blocked"; a preempted run stops the sweep (its state:
   "preempted"); after `time_budget_s` no run starts (the rest stay "pending"). One line
   per run start and end, with the time left forecast from `costs` (e.g. FLOPs; default
-  1 per run) at this call's pace."""
+  1 per run) at this call's pace. A run trained with another config than the design
+  now asks for is refused (DesignChanged), or with `retrain` trained again."""
+  check_design(runs, config_file, root, retrain, log)
   subprocesses = subprocesses or execute is not None or parallel > 1
   if subprocesses:
     execute = execute or (
