@@ -14,8 +14,9 @@ lists a command's own flags.
   convert  --from torchvision|keras FILE --to DIR: a torchvision or Keras VGG as a
            vgg_jax orbax checkpoint.
 
-Exit status: 0 when done; 75 (EX_TEMPFAIL) when SIGTERM stopped `train` after saving,
-or a sweep after a preempted run: rerun the same command to resume. A known failure (a
+Exit status: 0 when done; 75 (EX_TEMPFAIL) when SIGTERM stopped a command (`train` after
+saving; a sweep after its runs saved, children included) or a sweep's run was
+preempted: rerun the same command to resume. A known failure (a
 bad config, a workdir another process holds, a checkpoint of another model or an
 unreadable one, none to evaluate, a NaN, a full disk) is one line on stderr and exit
 status 1; a bad or missing flag or config field, or an unknown command, status 2.
@@ -24,6 +25,7 @@ status 1; a bad or missing flag or config field, or an unknown command, status 2
 import dataclasses
 import inspect
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -234,10 +236,7 @@ def train_main(f: flags.FlagValues):
   initialize_distributed(f)
   from vgg_jax import train
 
-  try:
-    _, result = train.train_and_evaluate(f.config, f.workdir)
-  except train.Preempted as e:
-    fail("train", e, train.PREEMPTED_EXIT_CODE)
+  _, result = train.train_and_evaluate(f.config, f.workdir)
   if result:
     print(
       f"final: top-1 error {result['val_top1_err']:.4f}, top-5 error "
@@ -282,7 +281,7 @@ def sweep_main(f: flags.FlagValues):
   failed run's children do not start, a preempted run stops the sweep (exit status 75).
   --backend slurm writes ROOT/slurm/*.sbatch and submits them with afterok
   dependencies; --backend tpu starts each run on every host of a Cloud TPU VM pod."""
-  from vgg_jax import paths, sweep
+  from vgg_jax import lock, paths, sweep, train
 
   config_file, runs = sweep.load_sweep(f.config)
   root = f.workdir
@@ -323,18 +322,22 @@ def sweep_main(f: flags.FlagValues):
     for run in runs:
       print(" ".join(sweep.train_command(run, config_file, root)[1:]))
   else:
-    outcome = sweep.run_local(
-      runs,
-      config_file,
-      root,
-      parallel=f.parallel,
-      subprocesses=f.subprocess,
-      costs=flops,
-      time_budget_s=f.time_budget_s,
-      retrain=f.retrain,
-    )
-    print(sweep.status_table(runs, root))
-    sys.exit(sweep.exit_status(outcome))
+    with lock.workdir_lock(root, "sweep"):  # one sweep per root
+      outcome = sweep.run_local(
+        runs,
+        config_file,
+        root,
+        parallel=f.parallel,
+        subprocesses=f.subprocess,
+        costs=flops,
+        time_budget_s=f.time_budget_s,
+        retrain=f.retrain,
+      )
+    print(sweep.status_table(runs, root), flush=True)
+    status = sweep.exit_status(outcome)
+    if status == train.PREEMPTED_EXIT_CODE:
+      fail("sweep", sweep.preempted_line(outcome, root), status)
+    sys.exit(status)
 
 
 def status_main(f: flags.FlagValues):
@@ -448,10 +451,24 @@ class Invocation:
   args: list[str]
 
 
+def stop_on_sigterm(signum, frame):
+  """SIGTERM outside a training loop (which saves first, see train.Preemption): stop
+  here, as a preemption. Once: a second SIGTERM is ignored while this one unwinds."""
+  from vgg_jax import train
+
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  raise train.Preempted("SIGTERM: stopped before finishing; rerun the same command to resume")
+
+
 def main(invocation: Invocation):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  signal.signal(signal.SIGTERM, stop_on_sigterm)
+  from vgg_jax import train
+
   try:
     COMMANDS[invocation.name].run(invocation.flags, *invocation.args)
+  except train.Preempted as e:
+    fail(invocation.name, e, train.PREEMPTED_EXIT_CODE)
   except Exception as e:  # pylint: disable=broad-except
     known = known_failure(e)
     if known is None:

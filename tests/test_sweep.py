@@ -338,7 +338,7 @@ def test_a_preempted_run_stops_the_sweep_unmarked_and_resumes_next_time(tmp_path
   outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=print)
   assert outcome == {"A": "done", "P": "preempted", "Z": "pending"}
   assert sweep.exit_status(outcome) == 75
-  assert sweep.state(runs[1], str(tmp_path)) == "pending"  # neither failed nor trained
+  assert sweep.state(runs[1], str(tmp_path)) == "preempted"  # neither failed nor trained
   calls = fake_in_process(monkeypatch)
   assert sweep.run_local(runs, FASHION, str(tmp_path), log=print) == dict.fromkeys("APZ", "done")
   assert runs_of(calls, "train") == ["P", "Z"]
@@ -386,6 +386,83 @@ def test_a_changed_design_is_refused_naming_runs_and_fields_until_retrain(tmp_pa
   outcome = sweep.run_local(design(60), FASHION, str(tmp_path), retrain=True, log=print)
   assert outcome == dict.fromkeys("ABZ", "done") and runs_of(calls, "train") == ["A", "B"]
   assert sweep.changed_runs(design(60), FASHION, str(tmp_path)) == {}
+
+
+def test_in_process_evaluation_takes_the_runs_lock(tmp_path, monkeypatch):
+  from vgg_jax import lock
+
+  runs = sweep.expand([dict(name="A", arg="")])
+  fake_in_process(monkeypatch)
+  with lock.workdir_lock(str(tmp_path / "A"), "eval"):
+    assert sweep.run_local(runs, FASHION, str(tmp_path), log=print) == {"A": "failed"}
+  assert f"{tmp_path / 'A'} is in use by eval" in (tmp_path / "A" / sweep.FAILED).read_text()
+
+
+def test_sigterm_while_evaluating_in_process_is_a_preemption_the_table_shows(tmp_path, monkeypatch):
+  """launch.py's handler turns SIGTERM outside a training loop into train.Preempted: the
+  run is "preempted" at its saved step, and the sweep's line says so."""
+  import signal
+
+  import launch
+  from vgg_jax import evaluate
+
+  runs = sweep.expand([dict(name="A", arg=""), dict(name="Z", arg="")])
+  fake_in_process(monkeypatch)
+  (tmp_path / "A" / "checkpoints" / "40").mkdir(parents=True)
+  monkeypatch.setattr(evaluate, "evaluate_many", lambda *a: os.kill(os.getpid(), signal.SIGTERM))
+  previous = signal.signal(signal.SIGTERM, launch.stop_on_sigterm)
+  try:
+    outcome = sweep.run_local(runs, FASHION, str(tmp_path), log=print)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert outcome == {"A": "preempted", "Z": "pending"} and sweep.exit_status(outcome) == 75
+  assert "| A | preempted | - | 40 |" in sweep.status_table(runs, str(tmp_path))
+  assert sweep.preempted_line(outcome, str(tmp_path)) == (
+    f"preempted: saved A at step 40 in {tmp_path}; rerun the same command to resume"
+  )
+  assert "preempted while evaluating" in (tmp_path / "A" / sweep.PREEMPTED).read_text()
+
+
+@needs_fashion_mnist
+def test_sigterm_to_a_subprocess_sweep_stops_and_saves_its_child_first(tmp_path):
+  """The trainer child gets the SIGTERM, saves and exits 75; the sweep waits for it and
+  exits 75 with one line; no child is left running."""
+  import signal
+  import sys
+  import time
+
+  root = tmp_path / "R"
+  sweep_process = subprocess.Popen(
+    [
+      sys.executable,
+      "launch.py",
+      "sweep",
+      f"--config={ROOT}/tests/tiny_sweep.py:steps=100000",
+      f"--workdir={root}",
+      "--subprocess",
+    ],
+    cwd=ROOT,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  child_lock = root / "A_S32_seed0" / "lock"
+  deadline = time.monotonic() + 300
+  while not (root / "A_S32_seed0" / "metrics.jsonl").exists() and time.monotonic() < deadline:
+    assert sweep_process.poll() is None, sweep_process.communicate()
+    time.sleep(0.5)
+  child = json.loads(child_lock.read_text())["pid"]
+  sweep_process.send_signal(signal.SIGTERM)
+  out, err = sweep_process.communicate(timeout=300)
+  assert sweep_process.returncode == 75, err[-3000:]
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("launch.py sweep: preempted: saved A_S32_seed0 at step "), err[-3000:]
+  assert last.endswith(f" in {root}; rerun the same command to resume")
+  assert "| A_S32_seed0 | preempted |" in out
+  with pytest.raises(ProcessLookupError):
+    os.kill(child, 0)  # gone, not orphaned
+  assert not child_lock.exists()
 
 
 def test_no_run_starts_once_the_time_budget_is_spent(tmp_path, monkeypatch):

@@ -22,26 +22,31 @@ checkpoints; one killed while evaluating is only evaluated again.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import ml_collections
 
 from vgg_jax import config as config_lib
+from vgg_jax import lock as lock_lib
 from vgg_jax import metrics as metrics_lib
 from vgg_jax import paper, paths, train
 from vgg_jax.scale import Scale
 from vgg_jax.util import PEAK_FLOPS, markdown_table
 
 DONE, EVALUATED, FAILED = "sweep_done.json", "sweep_evaluated.json", "sweep_failed.txt"
+PREEMPTED = "sweep_preempted.txt"  # stopped by SIGTERM after saving: it resumes next time
 LAUNCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "launch.py")
 
 
@@ -170,7 +175,12 @@ def train_command(run: Run, config_file: str, root: str) -> list[str]:
 
 def state(run: Run, root: str) -> str:
   workdir = paths.Path(root, run.name)
-  for marker, name in ((EVALUATED, "done"), (FAILED, "failed"), (DONE, "trained")):
+  for marker, name in (
+    (EVALUATED, "done"),
+    (FAILED, "failed"),
+    (PREEMPTED, "preempted"),
+    (DONE, "trained"),
+  ):
     if (workdir / marker).exists():
       return name
   return "started" if (workdir / "metrics.jsonl").exists() else "pending"
@@ -326,13 +336,18 @@ def in_process_steps(run: Run, config_file: str, root: str) -> list[tuple]:
   def evaluate_run():
     from vgg_jax import evaluate  # pylint: disable=import-outside-toplevel
 
-    trained = evaluate.load_trained(workdir)
-    for result in evaluate.evaluate_many([trained], evaluate.configured(trained.config)):
-      evaluate.write_result(result)
+    with lock_lib.workdir_lock(workdir, "eval"):  # as `launch.py eval`: it writes eval/
+      trained = evaluate.load_trained(workdir)
+      for result in evaluate.evaluate_many([trained], evaluate.configured(trained.config)):
+        evaluate.write_result(result)
 
   return [
-    ("train", lambda: train.train_and_evaluate(run_config(run, config_file, root), workdir), DONE),
-    ("evaluate", evaluate_run, EVALUATED),
+    (
+      "training",
+      lambda: train.train_and_evaluate(run_config(run, config_file, root), workdir),
+      DONE,
+    ),
+    ("evaluating", evaluate_run, EVALUATED),
   ]
 
 
@@ -351,8 +366,8 @@ def subprocess_steps(run: Run, config_file: str, root: str, execute) -> list[tup
     return step
 
   return [
-    ("train", call(train_command(run, config_file, root)), DONE),
-    ("evaluate", call(eval_command(run, root)), EVALUATED),
+    ("training", call(train_command(run, config_file, root)), DONE),
+    ("evaluating", call(eval_command(run, root)), EVALUATED),
   ]
 
 
@@ -362,14 +377,16 @@ def run_steps(run: Run, root: str, steps: list[tuple], log: Callable[[str], None
   "failed"; a preemption leaves nothing: "preempted" (it resumes next time)."""
   workdir = paths.Path(root, run.name)
   workdir.mkdir(parents=True, exist_ok=True)
-  (workdir / FAILED).unlink(missing_ok=True)  # tried again: it resumes
+  for stale in (FAILED, PREEMPTED):  # tried again: it resumes
+    (workdir / stale).unlink(missing_ok=True)
   for what, step, marker in steps:
     if (workdir / marker).exists():
       continue
     try:
       step()
     except train.Preempted as e:
-      log(f"{run.name}: preempted while {what[:-1]}ing ({e}); it resumes next time")
+      (workdir / PREEMPTED).write_text(f"preempted while {what}: {e}\n")
+      log(f"{run.name}: preempted while {what} ({e}); it resumes next time")
       return "preempted"
     except Exception as e:  # pylint: disable=broad-except
       (workdir / FAILED).write_text(
@@ -379,6 +396,50 @@ def run_steps(run: Run, root: str, steps: list[tuple], log: Callable[[str], None
       return "failed"
     (workdir / marker).write_text(json.dumps(last_metrics(str(workdir))))
   return "done"
+
+
+class Children:
+  """The sweep's live subprocesses, run by pool threads. SIGTERM to the sweep is passed
+  on to each (a trainer saves and exits 75, an evaluation exits 75) and no run starts
+  after it: the sweep ends preempted and leaves no orphan."""
+
+  def __init__(self, root: str):
+    self.env, self.live, self.stopped = subprocess_env(root), set(), False
+    self.lock = threading.Lock()
+
+  def run(self, command: list[str]) -> subprocess.CompletedProcess:
+    with self.lock:
+      if self.stopped:
+        return subprocess.CompletedProcess(command, train.PREEMPTED_EXIT_CODE, "", "")
+      process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env
+      )
+      self.live.add(process)
+    try:
+      out, err = process.communicate()
+    finally:
+      with self.lock:
+        self.live.discard(process)
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+  def stop(self, signum=None, frame=None):
+    """The SIGTERM handler (main thread, which never holds the lock)."""
+    self.stopped = True
+    for process in list(self.live):
+      process.send_signal(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def forwarding_sigterm(children: Children | None) -> Iterator[None]:
+  """While the block runs, SIGTERM stops `children` instead of this process."""
+  if children is None or threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGTERM, children.stop)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 class InlineExecutor(concurrent.futures.Executor):
@@ -429,12 +490,9 @@ def run_local(
   now asks for is refused (DesignChanged), or with `retrain` trained again."""
   check_design(runs, config_file, root, retrain, log)
   subprocesses = subprocesses or execute is not None or parallel > 1
+  children = Children(root) if subprocesses and execute is None else None
   if subprocesses:
-    execute = execute or (
-      lambda command: subprocess.run(
-        command, capture_output=True, text=True, check=False, env=subprocess_env(root)
-      )
-    )
+    execute = execute or children.run
     steps = lambda run: subprocess_steps(run, config_file, root, execute)  # noqa: E731
     pool = concurrent.futures.ThreadPoolExecutor(max(1, parallel))
   else:
@@ -445,7 +503,7 @@ def run_local(
   pending = [run for run in runs if run.name not in outcome]
   pace = Pace({run.name: (costs or {}).get(run.name, 1.0) for run in pending}, clock)
   running, stopping = {}, ""
-  with pool:
+  with pool, forwarding_sigterm(children):
     while pending and not stopping or running:
       for run in list(pending):
         parent = outcome.get(run.parent, "pending") if run.parent else "done"
@@ -457,6 +515,8 @@ def run_local(
           )
           pending.remove(run)
           pace.drop(run.name)
+        elif children is not None and children.stopped:
+          stopping = "SIGTERM"
         elif time_budget_s is not None and pace.elapsed() >= time_budget_s:
           stopping = f"the time budget of {time_budget_s:g} s is spent"
         elif parent == "done" and len(running) < max(1, parallel) and not stopping:
@@ -593,17 +653,34 @@ def status_table(runs: Sequence[Run], root: str) -> str:
   rows = []
   for run in runs:
     last = last_metrics(paths.join(root, run.name))
+    now = state(run, root)
     rows.append(
       [
         run.name,
-        state(run, root),
+        now,
         run.parent or "-",
-        last.get("step", "-"),
+        saved_step(paths.join(root, run.name)) if now == "preempted" else last.get("step", "-"),
         _percent(last.get("val_top1_err")),
         _percent(last.get("val_top5_err")),
       ]
     )
   return markdown_table(["run", "state", "parent", "step", "val top-1 %", "val top-5 %"], rows)
+
+
+def saved_step(workdir: str) -> int | str:
+  """The newest complete checkpoint's step (orbax names each by it), or "-"."""
+  directory = paths.Path(workdir, "checkpoints")
+  steps = (
+    [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
+  )
+  return max(steps, default="-")
+
+
+def preempted_line(outcome: dict[str, str], root: str) -> str:
+  """The sweep's one-line preemption message."""
+  names = [name for name, now in outcome.items() if now == "preempted"]
+  saved = ", ".join(f"{name} at step {saved_step(paths.join(root, name))}" for name in names)
+  return f"preempted: saved {saved} in {root}; rerun the same command to resume"
 
 
 def _percent(value) -> str:
