@@ -22,12 +22,16 @@ unreadable one, none to evaluate, a NaN, a full disk) is one line on stderr and 
 status 1; a bad or missing flag or config field, or an unknown command, status 2.
 """
 
+import contextlib
 import dataclasses
 import inspect
+import logging as logging_lib
 import os
 import signal
 import subprocess
 import sys
+import threading
+import traceback
 from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -451,6 +455,46 @@ class Invocation:
   args: list[str]
 
 
+LIBRARY_LOG = "orbax.log"
+
+
+class LibraryLog(logging_lib.Filter):
+  """What orbax's and asyncio's threads print as they fail with a save (a full disk:
+  RESOURCE_EXHAUSTED, "Event loop is closed"), put in WORKDIR/orbax.log instead of
+  before the one line that says what happened; lost, not printed, when it cannot be
+  written there (a full disk)."""
+
+  def __init__(self, workdir: str):
+    super().__init__()
+    self.workdir = workdir
+
+  def install(self):
+    for handler in logging_lib.getLogger().handlers:
+      handler.addFilter(self)
+    sys.unraisablehook = lambda u: self.write(
+      f"{u.err_msg or 'Exception ignored'}: {u.object!r}", u
+    )
+    threading.excepthook = lambda a: self.write(f"Exception in thread {a.thread}", a)
+
+  def filter(self, record: logging_lib.LogRecord) -> bool:
+    """Other records go on to the terminal; the libraries' go to the file."""
+    if record.name != "asyncio" and "/orbax/" not in record.pathname:
+      return True
+    self.write(logging_lib.Formatter().format(record))
+    return False
+
+  def write(self, text: str, failure=None):
+    from vgg_jax import paths
+
+    if failure is not None and failure.exc_type is not None:
+      text += "\n" + "".join(
+        traceback.format_exception(failure.exc_type, failure.exc_value, failure.exc_traceback)
+      )
+    with contextlib.suppress(Exception):
+      if paths.Path(self.workdir).is_dir():
+        paths.append_text(paths.join(self.workdir, LIBRARY_LOG), text.rstrip() + "\n")
+
+
 def stop_on_sigterm(signum, frame):
   """SIGTERM outside a training loop (which saves first, see train.Preemption): stop
   here, as a preemption. Once: a second SIGTERM is ignored while this one unwinds."""
@@ -463,6 +507,9 @@ def stop_on_sigterm(signum, frame):
 def main(invocation: Invocation):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   signal.signal(signal.SIGTERM, stop_on_sigterm)
+  workdir = getattr(invocation.flags, "workdir", None) or getattr(invocation.flags, "to", None)
+  if workdir:
+    LibraryLog(workdir).install()
   from vgg_jax import train
 
   try:

@@ -18,6 +18,7 @@ nothing. Evaluation, weight files and warm starts all use it.
 
 import contextlib
 import errno
+import logging
 from typing import Any, Iterator
 
 import jax
@@ -29,6 +30,17 @@ from vgg_jax import paths
 from vgg_jax.sharding import path_string
 
 BEST_METRIC = "val_top1_acc"
+
+
+class _NoMetricsAtMidEpochSaves(logging.Filter):
+  """Mid-epoch saves carry no validation metrics by design (BestN ignores them); orbax
+  would warn "Requested `tracked_metric`; did not provide metrics." at each."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsAtMidEpochSaves())
 
 
 class CheckpointMismatch(ValueError):
@@ -226,18 +238,30 @@ class Checkpointer:
 
   @contextlib.contextmanager
   def _writing(self) -> Iterator[None]:
-    """A full disk, however deep orbax wraps it, as DiskFull. (An async save's error
-    surfaces at the next save or wait, so the message names no step.)"""
+    """A full disk, however deep orbax wraps it, as DiskFull saying what is left. (An
+    async save's error surfaces at the next `check_saved`, save or wait, so the message
+    names no step.)"""
     try:
       yield
     except Exception as e:
       if not no_space(e):
         raise
+      complete = complete_steps(self.directory)
+      then = (
+        f"resume from step {max(complete)}, the newest complete checkpoint"
+        if complete
+        else "start afresh (no checkpoint is complete)"
+      )
       raise DiskFull(
-        f"no space left on the device of {self.directory}: a checkpoint "
-        f"could not be written; free some (or lower checkpoint.keep) and "
-        f"rerun the command to resume from the newest complete one"
+        f"no space left on the device of {self.directory}: a checkpoint could not be "
+        f"written; free some (or lower checkpoint.keep) and rerun the command to {then}"
       ) from e
+
+  def check_saved(self):
+    """Raises the error of an async save that failed (DiskFull for a full disk), so the
+    run stops at the next step rather than at the next save."""
+    with self._writing():
+      self.manager.check_for_errors()
 
   def wait(self):
     with self._writing():
@@ -257,6 +281,13 @@ def reader(workdir: str) -> Iterator[Checkpointer]:
     yield checkpoints
   finally:
     checkpoints.close()
+
+
+def complete_steps(directory: str) -> list[int]:
+  """The steps of DIRECTORY's complete checkpoints: orbax names each by its step once
+  written (a save in progress, or one that failed, has a temporary name)."""
+  path = paths.Path(directory)
+  return [int(p.name) for p in path.iterdir() if p.name.isdigit()] if path.is_dir() else []
 
 
 def state_args(abstract_state: Any) -> Any:

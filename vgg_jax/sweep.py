@@ -38,6 +38,7 @@ from typing import Callable, Iterator, Sequence
 import jax
 import ml_collections
 
+from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
 from vgg_jax import lock as lock_lib
 from vgg_jax import metrics as metrics_lib
@@ -668,12 +669,8 @@ def status_table(runs: Sequence[Run], root: str) -> str:
 
 
 def saved_step(workdir: str) -> int | str:
-  """The newest complete checkpoint's step (orbax names each by it), or "-"."""
-  directory = paths.Path(workdir, "checkpoints")
-  steps = (
-    [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
-  )
-  return max(steps, default="-")
+  """The newest complete checkpoint's step, or "-"."""
+  return max(ckpt_lib.complete_steps(paths.join(workdir, "checkpoints")), default="-")
 
 
 def preempted_line(outcome: dict[str, str], root: str) -> str:

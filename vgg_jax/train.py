@@ -438,6 +438,8 @@ class Run:
     self.pending = None  # (step, metrics still on the device)
 
   def step_done(self, step: int, metrics: dict):
+    """Logs the previous step's metrics; a failed async save stops the run here."""
+    self.checkpoints.check_saved()
     self.flush()
     self.pending = (step, metrics)
 
