@@ -426,9 +426,11 @@ def known_failure(error: BaseException) -> BaseException | None:
   """The failure whose message says all there is to say, so no traceback is needed: the
   error or one it interrupted (closing files after a full disk may fail again), or a
   full disk itself."""
-  from vgg_jax import checkpoint, config, lock, sweep, train
+  from vgg_jax import checkpoint, config, lock, paths, report, sweep, train
 
   known = (
+    paths.BadFile,
+    report.NoEvaluations,
     sweep.DesignChanged,
     config.ConfigError,
     lock.Locked,
@@ -520,7 +522,9 @@ def main(invocation: Invocation):
     known = known_failure(e)
     if known is None:
       raise
-    fail(invocation.name, known, at_once=True)
+    from vgg_jax import config
+
+    fail(invocation.name, known, 2 if isinstance(known, config.BadArgument) else 1, at_once=True)
 
 
 def usage(name: str) -> str:
@@ -558,9 +562,23 @@ def parse_flags(argv: list[str]) -> Invocation:
     args = f([argv[0], *argv[2:]])[1:]
   except (flags.Error, AttributeError, KeyError, ValueError) as e:
     fail(name, flag_error(e, argv), 2)
+  missing = missing_config_file(f)
+  if missing:
+    fail(name, f"--config={missing}: no such file", 2)
   if len(args) != len(COMMANDS[name].positional):
     fail(name, usage(name), 2)
   return Invocation(name, f, args)
+
+
+def missing_config_file(f: flags.FlagValues) -> str | None:
+  """The file of a config flag that could not be loaded: ml_collections defers that
+  error (two tracebacks) to the config's first use."""
+  for name in f:
+    try:
+      getattr(f[name].value, "to_dict", None)
+    except OSError:
+      return f[name].config_filename
+  return None
 
 
 def flag_error(error: BaseException, argv) -> str:

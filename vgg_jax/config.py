@@ -193,6 +193,11 @@ class ConfigError(ValueError):
   """The config asks for something that cannot run; the message names the field."""
 
 
+class BadArgument(ConfigError):
+  """A --config FILE:ARG that names no file, or an ARG its experiment refuses: a usage
+  error, as a bad flag (launch.py exits with status 2)."""
+
+
 def validate(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   """Checks what would otherwise fail late, or silently, before any compute (and
   before anything is written): ConfigError naming the problem."""
@@ -209,6 +214,10 @@ def _check(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   # The network's own checks (width, dropout, init, crop); its classes and channels
   # come from the data, read later.
   network_config(config, num_classes=1, in_channels=1)
+  if not config.optim.lr > 0:
+    raise ValueError(f"optim.lr {config.optim.lr} must be positive")
+  if config.optim.batch_size < 1:
+    raise ValueError(f"optim.batch_size {config.optim.batch_size} must be at least 1")
   if config.optim.batch_size % data_parallel:
     raise ValueError(
       f"batch_size {config.optim.batch_size} is not divisible by the "
@@ -229,6 +238,19 @@ def _check(config: ml_collections.ConfigDict, data_parallel: int) -> None:
   for spec in config.evaluations:
     parse_evaluation(spec)
   profiling.check_steps(config.profile_steps)
+  _check_manual_dir(config.data)
+
+
+def _check_manual_dir(cfg: ml_collections.ConfigDict) -> None:
+  """A manual_dir must hold the files the backend reads from it: Fashion-MNIST's IDX
+  files (the numpy and device backends read nothing else; tfds builds Fashion-MNIST
+  from them). Whether tfds would read it at all (not when the dataset is already
+  prepared) is checked where the builder is (`tfds_backend.prepared_builder`)."""
+  if cfg.manual_dir and (cfg.backend != "tfds" or cfg.name == "fashion_mnist"):
+    try:
+      data.fashion_mnist_dir(cfg.manual_dir)
+    except FileNotFoundError as e:
+      raise ValueError(f"data.manual_dir: {e}") from e
 
 
 def _paths(config, prefix=""):

@@ -115,6 +115,12 @@ def choose_step(checkpoints: ckpt_lib.Checkpointer, step: int | None) -> tuple[i
   """`step` if given, else the best by validation accuracy, else (no checkpoint was
   validated) the newest; with which of the three it is."""
   if step is not None:
+    saved = checkpoints.manager.all_steps()
+    if step not in saved:
+      raise ckpt_lib.NoCheckpoint(
+        f"no checkpoint of step {step} in {checkpoints.directory}; it holds steps "
+        f"{', '.join(map(str, saved))}"
+      )
     return step, "requested"
   best = checkpoints.best_step()
   return (best, "best") if best is not None else (checkpoints.latest_step(), "latest")

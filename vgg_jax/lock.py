@@ -158,8 +158,9 @@ def workdir_lock(workdir: str, purpose: str) -> Iterator[None]:
   """Holds WORKDIR/lock (created with the workdir if need be) for the block's life;
   raises `Locked` naming the holder when another process has it. Process 0 locks for a
   multi-host run."""
-  release, error = None, None
+  release, error, created = None, None, False
   if jax.process_index() == 0:
+    created = not paths.Path(workdir).exists()
     paths.Path(workdir).mkdir(parents=True, exist_ok=True)
     try:
       release = _acquire(workdir, purpose)
@@ -178,3 +179,14 @@ def workdir_lock(workdir: str, purpose: str) -> Iterator[None]:
   finally:
     if release is not None:
       release()
+      if created:
+        _remove_if_empty(workdir)
+
+
+def _remove_if_empty(workdir: str) -> None:
+  """A workdir the lock created and nothing filled (a command that failed before its
+  first write) goes: no failed command leaves an empty workdir behind."""
+  path = paths.Path(workdir)
+  with contextlib.suppress(OSError):
+    if path.is_dir() and not any(path.iterdir()):
+      path.rmdir()

@@ -18,6 +18,15 @@ from etils import epath
 Path = epath.Path
 
 
+class BadFile(ValueError):
+  """A file that is not what it should be (truncated, of another format): one line
+  naming the file and what is wrong with it."""
+
+  def __init__(self, path, problem):
+    first_line = (str(problem).strip().splitlines() or [""])[0]
+    super().__init__(f"{os.fspath(path)}: {first_line}")
+
+
 def is_local(path) -> bool:
   """Whether `path` is on this host's filesystem rather than a URL (gs://bucket/...)."""
   return "://" not in os.fspath(path)

@@ -554,11 +554,22 @@ def convergence_markdown(rows: list[dict]) -> str:
 # ----------------------------------------------------------------------------- report
 
 
+class NoEvaluations(FileNotFoundError):
+  """The root holds no evaluation to report; nothing was written."""
+
+
 def report(root: str) -> tuple[str, list[str]]:
-  """Writes ROOT/report/; returns the Markdown and the paths written."""
+  """Writes ROOT/report/; returns the Markdown and the paths written. NoEvaluations,
+  writing nothing, when ROOT holds none (a missing or empty root, a typo)."""
+  records = collect(root)
+  if not records:
+    raise NoEvaluations(
+      f"no evaluations in {root} (none of ROOT/*/eval/*.json): nothing to report; "
+      "sweep (or `launch.py eval`) into it first"
+    )
   out = paths.Path(root) / "report"
   (out / "curves").mkdir(parents=True, exist_ok=True)
-  records, metrics = collect(root), run_metrics(root)
+  metrics = run_metrics(root)
   rows, verdicts = tables(records), claims(records)
   text = (
     tables_markdown(rows)

@@ -688,10 +688,16 @@ def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
   """ "experiments/FILE.py:ARG" -> (the file, its `sweep(ARG)` expanded)."""
   config_file, _, arg = config_spec.partition(":")
   config_file = os.path.abspath(config_file)
+  if not os.path.isfile(config_file):
+    raise config_lib.BadArgument(f"--config={config_spec}: no such file")
   module = config_lib.load_experiment_module(config_file)
   if not hasattr(module, "sweep"):
-    raise ValueError(f"{config_file} has no sweep(arg)")
-  return config_file, expand(module.sweep(arg))
+    raise config_lib.BadArgument(f"--config={config_spec}: {config_file} has no sweep(arg)")
+  try:
+    specs = module.sweep(arg)
+  except ValueError as e:  # an unknown design or argument: parse_arg names the known ones
+    raise config_lib.BadArgument(f"--config={config_spec}: {e}") from e
+  return config_file, expand(specs)
 
 
 # ------------------------------------------------------------------------ forecast

@@ -206,7 +206,7 @@ def read_keras(path: str):
   try:
     return keras.saving.load_model(path, compile=False)
   except Exception as e:  # h5py, zipfile and Keras each raise their own
-    raise ValueError(f"cannot read {path} as a Keras model: {e}") from e
+    raise paths.BadFile(path, f"not a Keras model: {e}") from e
 
 
 # ---------------------------------------------------------------- torchvision
@@ -319,9 +319,9 @@ def read_pth(path: str) -> Mapping[str, Any]:
     with paths.Path(path).open("rb") as f:
       state_dict = torch.load(f, map_location="cpu", weights_only=True)
   except Exception as e:
-    raise ValueError(f"cannot read {path} as a torch state dict: {e}") from e
+    raise paths.BadFile(path, f"not a torch state dict: {e}") from e
   if not isinstance(state_dict, Mapping):
-    raise ValueError(f"{path} holds a {type(state_dict).__name__}, not a state dict")
+    raise paths.BadFile(path, f"holds a {type(state_dict).__name__}, not a state dict")
   return state_dict
 
 

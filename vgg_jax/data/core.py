@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import zlib
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import jax
@@ -186,16 +187,27 @@ IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0
 
 
 def read_idx(path: str) -> np.ndarray:
-  """One IDX file (LeCun's MNIST format), gzipped or not."""
+  """One IDX file (LeCun's MNIST format), gzipped or not; paths.BadFile naming it when
+  it is cut short or not IDX at all."""
   raw = paths.Path(path).read_bytes()
   if path.endswith(".gz"):
-    raw = gzip.decompress(raw)
-  zeros, code, ndim = raw[:2], raw[2], raw[3]
-  if zeros != b"\0\0" or code not in IDX_DTYPES:
-    raise ValueError(f"{path} is not an IDX file")
-  shape = np.frombuffer(raw, ">i4", count=ndim, offset=4)
-  data = np.frombuffer(raw, IDX_DTYPES[code], offset=4 + 4 * ndim)
-  return data.reshape(shape).astype(IDX_DTYPES[code].replace(">", "="))
+    try:
+      raw = gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as e:
+      raise paths.BadFile(path, f"not a complete gzip file ({e})") from e
+  if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] not in IDX_DTYPES:
+    raise paths.BadFile(path, "not an IDX file")
+  dtype, ndim = np.dtype(IDX_DTYPES[raw[2]]), raw[3]
+  shape = np.frombuffer(raw[: 4 + 4 * ndim].ljust(4 + 4 * ndim, b"\0"), ">i4", offset=4)
+  expected = int(np.prod(shape)) * dtype.itemsize
+  if len(raw) - 4 - 4 * ndim != expected:
+    raise paths.BadFile(
+      path,
+      f"an IDX file cut short: {len(raw) - 4 - 4 * ndim} bytes of data where its header "
+      f"announces {tuple(int(n) for n in shape)} ({expected} bytes)",
+    )
+  data = np.frombuffer(raw, dtype, offset=4 + 4 * ndim)
+  return data.reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def fashion_mnist_dir(manual_dir: str = "") -> str:

@@ -66,6 +66,14 @@ def prepared_builder(cfg) -> tfds.core.DatasetBuilder:
   """The dataset's builder, prepared in cfg.data_dir; says what is missing when it can't be."""
   name = LOCAL_BUILDERS.get(cfg.name, cfg.name)
   builder = tfds.builder(name, data_dir=cfg.data_dir or None)
+  if cfg.manual_dir and builder.is_prepared():
+    from vgg_jax.config import ConfigError  # pylint: disable=import-outside-toplevel
+
+    raise ConfigError(
+      f"config: data.manual_dir {cfg.manual_dir} would not be read: {name} is already "
+      f"prepared in {builder.data_dir}, which tfds reads instead; drop data.manual_dir, "
+      "or give data.data_dir an empty directory to build it there from manual_dir"
+    )
   manual_dir = cfg.manual_dir or None
   if name == "fashion_mnist_local" and not builder.is_prepared():
     manual_dir = core.fashion_mnist_dir(cfg.manual_dir)
