@@ -352,6 +352,16 @@ def tfds_split(cfg, split):
   return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
 
 
+def test_a_manual_dir_tfds_would_not_read_is_refused(fm_cfg):
+  """fm_cfg's data_dir holds the prepared dataset: tfds would read it, not manual_dir."""
+  from vgg_jax import config as config_lib
+
+  cfg = fm_cfg.copy_and_resolve_references()
+  cfg.manual_dir = "/elsewhere"
+  with pytest.raises(config_lib.ConfigError, match="data.manual_dir /elsewhere would not be read"):
+    data_tf.prepared_builder(cfg)
+
+
 def test_fashion_mnist_builder_is_the_idx_files(fm_cfg):
   for split, n in [("train", 60_000), ("test", 10_000)]:
     images, labels = data.load_idx_numpy("", split)

@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 from conftest import ROOT, finish, free_port, needs_fashion_mnist, tiny_config
+from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import data, evaluate, sharding, train
 from vgg_jax.model import VGG, VGGConfig
 
@@ -43,6 +44,13 @@ def trained(run):
 @pytest.fixture(scope="module")
 def images():
   return next(data.read_split(tiny_config().data, "test[:6]"))
+
+
+def test_a_step_that_was_not_saved_names_those_that_were(run):
+  with pytest.raises(
+    ckpt_lib.NoCheckpoint, match=r"no checkpoint of step 999 in .*; it holds steps 2, 4$"
+  ):
+    evaluate.load_trained(run[0], step=999)
 
 
 def built(image_size=32, width=1 / 16) -> evaluate.Trained:
