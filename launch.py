@@ -18,8 +18,10 @@ Exit status: 0 when done; 75 (EX_TEMPFAIL) when SIGTERM stopped a command (`trai
 saving; a sweep after its runs saved, children included) or a sweep's run was
 preempted: rerun the same command to resume. A known failure (a
 bad config, a workdir another process holds, a checkpoint of another model or an
-unreadable one, none to evaluate, a NaN, a full disk) is one line on stderr and exit
-status 1; a bad or missing flag or config field, or an unknown command, status 2.
+unreadable one, none to evaluate, a NaN, a full disk, a bad data or weight file, a
+sweep whose design changed, a report with no evaluations) is one line on stderr and
+exit status 1; a bad or missing flag or config field, a missing --config file, an
+argument its experiment does not know, or an unknown command, status 2.
 """
 
 import contextlib
