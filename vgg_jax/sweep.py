@@ -375,7 +375,7 @@ def subprocess_steps(run: Run, config_file: str, root: str, execute) -> list[tup
 def run_steps(run: Run, root: str, steps: list[tuple], log: Callable[[str], None]) -> str:
   """Runs what `run` has left of `steps`, each leaving its marker (with the last
   validation metrics): "done"; an exception leaves FAILED with the output or traceback:
-  "failed"; a preemption leaves nothing: "preempted" (it resumes next time)."""
+  "failed"; a preemption leaves PREEMPTED: "preempted" (it resumes next time)."""
   workdir = paths.Path(root, run.name)
   workdir.mkdir(parents=True, exist_ok=True)
   for stale in (FAILED, PREEMPTED):  # tried again: it resumes
@@ -590,11 +590,12 @@ def evaluate_ensembles(
     if marker.exists():
       continue
     try:
-      models = [evaluate.load_trained(paths.join(root, run.name)) for run in (first, second)]
-      written = [
-        evaluate.write_result(result)
-        for result in evaluate.evaluate_many(models, evaluate.configured(models[0].config))
-      ]
+      with lock_lib.workdir_lock(paths.join(root, first.name), "eval"):  # it writes eval/
+        models = [evaluate.load_trained(paths.join(root, run.name)) for run in (first, second)]
+        written = [
+          evaluate.write_result(result)
+          for result in evaluate.evaluate_many(models, evaluate.configured(models[0].config))
+        ]
     except Exception as e:  # pylint: disable=broad-except
       log(f"ensemble {first.name} + {second.name} failed: {e!r}")
       continue
