@@ -689,7 +689,7 @@ def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
   """ "experiments/FILE.py:ARG" -> (the file, its `sweep(ARG)` expanded)."""
   config_file, _, arg = config_spec.partition(":")
   config_file = os.path.abspath(config_file)
-  if not os.path.isfile(config_file):
+  if not paths.Path(config_file).is_file():
     raise config_lib.BadArgument(f"--config={config_spec}: no such file")
   module = config_lib.load_experiment_module(config_file)
   if not hasattr(module, "sweep"):
