@@ -104,11 +104,12 @@ def test_a_bucket_s_lock_is_advisory_and_names_its_holder(bucket):
     with pytest.raises(lock.Locked, match=rf"{workdir} is in use by train \(pid {os.getpid()} "):
       with lock.workdir_lock(workdir, "eval"):
         pass
-  assert not (bucket / "run" / "lock").exists()
+  assert not (bucket / "run").exists()  # created for the lock, left empty: gone with it
 
   dead = subprocess.Popen([sys.executable, "-c", "pass"])
   dead.wait()
   holder = dict(host=socket.gethostname(), pid=dead.pid, purpose="train", since="then")
+  (bucket / "run").mkdir()
   (bucket / "run" / "lock").write_text(json.dumps(holder))
   with lock.workdir_lock(workdir, "eval"):  # a dead process of this host: taken over
     assert json.loads((bucket / "run" / "lock").read_text())["purpose"] == "eval"

@@ -293,18 +293,18 @@ def config_changes(recorded: dict, wanted: dict) -> list[str]:
 
 
 def changed_runs(runs: Sequence[Run], config_file: str, root: str) -> dict[str, list[str]]:
-  """The runs whose config.json differs from what the design now asks, with what
-  differs; a run whose parent is among them trained from the old parent, so it is too."""
+  """The trained runs (which would be skipped) whose config.json differs from what the
+  design now asks, with what differs, and the runs started from such a parent. (A run
+  not trained yet resumes with the design's config, as `train` does.)"""
   changed = {}
   for run in runs:  # parents first
-    record = paths.Path(root, run.name, "config.json")
-    if not record.exists():
-      continue
-    recorded = config_fields(ml_collections.ConfigDict(json.loads(record.read_text())))
-    changes = config_changes(recorded, config_fields(run_config(run, config_file, root)))
-    if run.parent in changed:
-      changes.append(f"parent {run.parent} changed")
-    if changes:
+    workdir = paths.Path(root, run.name)
+    changes = [f"parent {run.parent} changed"] if run.parent in changed else []
+    if (workdir / DONE).exists():
+      recorded = json.loads((workdir / "config.json").read_text())
+      wanted = config_fields(run_config(run, config_file, root))
+      changes = config_changes(config_fields(ml_collections.ConfigDict(recorded)), wanted) + changes
+    if changes and (workdir / "config.json").exists():
       changed[run.name] = changes
   return changed
 
