@@ -617,6 +617,9 @@ def compiled_forecast(
   chip = TPU_CHIPS[tpu_compile.chip_name(topology)]
   rows, total = [], 0.0
   for run in runs:
+    if costs[run.name] is None:
+      rows.append([run.name, f"{flops[run.name]:.3g}", "does not fit", ""])
+      continue
     bound = costs[run.name].bound_s(chip)
     hours = training_steps(configs[run.name]) * bound / 3600
     total += hours

@@ -34,8 +34,9 @@ class UnknownTopology(ValueError):
   """libtpu knows no such slice, or the chip is not in `util.TPU_CHIPS`."""
 
 
-class DoesNotFit(ValueError):
-  """The run's step needs more HBM per chip than the chip has; the message names a rule."""
+class OutOfHbm(Exception):
+  """XLA's TPU compiler refused a step that needs more HBM than a chip has; the message
+  is the compiler's figures."""
 
 
 def chip_name(topology: str) -> str:
@@ -51,9 +52,11 @@ def chip_name(topology: str) -> str:
 
 def compile_on_this_host():
   """Nothing runs here, so JAX's own backend is the CPU (else libtpu looks for a TPU on
-  this machine); libtpu skips a TPU VM's metadata server, and may load beside a TPU
-  backend. A JAX_PLATFORMS the user set wins."""
+  this machine); libtpu skips a TPU VM's metadata server, takes this host as its only
+  worker (else it logs an error about the hostnames it found none of), and may load
+  beside a TPU backend. A JAX_PLATFORMS the user set wins."""
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   if "JAX_PLATFORMS" not in os.environ:
     jax.config.update("jax_platforms", "cpu")
@@ -101,7 +104,12 @@ class StepCost:
 def step_cost(fn, *args) -> StepCost:
   """Lowers and compiles a jitted step for the mesh its arguments' shardings name."""
   start = time.perf_counter()
-  compiled = fn.lower(*args).compile()
+  try:
+    compiled = fn.lower(*args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if not str(e).startswith("RESOURCE_EXHAUSTED"):
+      raise
+    raise OutOfHbm(str(e).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")) from e
   seconds = time.perf_counter() - start
   return StepCost(
     memory=xla_cost.memory(compiled),
@@ -165,7 +173,8 @@ def rule_that_moves(tensor: Tensor, mesh: jax.sharding.Mesh) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class SliceReport:
-  """A run's steps compiled for one TPU slice."""
+  """A run's steps compiled for one TPU slice: each step's cost, or the compiler's
+  refusal where it ran out of HBM."""
 
   topology: str
   chip: str
@@ -173,10 +182,10 @@ class SliceReport:
   hosts: int
   mesh: dict[str, int]
   config: ml_collections.ConfigDict
-  train: StepCost
-  eval: StepCost
+  steps: dict[str, StepCost]  # "train", "eval": those that compiled
+  out_of_hbm: dict[str, str]  # those the compiler refused: its message
   largest: Tensor
-  rule: str | None  # the preset that would move `largest`
+  rule: str | None  # the rule of a preset that would move `largest`
 
   @property
   def hbm(self) -> int:
@@ -184,11 +193,11 @@ class SliceReport:
 
   @property
   def need(self) -> int:
-    return max(self.train.memory.total, self.eval.memory.total)
+    return max((step.memory.total for step in self.steps.values()), default=0)
 
   @property
   def fits(self) -> bool:
-    return self.need <= self.hbm
+    return not self.out_of_hbm and self.need <= self.hbm
 
 
 def slice_program(config: ml_collections.ConfigDict, devices: list) -> tuple[train.Program, dict]:
@@ -209,6 +218,12 @@ def compile_run(config: ml_collections.ConfigDict, topology: str) -> SliceReport
   devices = topology_devices(topology)
   program, batch = slice_program(config, devices)
   state = program.abstract_state
+  steps, out_of_hbm = {}, {}
+  for name, fn in (("train", program.step), ("eval", program.eval)):
+    try:
+      steps[name] = step_cost(fn, state, batch)
+    except OutOfHbm as e:
+      out_of_hbm[name] = str(e)
   largest = state_tensors(state)[0]
   return SliceReport(
     topology=topology,
@@ -217,8 +232,8 @@ def compile_run(config: ml_collections.ConfigDict, topology: str) -> SliceReport
     hosts=len({d.process_index for d in devices}),
     mesh=dict(program.mesh.shape),
     config=config,
-    train=step_cost(program.step, state, batch),
-    eval=step_cost(program.eval, state, batch),
+    steps=steps,
+    out_of_hbm=out_of_hbm,
     largest=largest,
     rule=rule_that_moves(largest, program.mesh),
   )
@@ -226,14 +241,18 @@ def compile_run(config: ml_collections.ConfigDict, topology: str) -> SliceReport
 
 def train_step_costs(configs: dict[str, ml_collections.ConfigDict], topology: str) -> dict:
   """Each named config's train step compiled for `topology`, once per distinct program
-  (a config's seeds and fine-tunings share one): for a sweep's forecast."""
+  (a config's seeds and fine-tunings share one), or None where it does not fit: for a
+  sweep's forecast."""
   devices = topology_devices(topology)
   compiled, costs = {}, {}
   for name, config in configs.items():
     program, batch = slice_program(config, devices)
     key = (train.program_key(config, program.mesh, program.model), config.optim.batch_size)
     if key not in compiled:
-      compiled[key] = step_cost(program.step, program.abstract_state, batch)
+      try:
+        compiled[key] = step_cost(program.step, program.abstract_state, batch)
+      except OutOfHbm:
+        compiled[key] = None
     costs[name] = compiled[key]
   return costs
 
@@ -276,10 +295,34 @@ def verdict(report: SliceReport) -> str:
     if report.rule
     else "no preset splits it further on this mesh (more chips on its axis, or a smaller batch)"
   )
-  return (
-    f"does not fit: {gib(report.need)} a chip, {gib(report.need - report.hbm)} over {chip}; "
-    f"the largest tensor is {t.path} {t.shape} {t.dtype} ({gib(t.chip_bytes)} a chip): {move}"
+  over = "; ".join(
+    [f"the {name} step: {message}" for name, message in report.out_of_hbm.items()]
+    or [f"{gib(report.need)} a chip, {gib(report.need - report.hbm)} over {chip}"]
   )
+  return (
+    f"does not fit: {over}; the largest tensor is {t.path} {t.shape} {t.dtype} "
+    f"({gib(t.chip_bytes)} a chip): {move}"
+  )
+
+
+def step_rows(steps: dict[str, StepCost], chip: TpuChip) -> list[list[str]]:
+  """The report's table: a row per figure, a column per compiled step."""
+
+  def row(label, figure):
+    return [label] + [figure(step) for step in steps.values()]
+
+  return [
+    row("arguments", lambda s: gib(s.memory.arguments)),
+    row("outputs", lambda s: gib(s.memory.outputs)),
+    row("temporaries", lambda s: gib(s.memory.temporaries)),
+    row("donated (aliased)", lambda s: gib(s.memory.donated)),
+    row("total", lambda s: gib(s.memory.total)),
+    row("TFLOP", lambda s: f"{s.flops / 1e12:.3f}"),
+    row("bytes accessed", lambda s: f"{s.bytes_accessed / 1e9:.1f} GB"),
+    row("collectives", collectives_text),
+    row("roofline bound", lambda s: roofline_text(s, chip)),
+    row("compile", lambda s: f"{s.compile_s:.1f} s"),
+  ]
 
 
 def format_report(report: SliceReport) -> str:
@@ -287,41 +330,23 @@ def format_report(report: SliceReport) -> str:
   c, chip = report.config, TPU_CHIPS[report.chip]
   batch = c.optim.batch_size
   mesh = " x ".join(f"{name} {size}" for name, size in report.mesh.items())
-  rows = []
-  for label, field in (
-    ("arguments", "arguments"),
-    ("outputs", "outputs"),
-    ("temporaries", "temporaries"),
-    ("donated (aliased)", "donated"),
-  ):
-    rows.append(
-      [label, gib(getattr(report.train.memory, field)), gib(getattr(report.eval.memory, field))]
-    )
-  rows += [
-    ["total", gib(report.train.memory.total), gib(report.eval.memory.total)],
-    ["TFLOP", f"{report.train.flops / 1e12:.3f}", f"{report.eval.flops / 1e12:.3f}"],
-    [
-      "bytes accessed",
-      f"{report.train.bytes_accessed / 1e9:.1f} GB",
-      f"{report.eval.bytes_accessed / 1e9:.1f} GB",
-    ],
-    ["collectives", collectives_text(report.train), collectives_text(report.eval)],
-    ["roofline bound", roofline_text(report.train, chip), roofline_text(report.eval, chip)],
-    ["compile", f"{report.train.compile_s:.1f} s", f"{report.eval.compile_s:.1f} s"],
+  lines = [
+    f"VGG-{c.model.name} (width {c.model.width:g}, {c.model.dtype}) on {report.topology}: "
+    f"{report.chips} chips, {report.hosts} host(s); mesh {mesh}, sharding "
+    f"{c.sharding_rules or c.sharding}; batch {batch} ({batch // report.mesh['data']} a "
+    f"chip), {c.data.crop} px, {c.data.name}",
+    "",
   ]
-  bound = report.train.bound_s(chip)
-  return "\n".join(
-    [
-      f"VGG-{c.model.name} (width {c.model.width:g}, {c.model.dtype}) on {report.topology}: "
-      f"{report.chips} chips, {report.hosts} host(s); mesh {mesh}, sharding "
-      f"{c.sharding_rules or c.sharding}; batch {batch} ({batch // report.mesh['data']} a "
-      f"chip), {c.data.crop} px, {c.data.name}",
-      "",
-      markdown_table(["per chip and step", "train step", "eval step"], rows),
-      "",
-      f"{report.chip}: {chip.hbm_bytes / GIB:.0f} GiB HBM, {chip.peak_flops / 1e12:.0f} TFLOP/s "
-      f"bf16, HBM {chip.hbm_bandwidth / 1e9:.0f} GB/s, ICI {chip.ici_bandwidth / 1e9:.0f} GB/s "
-      f"(util.TPU_CHIPS); the train step's bound is {batch / bound:,.0f} images/s at most",
-      verdict(report),
-    ]
+  if report.steps:
+    header = ["per chip and step"] + [f"{name} step" for name in report.steps]
+    lines += [markdown_table(header, step_rows(report.steps, chip)), ""]
+  lines.append(
+    f"{report.chip}: {chip.hbm_bytes / GIB:.0f} GiB HBM, {chip.peak_flops / 1e12:.0f} TFLOP/s "
+    f"bf16, HBM {chip.hbm_bandwidth / 1e9:.0f} GB/s, ICI {chip.ici_bandwidth / 1e9:.0f} GB/s "
+    "(util.TPU_CHIPS)"
   )
+  if "train" in report.steps:
+    bound = report.steps["train"].bound_s(chip)
+    lines.append(f"the train step's roofline bound: {batch / bound:,.0f} images/s at most")
+  lines.append(verdict(report))
+  return "\n".join(lines)
