@@ -94,15 +94,20 @@ def test_a_run_that_cannot_fit_says_so_and_names_the_rule():
   assert "'fc7/kernel$' -> ('data',) (--config.sharding=fsdp)" in line
 
 
-def test_an_unknown_topology_is_refused_in_one_line():
+# launch.py compile in a fresh interpreter; then whether TensorFlow was imported by then.
+COMPILE = """
+import runpy, sys
+sys.argv = ["launch.py", "compile", *sys.argv[1:]]
+try:
+  runpy.run_path("launch.py", run_name="__main__")
+finally:
+  print("tensorflow imported:", "tensorflow" in sys.modules)
+"""
+
+
+def test_an_unknown_topology_is_refused_in_one_line_without_tensorflow():
   out = subprocess.run(
-    [
-      sys.executable,
-      "launch.py",
-      "compile",
-      f"--config={ROOT}/experiments/paper.py",
-      "--topology=v9:2x2",
-    ],
+    [sys.executable, "-c", COMPILE, f"--config={ROOT}/experiments/paper.py", "--topology=v9:2x2"],
     cwd=ROOT,
     capture_output=True,
     text=True,
@@ -114,6 +119,7 @@ def test_an_unknown_topology_is_refused_in_one_line():
     "launch.py compile: unknown TPU topology 'v9:2x2': give CHIP:AxB[xC], CHIP one of "
     "v4, v5e, v5p, v6e (e.g. v5p:2x2x2)"
   ]
+  assert out.stdout.strip() == "tensorflow imported: False"
 
 
 def test_libtpu_refuses_a_slice_it_does_not_know():
