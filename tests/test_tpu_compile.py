@@ -63,8 +63,9 @@ def test_figures_follow_the_batch_and_the_sharding_rules(report):
     {"batch": small_config(batch=128), "fsdp": small_config(sharding="fsdp")}, SLICE
   )
   base = report.steps["train"]
-  # 4 x the images: their pixels are an argument, their activations temporaries.
-  assert costs["batch"].memory.arguments - base.memory.arguments == 96 * 32 * 32 * 3 * 4 // 4
+  # 4 x the images: their pixels are an argument (in the TPU's padded layout, so no
+  # exact figure), their activations temporaries.
+  assert costs["batch"].memory.arguments > base.memory.arguments + 96 * 32 * 32 * 3 * 4 // 4
   assert costs["batch"].memory.total > base.memory.total
   assert costs["batch"].flops > 3 * base.flops
   # fc6/fc7 and their momenta split over the 4 chips of `data`: gathered for the step,
