@@ -8,7 +8,7 @@ over `data`). The table in docs/tpu.md.
 
 A big config's compile takes minutes on a small CPU, so each row is appended to --out as
 it is done and a rerun skips the rows already there; the Markdown table of every row in
---out is printed at the end.
+--out is printed at the end (`--configs=` prints it alone).
 """
 
 import argparse
@@ -130,7 +130,7 @@ def main(argv=None):
       done = {(r["config"], r["topology"], r["sharding"]) for r in map(json.loads, f)}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   for topology in args.slices.split(","):
-    for name in args.configs.split(","):
+    for name in filter(None, args.configs.split(",")):
       for sharding in args.shardings.split(","):
         if (name, topology, sharding) not in done:
           try:
@@ -142,7 +142,10 @@ def main(argv=None):
             f.write(json.dumps(result) + "\n")
           print(f"{name} {topology} {sharding}: done", flush=True)
   with open(args.out) as f:
-    print(markdown([json.loads(line) for line in f]))
+    rows = [json.loads(line) for line in f]
+  order = list(SLICE_NAMES) + sorted({r["topology"] for r in rows} - set(SLICE_NAMES))
+  rows.sort(key=lambda r: (order.index(r["topology"]), r["config"], r["sharding"] != "replicated"))
+  print(markdown(rows))
 
 
 if __name__ == "__main__":
