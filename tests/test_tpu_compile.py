@@ -12,6 +12,7 @@ import pytest
 
 from conftest import ROOT
 from vgg_jax import config as config_lib
+from vgg_jax import sharding as sharding_lib
 from vgg_jax import tpu_compile
 
 pytest.importorskip("libtpu")
@@ -126,3 +127,11 @@ def test_an_unknown_topology_is_refused_in_one_line_without_tensorflow():
 def test_libtpu_refuses_a_slice_it_does_not_know():
   with pytest.raises(tpu_compile.UnknownTopology, match="libtpu does not know TPU topology"):
     tpu_compile.topology_devices("v5e:3x7")
+
+
+def test_v4_and_v5p_slices_have_a_device_per_chip():
+  """Their chips have two TensorCores: megacore makes them one device, as a mesh needs."""
+  for topology, chips in (("v4:2x2x2", 8), ("v5p:2x2x1", 4)):
+    devices = tpu_compile.topology_devices(topology)
+    assert len(devices) == chips
+    assert sharding_lib.make_mesh((("data", -1), ("model", 1)), devices).shape["data"] == chips
