@@ -82,7 +82,7 @@ def summary_flags(f: flags.FlagValues):
   )
 
 
-def train_flags_without_workdir(f: flags.FlagValues):
+def define_config(f: flags.FlagValues):
   config_flags.DEFINE_config_file(
     "config",
     None,
@@ -93,7 +93,7 @@ def train_flags_without_workdir(f: flags.FlagValues):
 
 
 def train_flags(f: flags.FlagValues):
-  train_flags_without_workdir(f)
+  define_config(f)
   define_workdir(f, "where checkpoints and metrics go; training resumes from them.")
   define_distributed(f)
 
@@ -204,7 +204,7 @@ def sweep_flags(f: flags.FlagValues):
 
 
 def compile_flags(f: flags.FlagValues):
-  train_flags_without_workdir(f)
+  define_config(f)
   flags.DEFINE_string(
     "topology",
     None,
