@@ -85,17 +85,6 @@ def test_the_report_prints_the_compiled_figures(report):
   assert "roofline bound" in text and text.endswith("\n" + tpu_compile.verdict(report))
 
 
-def test_a_run_that_cannot_fit_says_so_and_names_the_rule():
-  """fc7 of 65536 x 65536 float32 (16 GiB, 32 with its momentum) on every chip of a v5e
-  (16 GiB): XLA's TPU compiler refuses the steps, and the verdict names fsdp's rule."""
-  report = tpu_compile.compile_run(small_config(fc_width=65536), SLICE)
-  assert not report.fits and "train" in report.out_of_hbm
-  line = tpu_compile.verdict(report)
-  assert "\n" not in line and line.startswith("does not fit: ")
-  assert "fc7/kernel (65536, 65536) float32" in line
-  assert "'fc7/kernel$' -> ('data',) (--config.sharding=fsdp)" in line
-
-
 # launch.py compile in a fresh interpreter; then whether TensorFlow was imported by then.
 COMPILE = """
 import runpy, sys
@@ -107,21 +96,46 @@ finally:
 """
 
 
-def test_an_unknown_topology_is_refused_in_one_line_without_tensorflow():
-  out = subprocess.run(
-    [sys.executable, "-c", COMPILE, f"--config={ROOT}/experiments/paper.py", "--topology=v9:2x2"],
+def launch_compile(*flags: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, "-c", COMPILE, f"--config={ROOT}/experiments/paper.py", *flags],
     cwd=ROOT,
     capture_output=True,
     text=True,
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
     timeout=300,
   )
+
+
+def test_a_run_that_cannot_fit_says_so_in_one_line_naming_the_rule():
+  """fc7 of 65536 x 65536 float32 (16 GiB, 32 with its momentum) on every chip of a v5e
+  (16 GiB): XLA's TPU compiler refuses the step, and the verdict names fsdp's rule.
+  TensorFlow is never imported."""
+  out = launch_compile(
+    f"--topology={SLICE}",
+    "--config.model.width=0.0625",
+    "--config.model.fc_width=65536",
+    "--config.data.crop=32",
+    "--config.data.scale=(32, 32)",
+  )
+  assert out.returncode == 1, out.stderr[-2000:]
+  line = out.stderr.strip().splitlines()[-1]  # after libtpu's own line about this host
+  assert line.startswith("launch.py compile: does not fit: the train step: ")
+  assert "fc7/kernel (65536, 65536) float32" in line
+  assert "'fc7/kernel$' -> ('data',) (--config.sharding=fsdp)" in line
+  assert out.stdout.strip().splitlines()[-2:] == [
+    line.removeprefix("launch.py compile: "),
+    "tensorflow imported: False",
+  ]
+
+
+def test_an_unknown_topology_is_refused_in_one_line():
+  out = launch_compile("--topology=v9:2x2")
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines() == [
     "launch.py compile: unknown TPU topology 'v9:2x2': give CHIP:AxB[xC], CHIP one of "
     "v4, v5e, v5p, v6e (e.g. v5p:2x2x2)"
   ]
-  assert out.stdout.strip() == "tensorflow imported: False"
 
 
 def test_libtpu_refuses_a_slice_it_does_not_know():
