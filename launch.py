@@ -13,6 +13,9 @@ lists a command's own flags.
   report   ROOT: Tables 3-6 of a sweep's evaluations beside the paper's.
   convert  --from torchvision|keras FILE --to DIR: a torchvision or Keras VGG as a
            vgg_jax orbax checkpoint.
+  compile  --config experiments/FILE.py:ARG --topology v5p:2x2x2: the run's train and
+           eval steps compiled for a TPU slice on this machine (libtpu, no TPU): memory
+           per chip against its HBM, FLOPs, collectives, a roofline bound.
 
 Exit status: 0 when done; 75 (EX_TEMPFAIL) when SIGTERM stopped a command (`train` after
 saving; a sweep after its runs saved, children included) or a sweep's run was
@@ -21,7 +24,8 @@ bad config, a workdir another process holds, a checkpoint of another model or an
 unreadable one, none to evaluate, a NaN, a full disk, a bad data or weight file, a
 sweep whose design changed, a report with no evaluations) is one line on stderr and
 exit status 1; a bad or missing flag or config field, a missing --config file, an
-argument its experiment does not know, or an unknown command, status 2.
+argument its experiment does not know, an unknown command or TPU topology, status 2.
+`compile` exits 1 when the run does not fit the slice's HBM.
 """
 
 import contextlib
@@ -86,7 +90,7 @@ def summary_flags(f: flags.FlagValues):
   )
 
 
-def train_flags(f: flags.FlagValues):
+def define_config(f: flags.FlagValues):
   config_flags.DEFINE_config_file(
     "config",
     None,
@@ -94,6 +98,10 @@ def train_flags(f: flags.FlagValues):
     flag_values=f,
   )
   flags.mark_flag_as_required("config", flag_values=f)
+
+
+def train_flags(f: flags.FlagValues):
+  define_config(f)
   define_workdir(f, "where checkpoints and metrics go; training resumes from them.")
   define_distributed(f)
 
@@ -185,7 +193,7 @@ def sweep_flags(f: flags.FlagValues):
   flags.DEFINE_string(
     "accelerator",
     "h100",
-    "the chip the forecast assumes (h100, h200, a100, tpu-v4, tpu-v5p).",
+    "the chip the forecast assumes (h100, h200, a100, tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e).",
     flag_values=f,
   )
   flags.DEFINE_float(
@@ -195,12 +203,30 @@ def sweep_flags(f: flags.FlagValues):
   flags.DEFINE_integer("gpus_per_node", 8, "--backend slurm: GPUs per host.", flag_values=f)
   flags.DEFINE_string("tpu", None, "--backend tpu: the TPU VM's name.", flag_values=f)
   flags.DEFINE_string("zone", None, "--backend tpu: its zone.", flag_values=f)
+  flags.DEFINE_string(
+    "topology",
+    None,
+    "--backend tpu: its slice, CHIP:AxB[xC] (e.g. v5p:2x2x2); with libtpu installed the "
+    "forecast compiles each run's train step for it instead of assuming --mfu.",
+    flag_values=f,
+  )
   flags.register_multi_flags_validator(
     ["backend", "tpu", "zone"],
     lambda v: v["backend"] != "tpu" or (v["tpu"] and v["zone"]),
     "--backend tpu needs --tpu NAME --zone ZONE",
     flag_values=f,
   )
+
+
+def compile_flags(f: flags.FlagValues):
+  define_config(f)
+  flags.DEFINE_string(
+    "topology",
+    None,
+    "the TPU slice, CHIP:AxB[xC] (v4, v5e, v5p, v6e), e.g. v5p:2x2x2.",
+    flag_values=f,
+  )
+  flags.mark_flag_as_required("topology", flag_values=f)
 
 
 def convert_flags(f: flags.FlagValues):
@@ -292,7 +318,8 @@ def sweep_main(f: flags.FlagValues):
   config_file, runs = sweep.load_sweep(f.config)
   root = f.workdir
   flops = sweep.run_flops(runs, config_file)
-  print(sweep.forecast(runs, config_file, f.accelerator, f.mfu, flops), flush=True)
+  topology = f.topology if f.backend == "tpu" else None
+  print(sweep.forecast(runs, config_file, f.accelerator, f.mfu, flops, topology), flush=True)
   if f.backend == "slurm":
     scripts = sweep.slurm_scripts(
       runs,
@@ -384,6 +411,24 @@ def convert_main(f: flags.FlagValues, path: str):
   )
 
 
+def compile_main(f: flags.FlagValues):
+  """Compiles the run's train and eval steps, as training builds them, for the TPU slice
+  --topology names, on this machine (libtpu's deviceless compilation: no TPU, no data):
+  prints chips and hosts, per chip the arguments, temporaries, outputs and donated bytes
+  against the chip's HBM, FLOPs, bytes accessed and collectives a step, a roofline bound
+  and the compile times. Exits 1 when the run does not fit, naming the sharding rule that
+  would move its largest tensor; 2 for a topology libtpu does not know."""
+  from vgg_jax import tpu_compile
+
+  try:
+    report = tpu_compile.compile_run(f.config, f.topology)
+  except tpu_compile.UnknownTopology as e:
+    fail("compile", e, 2)
+  print(tpu_compile.format_report(report), flush=True)
+  if not report.fits:
+    fail("compile", tpu_compile.verdict(report))
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
   """What a command runs, given its own parsed flags and its positional arguments."""
@@ -406,6 +451,7 @@ COMMANDS = {
   "status": Command(status_main, define_sweep_spec),
   "report": Command(report_main, positional=("ROOT",)),
   "convert": Command(convert_main, convert_flags, positional=("FILE",)),
+  "compile": Command(compile_main, compile_flags),
 }
 HELP = ("--help", "-h", "--helpfull", "-?")
 

@@ -34,7 +34,7 @@ import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from benchmarks import throughput  # noqa: E402
-from vgg_jax import architectures, train  # noqa: E402
+from vgg_jax import architectures, train, xla_cost  # noqa: E402
 from vgg_jax import sharding as sharding_lib  # noqa: E402
 from vgg_jax.model import count_params, create_model, training_flops_per_image  # noqa: E402
 from vgg_jax.util import PEAK_FLOPS, markdown_table  # noqa: E402
@@ -104,13 +104,13 @@ def compiled_row(name: str, preset: str, model_axis: int, batch_per_chip: int) -
     lambda: throughput.random_batch(program.batch_sharding, config.optim.batch_size, 224)
   )  # placed by the step's jit
   step = program.step.lower(program.abstract_state, batch).compile()
-  row = dict(framework="vgg_jax", collective_bytes=throughput.collective_bytes(step))
+  row = dict(framework="vgg_jax", collective_bytes=xla_cost.collective_bytes(step))
   return [
     preset,
     f"data {DEVICES // model_axis} x model {model_axis}",
     throughput.collectives(row),
-    f"{throughput.xla_flops(step) / 1e12:.2f}",
-    throughput.mib(throughput.xla_bytes(step)),
+    f"{xla_cost.xla_flops(step) / 1e12:.2f}",
+    throughput.mib(xla_cost.xla_bytes(step)),
   ]
 
 

@@ -52,7 +52,6 @@ import argparse
 import datetime
 import importlib.util
 import json
-import math
 import os
 import platform
 import re
@@ -82,6 +81,7 @@ from vgg_jax import config as config_lib  # noqa: E402
 from vgg_jax import sharding as sharding_lib  # noqa: E402
 from vgg_jax.model import VGG, training_flops_per_image  # noqa: E402
 from vgg_jax.util import PEAK_FLOPS, markdown_table  # noqa: E402
+from vgg_jax.xla_cost import COLLECTIVE_SHORT, collective_bytes, xla_bytes, xla_flops  # noqa: E402
 
 NUM_CLASSES = 1000  # ImageNet's head, for us and for torchvision
 CHANNELS = 3
@@ -93,18 +93,6 @@ DEVICE_KINDS = (
   (r"tpu v4", "tpu-v4"),
   (r"tpu v5p?$", "tpu-v5p"),
 )
-# The collectives of an SPMD program, as its HLO names them (async ones by their -done op).
-COLLECTIVE = re.compile(
-  r"= (.+?) (all-reduce|reduce-scatter|all-gather|all-to-all|"
-  r"collective-permute)(?:-done)?\("
-)
-COLLECTIVE_SHORT = {
-  "all-reduce": "AR",
-  "reduce-scatter": "RS",
-  "all-gather": "AG",
-  "all-to-all": "A2A",
-  "collective-permute": "CP",
-}
 TORCH_MODES = {"torch eager": False, "torch.compile": True}  # framework name -> compile?
 RATIO_KEYS = {"torch eager": "vs_torch_eager", "torch.compile": "vs_torch_compile"}
 
@@ -209,39 +197,6 @@ def random_batch(
     )
 
   return jax.jit(make, out_shardings=sharding)(jax.random.key(0))
-
-
-def xla_flops(compiled) -> float | None:
-  """FLOPs of one chip's share of a compiled SPMD step (XLA's cost analysis)."""
-  flops = (compiled.cost_analysis() or {}).get("flops", 0.0)
-  return flops if flops > 0 else None
-
-
-def xla_bytes(compiled) -> int | None:
-  """What a compiled step needs on a chip: arguments + outputs - donated + temporaries."""
-  m = compiled.memory_analysis()
-  return (
-    None
-    if m is None
-    else (
-      m.argument_size_in_bytes
-      + m.output_size_in_bytes
-      - m.alias_size_in_bytes
-      + m.temp_size_in_bytes
-    )
-  )
-
-
-def collective_bytes(compiled) -> dict[str, int]:
-  """Bytes of the arrays each kind of collective produces on a chip per step, from the
-  compiled (partitioned) HLO."""
-  totals = {}
-  for shape, kind in COLLECTIVE.findall(compiled.as_text()):
-    for dtype, dims in re.findall(r"\b(pred|[a-z]+\d+)\[([\d,]*)\]", shape):
-      bits = 8 if dtype == "pred" else int(re.sub(r"\D", "", dtype))
-      count = math.prod(int(d) for d in dims.split(",") if d)
-      totals[kind] = totals.get(kind, 0) + count * bits // 8
-  return totals
 
 
 def peak_bytes_in_use(devices) -> int | None:

@@ -10,7 +10,14 @@ import subprocess
 import sys
 import tempfile
 
-from vgg_jax import xla_flags
+# libtpu (requirements-test.txt) makes JAX look for a TPU: the suite runs on the CPU, and
+# libtpu compiles for TPU topologies without one (tests/test_tpu_compile.py). Before JAX
+# is imported (vgg_jax imports it), which reads JAX_PLATFORMS once.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+from vgg_jax import xla_flags  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "jax")

@@ -48,7 +48,7 @@ def refusal(out: subprocess.CompletedProcess, status: int) -> str:
 def test_help_lists_the_commands():
   out = launch("--help")
   assert out.returncode == 0, out.stderr[-2000:]
-  for command in ("summary", "train", "eval", "sweep", "status", "report", "convert"):
+  for command in ("summary", "train", "eval", "sweep", "status", "report", "convert", "compile"):
     assert f"\n  {command} " in out.stdout
 
 

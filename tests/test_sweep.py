@@ -234,7 +234,41 @@ def test_forecast_counts_the_papers_92_8_gflop_per_training_image():
   text = sweep.forecast([d], os.path.join(ROOT, "experiments", "paper.py"), "h100", 0.5)
   hours = sweep.training_flops(config) / (989e12 * 0.5) / 3600
   assert f"| D_S256_seed0 | {sweep.training_flops(config):.3g} | {hours:.3g} |" in text
-  assert f"1 runs, {hours * 60:.1f} h100-minutes at 50% of h100's 989 TFLOP/s" in text
+  assert f"1 runs, {hours * 60:.1f} h100-minutes at an assumed 50% of h100's 989 TFLOP/s" in text
+
+
+def test_a_tpu_forecast_uses_the_step_compiled_for_the_slice(monkeypatch):
+  """With libtpu, each run's hours are its steps x the roofline bound of its train step
+  compiled for --topology (here a step of 1% of v5p's peak in FLOPs: 10 ms); without,
+  the assumed MFU, saying why."""
+  from vgg_jax import tpu_compile, xla_cost
+
+  paper_file = os.path.join(ROOT, "experiments", "paper.py")
+  d = next(
+    r for r in sweep.expand(load_experiment_module("paper").sweep("")) if r.name == "D_S256_seed0"
+  )
+  step = tpu_compile.StepCost(
+    memory=xla_cost.Memory(arguments=1, outputs=1, temporaries=1, donated=1),
+    flops=459e12 * 0.01,
+    bytes_accessed=0.0,
+    collectives={},
+    collective_counts={},
+    compile_s=1.0,
+    hlo="",
+  )
+  monkeypatch.setattr(
+    tpu_compile, "train_step_costs", lambda configs, _: dict.fromkeys(configs, step)
+  )
+  monkeypatch.setattr(tpu_compile, "topology_devices", lambda _: [None] * 8)
+  monkeypatch.setattr(sweep, "has_libtpu", lambda: True)
+  text = sweep.forecast([d], paper_file, "h100", 0.5, topology="v5p:2x2x2")
+  hours = 1_281_167 // 256 * 74 * 0.01 / 3600
+  assert f"| 10.0 | {hours:.3g} |" in text
+  assert f"{hours * 60:.1f} v5p:2x2x2-minutes ({hours * 8:.3g} chip-hours)" in text
+  assert "roofline bound of each run's train step compiled for v5p:2x2x2" in text
+  monkeypatch.setattr(sweep, "has_libtpu", lambda: False)
+  text = sweep.forecast([d], paper_file, "tpu-v5p", 0.5, topology="v5p:2x2x2")
+  assert "at an assumed 50% of tpu-v5p's 459 TFLOP/s bf16 peak (libtpu is not installed" in text
 
 
 def test_parallel_runs_start_when_their_parents_are_done(tmp_path):

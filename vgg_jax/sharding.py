@@ -34,22 +34,28 @@ PRESETS: dict[str, Rules] = {
 }
 
 
-def make_mesh(axes: Sequence[tuple[str, int]]) -> jax.sharding.Mesh:
+def make_mesh(
+  axes: Sequence[tuple[str, int]], devices: Sequence | None = None
+) -> jax.sharding.Mesh:
   """A mesh from [(name, size)], e.g. [("data", -1), ("model", 1)]; one size may be -1
   (all the remaining devices). A single process may use fewer than all its devices
-  (the first ones), which is how tests compare 1, 4 and 8 devices in one process."""
+  (the first ones), which is how tests compare 1, 4 and 8 devices in one process.
+  `devices` (default: this process's) may be a TPU topology's, to compile for a slice
+  this machine is not (`vgg_jax.tpu_compile`)."""
+  local = devices is None
+  devices = jax.devices() if local else list(devices)
   names = [name for name, _ in axes]
   sizes = [size for _, size in axes]
   if -1 in sizes:
-    sizes[sizes.index(-1)] = jax.device_count() // math.prod(s for s in sizes if s != -1)
+    sizes[sizes.index(-1)] = len(devices) // math.prod(s for s in sizes if s != -1)
   used = math.prod(sizes)
-  if used > jax.device_count() or (jax.process_count() > 1 and used != jax.device_count()):
+  if used > len(devices) or (local and jax.process_count() > 1 and used != len(devices)):
     raise ValueError(
-      f"mesh {dict(zip(names, sizes))} does not fit the "
-      f"{jax.device_count()} devices of {jax.process_count()} process(es)"
+      f"mesh {dict(zip(names, sizes))} does not fit the {len(devices)} devices"
+      + (f" of {jax.process_count()} process(es)" if local else "")
     )
   return jax.make_mesh(
-    sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=jax.devices()[:used]
+    sizes, names, axis_types=(AxisType.Auto,) * len(names), devices=devices[:used]
   )
 
 

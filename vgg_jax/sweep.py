@@ -24,6 +24,7 @@ checkpoints; one killed while evaluating is only evaluated again.
 import concurrent.futures
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import shlex
@@ -40,11 +41,12 @@ import ml_collections
 
 from vgg_jax import checkpoint as ckpt_lib
 from vgg_jax import config as config_lib
+from vgg_jax import data as data_lib
 from vgg_jax import lock as lock_lib
 from vgg_jax import metrics as metrics_lib
 from vgg_jax import paper, paths, train
 from vgg_jax.scale import Scale
-from vgg_jax.util import PEAK_FLOPS, markdown_table
+from vgg_jax.util import PEAK_FLOPS, TPU_CHIPS, markdown_table
 
 DONE, EVALUATED, FAILED = "sweep_done.json", "sweep_evaluated.json", "sweep_failed.txt"
 PREEMPTED = "sweep_preempted.txt"  # stopped by SIGTERM after saving: it resumes next time
@@ -704,14 +706,10 @@ def load_sweep(config_spec: str) -> tuple[str, list[Run]]:
 # ------------------------------------------------------------------------ forecast
 
 
-# (train images, classes, channels) of the data sets a sweep may use, for the forecast.
-DATASETS = {
-  "imagenet2012": (1_281_167, 1000, 3),
-  "fashion_mnist": (60_000, 10, 1),
-  "cifar10": (50_000, 10, 3),
-  "cifar100": (50_000, 100, 3),
-  "imagenette": (9_469, 10, 3),
-}
+def training_steps(config) -> int:
+  """The steps a run trains for: max_steps, else its epochs of the data set."""
+  images, _, _ = data_lib.DATASET_SIZES[config.data.name]
+  return config.optim.max_steps or config.optim.epochs * (images // config.optim.batch_size)
 
 
 def training_flops(config) -> float:
@@ -721,19 +719,21 @@ def training_flops(config) -> float:
 
   from vgg_jax import model as model_lib  # pylint: disable=import-outside-toplevel
 
-  images, classes, channels = DATASETS[config.data.name]
+  _, classes, channels = data_lib.DATASET_SIZES[config.data.name]
   cfg = config_lib.network_config(config, num_classes=classes, in_channels=channels)
   per_image = model_lib.training_flops_per_image(
     nnx.eval_shape(lambda: model_lib.VGG(cfg, rngs=nnx.Rngs(0))), config.data.crop
   )
-  per_epoch = images // config.optim.batch_size
-  steps = config.optim.max_steps or config.optim.epochs * per_epoch
-  return per_image * steps * config.optim.batch_size
+  return per_image * training_steps(config) * config.optim.batch_size
 
 
 def run_flops(runs: Sequence[Run], config_file: str) -> dict[str, float]:
   """Each run's training FLOPs (see `training_flops`)."""
   return {run.name: training_flops(run_config(run, config_file)) for run in runs}
+
+
+def has_libtpu() -> bool:
+  return importlib.util.find_spec("libtpu") is not None
 
 
 def forecast(
@@ -742,20 +742,57 @@ def forecast(
   accelerator: str,
   mfu: float,
   flops: dict[str, float] | None = None,
+  topology: str | None = None,
 ) -> str:
-  """Per run: training FLOPs and device-hours on `accelerator` at `mfu` of its peak."""
+  """Per run: training FLOPs and device-hours on `accelerator` at `mfu` of its peak; with
+  a TPU `topology` and libtpu installed, the hours at the roofline bound of each run's
+  train step compiled for that slice instead (`compiled_forecast`)."""
   flops = flops or run_flops(runs, config_file)
+  if topology and has_libtpu():
+    return compiled_forecast(runs, config_file, topology, flops)
   rows, total = [], 0.0
   for run in runs:
     hours = flops[run.name] / (PEAK_FLOPS[accelerator] * mfu) / 3600
     total += hours
     rows.append([run.name, f"{flops[run.name]:.3g}", f"{hours:.3g}"])
   rows.append(["total", "", f"{total:.3g}"])
+  why = f" (libtpu is not installed: {topology} not compiled)" if topology else ""
   return (
     markdown_table(["run", "training FLOPs", f"{accelerator}-hours"], rows)
-    + f"\n\n{len(runs)} runs, {total * 60:.1f} {accelerator}-minutes at {mfu:.0%} of "
-    f"{accelerator}'s {PEAK_FLOPS[accelerator] / 1e12:.0f} TFLOP/s bf16 peak; "
+    + f"\n\n{len(runs)} runs, {total * 60:.1f} {accelerator}-minutes at an assumed {mfu:.0%} of "
+    f"{accelerator}'s {PEAK_FLOPS[accelerator] / 1e12:.0f} TFLOP/s bf16 peak{why}; "
     "evaluation not included."
+  )
+
+
+def compiled_forecast(
+  runs: Sequence[Run], config_file: str, topology: str, flops: dict[str, float]
+) -> str:
+  """Per run: its steps x the roofline bound of its train step compiled for `topology`
+  (`tpu_compile`: FLOPs at peak, bytes at HBM and collectives at ICI bandwidth), in
+  slice-hours. A lower bound: the chip's MFU is not assumed but its best case."""
+  from vgg_jax import tpu_compile  # pylint: disable=import-outside-toplevel
+
+  configs = {run.name: run_config(run, config_file) for run in runs}
+  costs = tpu_compile.train_step_costs(configs, topology)
+  chip = TPU_CHIPS[tpu_compile.chip_name(topology)]
+  rows, total = [], 0.0
+  for run in runs:
+    if costs[run.name] is None:
+      rows.append([run.name, f"{flops[run.name]:.3g}", "does not fit", ""])
+      continue
+    bound = costs[run.name].bound_s(chip)
+    hours = training_steps(configs[run.name]) * bound / 3600
+    total += hours
+    rows.append([run.name, f"{flops[run.name]:.3g}", f"{bound * 1e3:.1f}", f"{hours:.3g}"])
+  rows.append(["total", "", "", f"{total:.3g}"])
+  chips = len(tpu_compile.topology_devices(topology))
+  return (
+    markdown_table(["run", "training FLOPs", "step bound (ms)", f"{topology}-hours"], rows)
+    + f"\n\n{len(runs)} runs, {total * 60:.1f} {topology}-minutes ({total * chips:.3g} "
+    f"chip-hours) at the roofline bound of each run's train step compiled for {topology} "
+    "(libtpu; launch.py compile prints one): a lower bound, no MFU assumed; evaluation "
+    "not included."
   )
 
 

@@ -39,6 +39,7 @@ from vgg_jax.data.augment import (
 )
 from vgg_jax.data.core import (
   BACKENDS,
+  DATASET_SIZES,
   DEFAULTS,
   FASHION_MNIST_CLASSES,
   FASHION_MNIST_DIR,

@@ -23,6 +23,15 @@ from vgg_jax.scale import Scale
 
 BACKENDS = ("tfds", "numpy", "device")
 
+# (train images, classes, channels) of the data sets known without reading them: for a
+# sweep's forecast and for compiling a run's steps with no data at hand (`tpu_compile`).
+DATASET_SIZES = {
+  "imagenet2012": (1_281_167, 1000, 3),
+  "fashion_mnist": (60_000, 10, 1),
+  "cifar10": (50_000, 10, 3),
+  "cifar100": (50_000, 100, 3),
+  "imagenette": (9_469, 10, 3),
+}
 STATS_PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data_stats.json")
 STATS_COMMAND = "python -m vgg_jax.data stats --dataset {name}"
 
