@@ -100,8 +100,8 @@ def measure(shape, batch: int, forward_only: bool, repeats: int) -> dict:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  floats = lambda s: [float(v) for v in s.split(",")]  # noqa: E731
-  ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+  floats = lambda s: [float(v) for v in s.split(",") if v]  # noqa: E731
+  ints = lambda s: [int(v) for v in s.split(",") if v]  # noqa: E731
   parser.add_argument("--widths", type=floats, default=[1, 0.5, 0.25, 0.125])
   parser.add_argument("--batches", type=ints, default=[32, 128])
   parser.add_argument("--resolutions", type=ints, default=[32])

@@ -5,6 +5,7 @@ XLA reads its flags once per process, so the numerics test computes each setting
 fresh process (this file run as a script) and compares the two here.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -113,6 +114,25 @@ def run_both_settings(tmp_path) -> dict:
     with open(out + ".json") as f:
       results[enabled] = dict(np.load(out)), json.load(f)
   return results
+
+
+@pytest.mark.skipif(
+  not importlib.util.find_spec("libtpu"), reason="libtpu is not installed: JAX tries no TPU"
+)
+def test_a_machine_without_a_tpu_chip_skips_libtpus_backend():
+  """requirements-test.txt installs libtpu; on this CPU machine an entry point must not
+  start its TPU backend (seconds of libtpu errors), and its children inherit that."""
+  script = (
+    "from vgg_jax import xla_flags; xla_flags.apply_cpu_defaults(); import os, jax; "
+    "print(jax.default_backend(), os.environ['JAX_PLATFORMS'])"
+  )
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+  done = subprocess.run(
+    [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+  )
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.split() == ["cpu", "cpu"]
+  assert "tpu" not in done.stderr.lower(), done.stderr
 
 
 def test_every_config_has_the_defaults_loss_and_gradients(tmp_path):

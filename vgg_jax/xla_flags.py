@@ -9,6 +9,7 @@ XLA_FLAGS already sets keeps the user's value. Measured in benchmarks/README.md 
 flags on a CPU").
 """
 
+import importlib.util
 import os
 import re
 
@@ -30,6 +31,24 @@ def with_cpu_defaults(xla_flags: str) -> str:
 
 
 def apply_cpu_defaults() -> None:
-  """Adds the defaults to this process's XLA_FLAGS (and its children's), unless switched off."""
+  """Adds the defaults to this process's XLA_FLAGS (and its children's), unless switched
+  off, and leaves out a TPU backend that has no TPU to run on."""
   if cpu_defaults_enabled():
     os.environ["XLA_FLAGS"] = with_cpu_defaults(os.environ.get("XLA_FLAGS", ""))
+  leave_out_absent_tpu()
+
+
+def leave_out_absent_tpu() -> None:
+  """With libtpu installed (requirements-test.txt has it, for `launch.py compile`) JAX
+  starts a TPU backend first; on a machine without a TPU chip that costs about 20 s and
+  a page of libtpu errors before JAX falls back to the CPU. There, without a GPU, this
+  process and its children run on the CPU; a JAX_PLATFORMS the user set wins."""
+  if "JAX_PLATFORMS" in os.environ or importlib.util.find_spec("libtpu") is None:
+    return
+  import jax
+  from jax._src import hardware_utils  # JAX's own test for TPU chips and GPUs
+
+  if not hardware_utils.num_available_tpu_chips_and_device_id()[0]:
+    if not hardware_utils.has_visible_nvidia_gpu():
+      os.environ["JAX_PLATFORMS"] = "cpu"  # for child processes
+      jax.config.update("jax_platforms", "cpu")
