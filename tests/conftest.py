@@ -203,3 +203,16 @@ def train_on_two_processes(workdir, config_arg, *flags) -> list[str]:
 
 def losses(workdir):
   return [r["loss"] for r in metrics.read_metrics(workdir) if "loss" in r]
+
+
+def run_launch(*args, timeout=300) -> subprocess.CompletedProcess:
+  """`launch.py ARGS` on one CPU device, its stdout and stderr apart."""
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  return subprocess.run(
+    [sys.executable, os.path.join(ROOT, "launch.py"), *args],
+    env=env,
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )

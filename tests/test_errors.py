@@ -5,28 +5,14 @@ it was (absent if it was absent) — nothing is computed or written first."""
 import gzip
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import FASHION, HAS_FASHION_MNIST, NO_FASHION_MNIST, ROOT
+from conftest import FASHION, HAS_FASHION_MNIST, NO_FASHION_MNIST, run_launch
 from vgg_jax import data, lock
 
 QUICK = f"--config={FASHION}:quick,backend=numpy"
 SMOKE = f"--config={FASHION}:smoke"
-
-
-def launch(*args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, os.path.join(ROOT, "launch.py"), *args],
-    env=env,
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
 
 
 def idx_copy(tmp_path, name: str, damage) -> str:
@@ -88,7 +74,7 @@ def test_a_bad_input_is_one_line_and_writes_nothing(tmp_path, make_args, status,
   workdir = tmp_path / "W"
   args = make_args(tmp_path, f"--workdir={workdir}")
   before = sorted(os.listdir(tmp_path))
-  out = launch(*args)
+  out = run_launch(*args)
   lines = out.stderr.strip().splitlines()
   assert out.returncode == status and len(lines) == 1, out.stderr[-3000:]
   command = args[0]
@@ -100,7 +86,7 @@ def test_a_bad_input_is_one_line_and_writes_nothing(tmp_path, make_args, status,
 def test_a_second_sweep_on_a_root_is_refused_before_touching_it(tmp_path):
   root = tmp_path / "R"
   with held_sweep_root(root):
-    out = launch("sweep", SMOKE, f"--workdir={root}")
+    out = run_launch("sweep", SMOKE, f"--workdir={root}")
     assert sorted(os.listdir(root)) == [lock.LOCK_FILE]
   lines = out.stderr.strip().splitlines()
   assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
@@ -113,7 +99,7 @@ def test_a_second_sweep_on_a_root_is_refused_before_touching_it(tmp_path):
 def test_convert_names_a_file_that_is_not_a_model(tmp_path, source, content):
   path = tmp_path / "weights.bin"
   path.write_bytes(content)
-  out = launch("convert", f"--from={source}", f"--to={tmp_path / 'out'}", str(path))
+  out = run_launch("convert", f"--from={source}", f"--to={tmp_path / 'out'}", str(path))
   lines = out.stderr.strip().splitlines()
   assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
   kind = {"torchvision": "a torch state dict", "keras": "a Keras model"}[source]

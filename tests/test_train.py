@@ -24,6 +24,7 @@ from conftest import (
   launch,
   losses,
   needs_fashion_mnist,
+  run_launch,
   tiny_config,
   train_on_two_processes,
 )
@@ -144,19 +145,6 @@ def test_weight_decay_applies_to_kernels_only():
   lr, wd = 1e-2, 5e-4
   np.testing.assert_allclose(updates["fc6"]["kernel"], -lr * wd * np.ones((2, 2)), rtol=1e-6)
   np.testing.assert_array_equal(updates["fc6"]["bias"], 0)
-
-
-def run_launch(*args, timeout=300) -> subprocess.CompletedProcess:
-  """`launch.py ARGS` on one CPU device, its stdout and stderr apart."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
-  return subprocess.run(
-    [sys.executable, os.path.join(ROOT, "launch.py"), *args],
-    env=env,
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
 
 
 def one_line_error(out: subprocess.CompletedProcess, status: int = 1) -> str:
