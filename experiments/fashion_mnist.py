@@ -21,8 +21,8 @@ images Table 5's multi-crop evaluations take; `dtype=bfloat16` computes in bf16;
 that epoch) and `drop_at=N` (the LR / 10 after epoch N as well) are the recipe's other
 knobs.
 
-Should give (A, default arguments, 6 epochs, 2 CPU cores, 2026-11-28): 8.9% top-1 and
-0.12% top-5 test error on the 10,000 test images in 6.5 minutes; `quick` about 18-20%.
+Should give (A, default arguments, 6 epochs, 2 CPU cores, 2026-12-06): 9.2% top-1 and
+0.13% top-5 test error on the 10,000 test images in 5.3 minutes; `quick` about 18-20%.
 
 Sweeps sized to converge (DESIGNS; `launch.py sweep --config THIS_FILE:gpu --workdir R`):
   gpu    one H200, 57 runs: Table 3's chain (12 runs), He init from scratch (A, B, D, E)
