@@ -39,7 +39,7 @@ Sweeps sized to converge (DESIGNS; `launch.py sweep --config THIS_FILE:gpu --wor
          fine-tunings, the 64x64 arm. 3 seeds is the fewest that can decide
          anything: a paired t-interval of about +-2.5 sd of the per-seed difference (t
          4.30, n 3; with 2 seeds t is 12.7, the +-7 points of docs/gpu.md).
-  cpu    2 CPU cores in 35 minutes (34.6 measured on idle AVX-512 cores,
+  cpu    2 CPU cores in 22 minutes (21.9 measured on idle AVX-512 cores,
          docs/ablation_cpu.md): A, B and D of the chain at S=32, 1/8 width, 3 seeds
          (9 runs), 4 epochs, the last at LR / 10 (`drop_at=3`, our choice: 4 epochs
          are too few for the paper's rule to fire; without it 8 of 9 runs were still
