@@ -161,12 +161,16 @@ TRAIN_TINY = (  # launch.py flags: what `tiny_config` runs in-process
 )
 
 
+def cpu_env(devices: int) -> dict:
+  """A child process's environment: this one's, on `devices` simulated CPU devices."""
+  return dict(
+    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
+  )
+
+
 def launch(workdir, config_arg, *flags, devices=1, tiny=True):
   """`launch.py train` in a subprocess with its own simulated CPU devices; `tiny` runs
   what `tiny_config` runs in-process."""
-  env = dict(
-    os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu"
-  )
   command = [
     sys.executable,
     os.path.join(ROOT, "launch.py"),
@@ -177,7 +181,12 @@ def launch(workdir, config_arg, *flags, devices=1, tiny=True):
     *flags,
   ]
   return subprocess.Popen(
-    command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    command,
+    env=cpu_env(devices),
+    cwd=ROOT,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
   )
 
 
@@ -207,10 +216,9 @@ def losses(workdir):
 
 def run_launch(*args, timeout=300) -> subprocess.CompletedProcess:
   """`launch.py ARGS` on one CPU device, its stdout and stderr apart."""
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
   return subprocess.run(
     [sys.executable, os.path.join(ROOT, "launch.py"), *args],
-    env=env,
+    env=cpu_env(1),
     cwd=ROOT,
     capture_output=True,
     text=True,
