@@ -284,8 +284,10 @@ def test_corrupt_checkpoint_is_a_clear_error_and_nothing_is_deleted(tmp_path):
 
 
 def test_bytes_damaged_in_place_are_refused_by_train_eval_and_weights(tmp_path):
-  """Each data file of step 4 damaged in turn (same size): whatever orbax still decodes
-  must be the bytes saved, or the restore is refused naming the array and step 2."""
+  """Each data file of step 4 damaged in turn (same size) at a quarter, half and three
+  quarters of its length: whatever orbax still decodes must be the bytes saved, or the
+  restore is refused naming the array and step 2. Which arrays share a file, and in what
+  order, varies from run to run; three places per file reach every large array."""
   config = tiny_config(steps=4)
   config.checkpoint.every_steps = 2
   train.train_and_evaluate(config, str(tmp_path))
@@ -293,19 +295,22 @@ def test_bytes_damaged_in_place_are_refused_by_train_eval_and_weights(tmp_path):
   refusals = {}
   for path in sorted((tmp_path / "checkpoints" / "4" / "state").rglob("d/*")):
     original = path.read_bytes()
-    path.write_bytes(damaged(original))
-    try:
-      loaded = flat(restore(config, str(tmp_path)))
-    except ckpt_lib.CorruptCheckpoint as e:
-      refusals[path] = str(e)
-    else:
-      assert all(np.array_equal(loaded[k], saved[k]) for k in saved), path
+    for at in (0.25, 0.5, 0.75):
+      path.write_bytes(damaged(original, at))
+      try:
+        loaded = flat(restore(config, str(tmp_path)))
+      except ckpt_lib.CorruptCheckpoint as e:
+        refusals[path, at] = str(e)
+      else:
+        assert all(np.array_equal(loaded[k], saved[k]) for k in saved), (path, at)
     path.write_bytes(original)
   intact = "the newest intact one is step 2: move 4 aside to resume from it"
   assert all(r.endswith(intact) for r in refusals.values()), refusals
   # Without the checksums these loaded silently: a weight's file, damaged again.
-  weight = next(p for p, r in refusals.items() if "(params/" in r and "checksum mismatch" in r)
-  weight.write_bytes(damaged(weight.read_bytes()))
+  path, at = next(
+    key for key, r in refusals.items() if "(params/" in r and "checksum mismatch" in r
+  )
+  path.write_bytes(damaged(path.read_bytes(), at))
   for load in (
     lambda: weights_lib.load_orbax(str(tmp_path), nnx.eval_shape(lambda: tiny_model(config))),
     lambda: evaluate.load_trained(str(tmp_path), step=4),
@@ -314,10 +319,10 @@ def test_bytes_damaged_in_place_are_refused_by_train_eval_and_weights(tmp_path):
       load()
 
 
-def damaged(data: bytes) -> bytes:
-  """`data` with 64 bytes in its middle inverted: the same size."""
-  middle = len(data) // 2
-  return data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 64]) + data[middle + 64 :]
+def damaged(data: bytes, at: float) -> bytes:
+  """`data` with 64 bytes inverted from `at` (a fraction of its length): the same size."""
+  start = int(len(data) * at)
+  return data[:start] + bytes(b ^ 0xFF for b in data[start : start + 64]) + data[start + 64 :]
 
 
 def tiny_model(config):
