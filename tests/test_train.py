@@ -315,8 +315,12 @@ def test_bytes_damaged_in_place_are_refused_by_train_eval_and_weights(tmp_path):
     lambda: weights_lib.load_orbax(str(tmp_path), nnx.eval_shape(lambda: tiny_model(config))),
     lambda: evaluate.load_trained(str(tmp_path), step=4),
   ):
-    with pytest.raises(ckpt_lib.CorruptCheckpoint, match="the newest intact one is step 2"):
+    with pytest.raises(ckpt_lib.CorruptCheckpoint, match=READER_HINT):
       load()
+  assert evaluate.load_trained(str(tmp_path), step=2).step == 2  # the hint, followed
+
+
+READER_HINT = r"the newest intact one is step 2: ask for it \(eval --step 2\), or move 4 aside$"
 
 
 def damaged(data: bytes, at: float) -> bytes:

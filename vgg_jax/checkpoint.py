@@ -120,6 +120,7 @@ class Checkpointer:
         checkpoint_managers.BestN(get_metric_fn=best, n=1, keep_checkpoints_without_metrics=False)
       )
     self.directory = paths.join(paths.absolute(workdir), "checkpoints")
+    self.read_only = read_only
     if read_only and not paths.Path(self.directory).is_dir():
       raise NoCheckpoint(f"no vgg_jax checkpoint in {self.directory}")
     self.manager = ocp.CheckpointManager(
@@ -221,17 +222,24 @@ class Checkpointer:
 
   def _corrupt(self, step: int, error: Exception, args: Any = None) -> CorruptCheckpoint:
     """The refusal of `step`, naming the newest older step that `args` restores intact
-    (every older step when `args` is None: the meta itself is unreadable)."""
+    (every older step when `args` is None: the meta itself is unreadable), and what to do:
+    a trainer resumes from the newest, a reader can ask for a step."""
     if args is None:
       older = [s for s in self.manager.all_steps() if s < step]
       intact = max(older) if older else None
     else:
       intact = self.newest_intact(args, before=step)
-    hint = (
-      f"the newest intact one is step {intact}: move {step} aside to resume from it"
-      if intact is not None
-      else f"no older one is intact: move {step} aside to start afresh"
-    )
+    if intact is None:
+      hint = "no older one is intact" + (
+        "" if self.read_only else f": move {step} aside to start afresh"
+      )
+    elif self.read_only:  # a reader resumes nothing; eval and load_orbax take a step
+      hint = (
+        f"the newest intact one is step {intact}: ask for it (eval --step {intact}), "
+        f"or move {step} aside"
+      )
+    else:
+      hint = f"the newest intact one is step {intact}: move {step} aside to resume from it"
     path = paths.join(self.directory, str(step))
     cause = str(error) if isinstance(error, ChecksumMismatch) else brief(error)
     return CorruptCheckpoint(f"checkpoint {path} cannot be restored ({cause}); {hint}")
