@@ -161,3 +161,44 @@ def test_data_stats_command_writes_the_training_set_s(tmp_path):
 def test_data_stats_command_refuses_a_bad_command_line(args, says):
   out = run("-m", "vgg_jax.data", *args)
   assert out.returncode == 1 and says in out.stderr, out.stderr[-2000:]
+
+
+def test_what_orbax_and_asyncio_print_as_a_save_fails_goes_to_the_workdir_s_log(tmp_path, capsys):
+  """launch.LibraryLog: orbax's records, asyncio's and a failing thread's traceback land
+  in WORKDIR/orbax.log, not on the terminal; everything else still reaches it."""
+  import logging
+  import threading
+
+  import launch
+
+  root = logging.getLogger()
+  terminal = logging.StreamHandler(sys.stderr)
+  root.addHandler(terminal)
+  hooks = sys.unraisablehook, threading.excepthook
+  library_log = launch.LibraryLog(str(tmp_path))
+  try:
+    library_log.install()
+    logging.getLogger("asyncio").error("Task exception was never retrieved")
+    orbax_file = "/site-packages/orbax/checkpoint/_src/futures.py"
+    root.handle(
+      logging.makeLogRecord(dict(levelno=40, pathname=orbax_file, msg="RESOURCE_EXHAUSTED"))
+    )
+    logging.getLogger("vgg_jax").error("a record of ours")
+    thread = threading.Thread(target=lambda: asyncio_closed(), name="orbax-save")
+    thread.start()
+    thread.join()
+  finally:
+    root.removeHandler(terminal)
+    for handler in root.handlers:
+      handler.removeFilter(library_log)
+    sys.unraisablehook, threading.excepthook = hooks
+  log, printed = (tmp_path / launch.LIBRARY_LOG).read_text(), capsys.readouterr().err
+  library = ["Task exception was never retrieved", "RESOURCE_EXHAUSTED", "orbax-save"]
+  assert all(text in log for text in library), log
+  assert "RuntimeError: Event loop is closed" in log and "Traceback" in log
+  assert "a record of ours" in printed and "a record of ours" not in log
+  assert not any(text in printed for text in library + ["Traceback"]), printed
+
+
+def asyncio_closed():
+  raise RuntimeError("Event loop is closed")
