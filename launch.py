@@ -41,6 +41,10 @@ import traceback
 from collections.abc import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow 2.21 prints its oneDNN notice through absl before absl's logging starts, so no
+# log level hides it, and it came before every tfds run's output and every one-line error.
+# Without oneDNN's custom ops (tf.data needs none) it is not printed.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from vgg_jax import xla_flags  # noqa: E402
 

@@ -29,6 +29,17 @@ half_gzip = lambda raw: raw[: len(raw) // 2]  # noqa: E731
 half_idx = lambda raw: gzip.compress(gzip.decompress(raw)[: len(gzip.decompress(raw)) // 2])  # noqa: E731
 
 
+def prepared(tmp_path) -> str:
+  """A data_dir in which tfds has prepared Fashion-MNIST already (from the IDX files)."""
+  from vgg_jax.data import tfds_backend
+
+  data_dir = str(tmp_path / "tfds")
+  tfds_backend.prepared_builder(
+    data.default_config(name="fashion_mnist", backend="tfds", data_dir=data_dir)
+  )
+  return data_dir
+
+
 def held_sweep_root(root):
   """The root, locked by another sweep for the command's life."""
   return lock.workdir_lock(str(root), "sweep")
@@ -58,6 +69,11 @@ CASES = [
    lambda t, w: ["train", QUICK, w, f"--config.data.manual_dir={idx_copy(t, LABELS, half_idx)}"],
    1, f"{{t}}/idx/{LABELS}: an IDX file cut short: 29996 bytes of data where its header "
    "announces (60000,) (60000 bytes)", True),
+  ("manual_dir tfds would not read",
+   lambda t, w: ["train", f"--config={FASHION}:quick", w, f"--config.data.data_dir={prepared(t)}",
+                 f"--config.data.manual_dir={data.FASHION_MNIST_DIR}"],
+   1, f"config: data.manual_dir {data.FASHION_MNIST_DIR} would not be read: fashion_mnist_local "
+   "is already prepared in {t}/tfds/fashion_mnist_local/", True),
   ("report, empty root", lambda t, w: ["report", str(t)], 1,
    "no evaluations in {t} (none of ROOT/*/eval/*.json)", False),
   ("report, missing root", lambda t, w: ["report", w.partition("=")[2]], 1,

@@ -184,7 +184,7 @@ def test_what_orbax_and_asyncio_print_as_a_save_fails_goes_to_the_workdir_s_log(
       logging.makeLogRecord(dict(levelno=40, pathname=orbax_file, msg="RESOURCE_EXHAUSTED"))
     )
     logging.getLogger("vgg_jax").error("a record of ours")
-    thread = threading.Thread(target=lambda: asyncio_closed(), name="orbax-save")
+    thread = threading.Thread(target=asyncio_closed, name="orbax-save")
     thread.start()
     thread.join()
   finally:
