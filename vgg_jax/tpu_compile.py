@@ -111,14 +111,16 @@ def step_cost(fn, *args) -> StepCost:
       raise
     raise OutOfHbm(str(e).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")) from e
   seconds = time.perf_counter() - start
+  hlo = compiled.as_text()  # a deep net's is megabytes: printed and parsed once
+  collectives, counts = xla_cost.collectives(hlo)
   return StepCost(
     memory=xla_cost.memory(compiled),
     flops=xla_cost.xla_flops(compiled) or 0.0,
     bytes_accessed=xla_cost.bytes_accessed(compiled) or 0.0,
-    collectives=xla_cost.collective_bytes(compiled),
-    collective_counts=xla_cost.collective_counts(compiled),
+    collectives=collectives,
+    collective_counts=counts,
     compile_s=seconds,
-    hlo=compiled.as_text(),
+    hlo=hlo,
   )
 
 

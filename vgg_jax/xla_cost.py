@@ -72,21 +72,19 @@ def bytes_accessed(compiled) -> float | None:
   return cost(compiled, "bytes accessed")
 
 
-def collective_bytes(compiled) -> dict[str, int]:
-  """Bytes of the arrays each kind of collective produces on a chip per step, from the
-  compiled (partitioned) HLO."""
-  totals = {}
-  for shape, kind in COLLECTIVE.findall(compiled.as_text()):
+def collectives(hlo: str) -> tuple[dict[str, int], dict[str, int]]:
+  """Per kind of collective in a compiled (partitioned) program's HLO text: the bytes of
+  the arrays it produces on a chip per step, and how many it issues per step."""
+  totals, counts = {}, {}
+  for shape, kind in COLLECTIVE.findall(hlo):
+    counts[kind] = counts.get(kind, 0) + 1
     for dtype, dims in re.findall(r"\b(pred|[a-z]+\d+)\[([\d,]*)\]", shape):
       bits = 8 if dtype == "pred" else int(re.sub(r"\D", "", dtype))
       count = math.prod(int(d) for d in dims.split(",") if d)
       totals[kind] = totals.get(kind, 0) + count * bits // 8
-  return totals
+  return totals, counts
 
 
-def collective_counts(compiled) -> dict[str, int]:
-  """How many collectives of each kind the compiled HLO issues per step."""
-  counts = {}
-  for _, kind in COLLECTIVE.findall(compiled.as_text()):
-    counts[kind] = counts.get(kind, 0) + 1
-  return counts
+def collective_bytes(compiled) -> dict[str, int]:
+  """Bytes of the arrays each kind of collective produces on a chip per step."""
+  return collectives(compiled.as_text())[0]
