@@ -208,7 +208,7 @@ def validate(config: ml_collections.ConfigDict, data_parallel: int) -> None:
 
 
 def _check(config: ml_collections.ConfigDict, data_parallel: int) -> None:
-  unknown = set(_paths(config)) - set(_paths(base_config()))
+  unknown = set(flat_fields(config)) - set(flat_fields(base_config()))
   if unknown:
     raise ValueError(f"unknown config fields: {', '.join(sorted(unknown))}")
   # The network's own checks (width, dropout, init, crop); its classes and channels
@@ -253,9 +253,13 @@ def _check_manual_dir(cfg: ml_collections.ConfigDict) -> None:
       raise ValueError(f"data.manual_dir: {e}") from e
 
 
-def _paths(config, prefix=""):
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from _paths(value, f"{prefix}{key}.")
+def flat_fields(tree, prefix: str = "") -> dict[str, object]:
+  """{"optim.max_steps": 40, ...}: the leaves of a ConfigDict, or of a config as JSON,
+  by dotted path."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      flat.update(flat_fields(value, f"{prefix}{key}."))
     else:
-      yield prefix + key
+      flat[prefix + key] = value
+  return flat

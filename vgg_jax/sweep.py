@@ -263,21 +263,10 @@ class DesignChanged(ValueError):
   """Runs in the root were trained with another config than the sweep now asks for."""
 
 
-def flat_fields(tree: dict, prefix: str = "") -> dict[str, object]:
-  """{"optim.max_steps": 40, ...} of a config as JSON (tuples are lists there)."""
-  flat = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      flat.update(flat_fields(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
 def config_fields(config) -> dict[str, object]:
   """A config's fields as its config.json records them, the warm start's path made
   absolute (a root given as another path is the same root)."""
-  fields = flat_fields(json.loads(config.to_json_best_effort()))
+  fields = config_lib.flat_fields(json.loads(config.to_json_best_effort()))
   if fields.get("warm_start.workdir"):
     fields["warm_start.workdir"] = paths.absolute(fields["warm_start.workdir"])
   return fields
