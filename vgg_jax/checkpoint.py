@@ -72,7 +72,7 @@ def _word_sums(x: jax.Array) -> jax.Array:
   swap of words changes the second): exact, so equal bytes give equal sums anywhere."""
   x = x.astype(jnp.uint8) if x.dtype == jnp.bool_ else x
   words = jax.lax.bitcast_convert_type(x.reshape(-1), _WORDS[x.dtype.itemsize])
-  words = words.astype(jnp.uint32).reshape(-1)
+  words = words.astype(jnp.uint32)
   weights = jnp.arange(1, words.size + 1, dtype=jnp.uint32)
   return jnp.stack([words.sum(dtype=jnp.uint32), (words * weights).sum(dtype=jnp.uint32)])
 
