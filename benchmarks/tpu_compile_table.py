@@ -16,7 +16,6 @@ import datetime
 import importlib.metadata
 import json
 import os
-import platform
 import sys
 
 if __package__ in (None, ""):  # run as `python benchmarks/tpu_compile_table.py`
@@ -26,6 +25,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # nothing runs here; before JAX i
 
 import jax  # noqa: E402
 
+from benchmarks.device_run import cpu_model  # noqa: E402
 from vgg_jax import config as config_lib  # noqa: E402
 from vgg_jax import tpu_compile  # noqa: E402
 from vgg_jax.util import TPU_CHIPS, markdown_table  # noqa: E402
@@ -40,12 +40,6 @@ def paper_config(name: str, sharding: str):
   config = config_lib.experiment_config("paper", f"model={name}")
   config.sharding = sharding
   return config
-
-
-def cpu_name() -> str:
-  with open("/proc/cpuinfo") as f:
-    models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-  return f"{models[0] if models else platform.processor()} ({os.cpu_count()} cores)"
 
 
 def row(name: str, topology: str, sharding: str) -> dict:
@@ -76,7 +70,7 @@ def row(name: str, topology: str, sharding: str) -> dict:
     date=str(datetime.date.today()),
     jax=jax.__version__,
     libtpu=importlib.metadata.version("libtpu"),
-    cpu=cpu_name(),
+    cpu=f"{cpu_model()} ({os.cpu_count()} cores)",
     **measured,
   )
 
